@@ -1,0 +1,149 @@
+"""Rich renderables built from results tables. Returns objects; never prints."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+from rich.console import Group, RenderableType
+from rich.table import Table
+from rich.text import Text
+
+from .config import AXES, Settings
+from .results import Verdict, cell_verdicts, findings
+
+__all__ = ["VERDICT_STYLES", "render_run", "summary_json", "summary_table"]
+
+VERDICT_STYLES = {
+    Verdict.DETERMINISTIC: "green",
+    Verdict.NONDETERMINISTIC: "bold red",
+    Verdict.UNSUPPORTED: "yellow",
+    Verdict.SKIPPED: "dim",
+    Verdict.ERROR: "red",
+    Verdict.CRASH: "bold red",
+    Verdict.TIMEOUT: "bold red",
+}
+_TENSOR_COLUMNS = ("output", "grad_input", "grad_kernel", "grad_bias")
+_MAX_FINDINGS = 12
+
+
+def _fmt_ulp(value: Any) -> str:
+    return "-" if value is None or pd.isna(value) else f"{int(value):,}"
+
+
+def _baseline_column(table: pd.DataFrame) -> dict[str, str]:
+    """Per cell, the worst gap to the baseline cell: '=' identical, else max scaled ULP."""
+    out = {}
+    rows = table[(table["comparison"] == "baseline") & table["tensor"].notna()]
+    for cell_id, group in rows.groupby("cell_id", sort=False):
+        if group["bitwise_equal"].fillna(False).all():
+            out[cell_id] = "="
+        else:
+            scaled = group["max_ulp_scaled"].max()
+            out[cell_id] = "≠" if pd.isna(scaled) else f"{scaled:.3g}"
+    return out
+
+
+def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Table:
+    """One row per cell: layer, settings, seed, verdict, worst run-to-run ULP per tensor, gap to baseline."""
+    verdicts = cell_verdicts(table)
+    extra = sorted({t for w in verdicts["worst_ulp"] for t in w} - set(_TENSOR_COLUMNS)) if len(verdicts) else []
+    tensors = [t for t in _TENSOR_COLUMNS if len(verdicts) and any(t in w for w in verdicts["worst_ulp"])] + extra
+    grid = Table(title="Cells (ULP columns: worst repeat or replay difference)", title_justify="left",
+                 show_lines=False, expand=False)
+    grid.add_column("layer")
+    grid.add_column("settings")
+    grid.add_column("seed", justify="right")
+    grid.add_column("verdict")
+    for tensor in tensors:
+        grid.add_column(tensor, justify="right")
+    grid.add_column("vs baseline", justify="right")
+    gaps = _baseline_column(table)
+    for row in verdicts.to_dict("records"):
+        settings = Settings(**{axis: row[axis] for axis in AXES})
+        verdict = Verdict(row["verdict"])
+        shape = json.loads(row["input_shape"])
+        is_baseline = baseline is not None and settings == baseline
+        grid.add_row(
+            f"{row['layer']} {shape}",
+            settings.label(),
+            str(row["seed"]),
+            Text(verdict.value, style=VERDICT_STYLES[verdict]),
+            *(_fmt_ulp(row["worst_ulp"].get(t)) for t in tensors),
+            "baseline" if is_baseline else gaps.get(row["cell_id"], "-"),
+        )
+    return grid
+
+
+def _header(table: pd.DataFrame, meta: dict[str, Any]) -> Text:
+    tf = meta.get("tensorflow") or {}
+    host = meta.get("host") or {}
+    parts = [f"run {meta.get('run_id', '?')}"]
+    if tf:
+        parts.append(f"TensorFlow {tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}")
+        gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+        parts.append(f"GPUs: {', '.join(gpus)}" if gpus else "no GPU")
+    if host:
+        parts.append(f"oneDNN {host.get('onednn_state', '?')}")
+    return Text(" · ".join(parts), style="bold")
+
+
+def _counts_line(table: pd.DataFrame) -> Text:
+    counts = Counter(cell_verdicts(table)["verdict"]) if len(table) else Counter()
+    line = Text(f"{sum(counts.values())} cells: ")
+    for i, verdict in enumerate(v for v in Verdict if counts[v.value]):
+        if i:
+            line.append(", ")
+        line.append(f"{counts[verdict.value]} {verdict.value}", style=VERDICT_STYLES[verdict])
+    return line
+
+
+def render_run(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
+               failures: list[str]) -> RenderableType:
+    """The whole terminal summary of a run: header, cell table, findings and the verdict line."""
+    parts: list[RenderableType] = [_header(table, meta), summary_table(table, baseline), _counts_line(table)]
+    found = findings(table, baseline)
+    if found:
+        parts.append(Text("Findings:", style="bold"))
+        for finding in found[:_MAX_FINDINGS]:
+            style = "red" if finding.comparison != "baseline" else "yellow"
+            parts.append(Text(f"  • {finding.sentence()}", style=style))
+        if len(found) > _MAX_FINDINGS:
+            parts.append(Text(f"  … and {len(found) - _MAX_FINDINGS} more (see results.parquet)", style="dim"))
+    if meta.get("interrupted"):
+        parts.append(Text("Run was interrupted: the table holds the cells that finished.", style="bold yellow"))
+    if failures:
+        parts.append(Text(f"FAIL: {len(failures)} expectation(s) failed", style="bold red"))
+        for failure in failures[:_MAX_FINDINGS]:
+            parts.append(Text(f"  ✗ {failure}", style="red"))
+        if len(failures) > _MAX_FINDINGS:
+            parts.append(Text(f"  … and {len(failures) - _MAX_FINDINGS} more", style="dim"))
+    else:
+        parts.append(Text("PASS: every expectation held", style="bold green"))
+    return Group(*parts)
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    return value
+
+
+def summary_json(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
+                 failures: list[str]) -> dict[str, Any]:
+    """The summary as plain JSON-able data, for ``--json``."""
+    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame(columns=["verdict"])
+    return {
+        "run_id": meta.get("run_id"),
+        "run_dir": table.attrs.get("run_dir"),
+        "passed": not failures,
+        "failures": failures,
+        "counts": dict(Counter(verdicts["verdict"])),
+        "cells": [{k: _plain(v) for k, v in row.items()} for row in verdicts.to_dict("records")],
+        "findings": [{**{k: _plain(v) for k, v in f.__dict__.items()}, "sentence": f.sentence()}
+                     for f in findings(table, baseline)],
+        "tensorflow": meta.get("tensorflow"),
+    }
