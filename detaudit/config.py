@@ -551,7 +551,11 @@ def load_config(path: str | Path) -> Config:
 
 def bundled_config_path(name: str = "quick") -> Path:
     """Path of a config shipped with detaudit (quick, nightly, gpu-triage)."""
-    path = Path(str(importlib.resources.files("detaudit.configs") / f"{name}.yaml"))
+    try:  # installed: configs/ is shipped as the package data detaudit.configs
+        folder = Path(str(importlib.resources.files("detaudit.configs")))
+    except ModuleNotFoundError:  # running from a source checkout
+        folder = Path(__file__).resolve().parent.parent / "configs"
+    path = folder / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no bundled config named {name!r}.")
     return path

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from collections import Counter
@@ -65,6 +66,8 @@ def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Tabl
     for row in verdicts.to_dict("records"):
         settings = Settings(**{axis: row[axis] for axis in AXES})
         verdict = Verdict(row["verdict"])
+        if verdict is Verdict.SKIPPED:
+            continue  # listed once, with the reason, under the table
         shape = json.loads(row["input_shape"])
         is_baseline = baseline is not None and settings == baseline
         grid.add_row(
@@ -101,15 +104,23 @@ def _counts_line(table: pd.DataFrame) -> Text:
     return line
 
 
+def _skipped_lines(table: pd.DataFrame) -> list[Text]:
+    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame(columns=["verdict", "message"])
+    skipped = verdicts[verdicts["verdict"] == Verdict.SKIPPED.value]
+    return [Text(f"{n} cells SKIPPED: {reason}", style="dim")
+            for reason, n in Counter(skipped["message"]).items()]
+
+
 def render_run(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
                failures: list[str]) -> RenderableType:
     """The whole terminal summary of a run: header, cell table, findings and the verdict line."""
-    parts: list[RenderableType] = [_header(table, meta), summary_table(table, baseline), _counts_line(table)]
+    parts: list[RenderableType] = [_header(table, meta), summary_table(table, baseline),
+                                   *_skipped_lines(table), _counts_line(table)]
     found = findings(table, baseline)
     if found:
         parts.append(Text("Findings:", style="bold"))
         for finding in found[:_MAX_FINDINGS]:
-            style = "red" if finding.comparison != "baseline" else "yellow"
+            style = "red" if finding.comparison != "baseline" else "default"
             parts.append(Text(f"  • {finding.sentence()}", style=style))
         if len(found) > _MAX_FINDINGS:
             parts.append(Text(f"  … and {len(found) - _MAX_FINDINGS} more (see results.parquet)", style="dim"))
@@ -143,7 +154,9 @@ def summary_json(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
         "failures": failures,
         "counts": dict(Counter(verdicts["verdict"])),
         "cells": [{k: _plain(v) for k, v in row.items()} for row in verdicts.to_dict("records")],
-        "findings": [{**{k: _plain(v) for k, v in f.__dict__.items()}, "sentence": f.sentence()}
+        "findings": [{"layer": f.layer, "comparison": f.comparison, "between": f.between,
+                      "sentence": f.sentence(),
+                      "tensors": [{k: _plain(v) for k, v in dataclasses.asdict(g).items()} for g in f.gaps]}
                      for f in findings(table, baseline)],
         "tensorflow": meta.get("tensorflow"),
     }

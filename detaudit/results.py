@@ -11,6 +11,7 @@ import dataclasses
 import enum
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ from .config import AXES, Cell, Config, Settings
 from .numerics import compare, narrower_dtype
 from .store import RunStore, load_tensors
 
-__all__ = ["COLUMNS", "Finding", "Verdict", "build_table", "cell_verdicts", "evaluate", "findings"]
+__all__ = ["COLUMNS", "Finding", "TensorGap", "Verdict", "build_table", "cell_verdicts", "evaluate", "findings"]
 
 #: Column order of the results table; the first 29 are a contract with users' scripts.
 COLUMNS = [
@@ -64,6 +65,9 @@ class Verdict(str, enum.Enum):
 _STATUS_VERDICT = {"crash": Verdict.CRASH, "timeout": Verdict.TIMEOUT, "error": Verdict.ERROR,
                    "unsupported": Verdict.UNSUPPORTED, "skipped": Verdict.SKIPPED}
 _SEVERITY = {v: i for i, v in enumerate(Verdict)}
+#: The dtype each precision computes in; a comparison across precisions rounds to the narrower one.
+COMPUTE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
+                 "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
 def _base_row(run_id: str, cell: Cell) -> dict[str, Any]:
@@ -101,8 +105,15 @@ def _tensors(path: Path) -> dict[str, np.ndarray] | None:
 
 def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str, Any], comparison: str,
                mine: dict[str, np.ndarray] | None, theirs: dict[str, np.ndarray] | None,
-               reference_cell: str) -> list[dict[str, Any]]:
-    """Rows comparing each tensor of ``record`` with the same tensor of ``other``."""
+               reference: Cell) -> list[dict[str, Any]]:
+    """Rows comparing each tensor of ``record`` with the same tensor of ``other``.
+
+    Both sides are rounded to the narrowest of their dtypes and the two cells'
+    compute dtypes first: a mixed_bfloat16 gradient is float32 but carries
+    bfloat16 accuracy, so its gap to float32 is counted in bfloat16 ULPs.
+    """
+    reference_cell = reference.cell_id
+    compute = [COMPUTE_DTYPE[cell.settings.precision], COMPUTE_DTYPE[reference.settings.precision]]
     base = {**_base_row(run_id, cell), "comparison": comparison, "reference_cell": reference_cell,
             "status": "ok", "message": "", "seconds": None}
     if other["status"] != "ok":
@@ -119,7 +130,7 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
         row = {**base, "tensor": name, "digest": t["digest"]}
         if mine is not None and theirs is not None and name in mine and name in theirs:
             a, b = mine[name], theirs[name]
-            common = narrower_dtype(a.dtype, b.dtype)  # compare in the lower precision of the two
+            common = functools.reduce(narrower_dtype, [a.dtype, b.dtype, *compute])
             result = compare(a.astype(common), b.astype(common), digest=False)
             row.update(dtype=common.name, **{k: getattr(result, k) for k in _STAT_FIELDS})
         elif t["dtype"] == ref["dtype"]:  # tensors not kept: bits only
@@ -153,12 +164,16 @@ def build_table(store: RunStore, config: Config) -> pd.DataFrame:
         replay = replays.get(cell_id)
         if replay is not None:
             theirs = _tensors(store.tensor_path(cell_id, replay=True)) if config.keep_tensors else None
-            rows.extend(_pair_rows(run_id, cell, record, replay, "process", mine, theirs, cell_id))
+            rows.extend(_pair_rows(run_id, cell, record, replay, "process", mine, theirs, cell))
         baseline = Cell(cell.layer, config.baseline, cell.seed, cell.repeats)
         reference = records.get(baseline.cell_id)
         if reference is not None and baseline.cell_id != cell_id:
             theirs = _tensors(store.tensor_path(baseline.cell_id)) if config.keep_tensors else None
-            rows.extend(_pair_rows(run_id, cell, record, reference, "baseline", mine, theirs, baseline.cell_id))
+            rows.extend(_pair_rows(run_id, cell, record, reference, "baseline", mine, theirs, baseline))
+    # Config order, not finishing order: tables of the same config line up row for row.
+    position = {cell_id: i for i, cell_id in enumerate(cells)}
+    kinds = {"repeat": 0, "process": 1, "baseline": 2}
+    rows.sort(key=lambda r: (position.get(r["cell_id"], len(position)), kinds[r["comparison"]]))
     return _typed(pd.DataFrame(rows, columns=COLUMNS))
 
 
@@ -230,58 +245,100 @@ def evaluate(table: pd.DataFrame, config: Config) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Finding:
-    """One line of the summary: a tensor that differs run-to-run or between settings."""
+class TensorGap:
+    """How one tensor differs within a finding (worst over the seeds pooled)."""
 
-    layer: str
     tensor: str
-    comparison: str
-    between: str
     n_mismatch: int
     n_elements: int
     max_ulp: int
     max_ulp_scaled: float
-    n_cells: int
+    n_repeats_differ: int | None = None
+
+    def phrase(self) -> str:
+        scaled = "" if math.isnan(self.max_ulp_scaled) else f", {self.max_ulp_scaled:.3g} scaled"
+        return f"{self.tensor} {self.n_mismatch:,}/{self.n_elements:,} elements max {self.max_ulp:,} ULP{scaled}"
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of the summary: what differs, where, and by how much.
+
+    ``comparison`` is ``repeat`` or ``process`` (run-to-run nondeterminism under
+    the settings in ``between``) or ``baseline`` (a gap between two settings).
+    """
+
+    layer: str
+    comparison: str
+    between: str
+    n_axes: int
+    gaps: tuple[TensorGap, ...]
+
+    @property
+    def worst_scaled(self) -> float:
+        values = [g.max_ulp_scaled for g in self.gaps if not math.isnan(g.max_ulp_scaled)]
+        return max(values, default=0.0)
 
     def sentence(self) -> str:
-        scaled = f", {self.max_ulp_scaled:.3g} scaled" if self.max_ulp_scaled == self.max_ulp_scaled else ""
-        counts = f"{self.n_mismatch:,} of {self.n_elements:,} elements"
+        detail = "; ".join(g.phrase() for g in self.gaps)
         if self.comparison == "baseline":
-            return f"{self.layer}: {self.tensor} differs between {self.between}: {counts}, max {self.max_ulp:,} ULP{scaled}"
-        what = "run to run" if self.comparison == "repeat" else "in a fresh process"
-        return f"{self.layer}: {self.tensor} differs {what} under {self.between}: {counts}, max {self.max_ulp:,} ULP{scaled}"
+            return f"{self.layer}: differs between {self.between}: {detail}"
+        what = "nondeterministic run to run" if self.comparison == "repeat" else "differs in a fresh process"
+        return f"{self.layer}: {what} under {self.between}: {detail}"
 
 
-def _difference(settings: dict[str, Any], baseline: Settings) -> str:
-    diff = [axis for axis in AXES if settings[axis] != getattr(baseline, axis)]
+def _axes_changed(row: dict[str, Any], baseline: Settings) -> list[str]:
+    return [axis for axis in AXES if row[axis] != getattr(baseline, axis)]
+
+
+def _difference(row: dict[str, Any], baseline: Settings) -> str:
+    diff = _axes_changed(row, baseline)
     if len(diff) == 1:
         axis = diff[0]
-        return f"{axis}={getattr(baseline, axis)} and {axis}={settings[axis]}"
+        return f"{axis}={getattr(baseline, axis)} and {axis}={row[axis]}"
     left = ", ".join(f"{a}={getattr(baseline, a)}" for a in diff)
-    right = ", ".join(f"{a}={settings[a]}" for a in diff)
+    right = ", ".join(f"{a}={row[a]}" for a in diff)
     return f"({left}) and ({right})"
 
 
 def findings(table: pd.DataFrame, baseline: Settings) -> list[Finding]:
-    """Differing tensors grouped by layer, tensor and what differs, worst first, seeds pooled."""
-    differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()]  # noqa: E712
-    groups: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
-    for row in differing.to_dict("records"):
+    """Differing tensors grouped by layer and by what differs, seeds pooled.
+
+    A baseline gap is reported once, under the fewest changed settings that
+    produce it: a cell whose tensor is bit-identical to that of a cell with
+    fewer changes (determinism=off vs on on a CPU, say) adds nothing.
+    """
+    differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()].to_dict("records")  # noqa: E712
+    simplest: dict[tuple[Any, ...], int] = {}
+    for row in differing:
         if row["comparison"] == "baseline":
+            key = (row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"])
+            simplest[key] = min(simplest.get(key, 99), len(_axes_changed(row, baseline)))
+    groups: dict[tuple[str, str, str, int], dict[str, list[dict[str, Any]]]] = {}
+    for row in differing:
+        n_axes = len(_axes_changed(row, baseline))
+        if row["comparison"] == "baseline":
+            key = (row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"])
+            if n_axes > simplest[key]:
+                continue
             between = _difference(row, baseline)
         else:
             between = Settings(**{a: row[a] for a in AXES}).label()
         layer = f"{row['layer']} {json.loads(row['input_shape'])}"
-        groups.setdefault((layer, row["tensor"], row["comparison"], between), []).append(row)
+        groups.setdefault((layer, row["comparison"], between, n_axes), {}).setdefault(row["tensor"], []).append(row)
     out = []
-    for (layer, tensor, comparison, between), rows in groups.items():
-        worst = max(rows, key=lambda r: (_int(r["max_ulp"]), _int(r["n_mismatch"])))
-        scaled = [r["max_ulp_scaled"] for r in rows if not pd.isna(r["max_ulp_scaled"])]
-        out.append(Finding(layer, tensor, comparison, between, _int(worst["n_mismatch"]),
-                           _int(worst["n_elements"]), _int(worst["max_ulp"]),
-                           max(scaled) if scaled else float("nan"), len({r["cell_id"] for r in rows})))
+    for (layer, comparison, between, n_axes), per_tensor in groups.items():
+        gaps = []
+        for tensor, rows in per_tensor.items():
+            worst = max(rows, key=lambda r: (_int(r["max_ulp"]), _int(r["n_mismatch"])))
+            scaled = [r["max_ulp_scaled"] for r in rows if not pd.isna(r["max_ulp_scaled"])]
+            repeats = [_int(r["n_repeats_differ"]) for r in rows if not pd.isna(r["n_repeats_differ"])]
+            gaps.append(TensorGap(tensor, _int(worst["n_mismatch"]), _int(worst["n_elements"]),
+                                  _int(worst["max_ulp"]), max(scaled) if scaled else math.nan,
+                                  max(repeats) if repeats else None))
+        out.append(Finding(layer, comparison, between, n_axes, tuple(gaps)))
     order = {"repeat": 0, "process": 1, "baseline": 2}
-    return sorted(out, key=lambda f: (order.get(f.comparison, 3), -f.max_ulp_scaled if f.max_ulp_scaled == f.max_ulp_scaled else 0, f.layer, f.tensor))
+    return sorted(out, key=lambda f: (order.get(f.comparison, 3), f.n_axes, -f.worst_scaled, f.layer))
 
 
 def _int(value: Any) -> int:
