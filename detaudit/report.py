@@ -71,7 +71,7 @@ def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Tabl
         shape = json.loads(row["input_shape"])
         is_baseline = baseline is not None and settings == baseline
         grid.add_row(
-            f"{row['layer']} {shape}",
+            f"{row['layer'].rpartition(':')[2]} {shape}",
             settings.label(),
             str(row["seed"]),
             Text(verdict.value, style=VERDICT_STYLES[verdict]),

@@ -254,10 +254,15 @@ class TensorGap:
     max_ulp: int
     max_ulp_scaled: float
     n_repeats_differ: int | None = None
+    n_repeats_compared: int | None = None
 
     def phrase(self) -> str:
         scaled = "" if math.isnan(self.max_ulp_scaled) else f", {self.max_ulp_scaled:.3g} scaled"
-        return f"{self.tensor} {self.n_mismatch:,}/{self.n_elements:,} elements max {self.max_ulp:,} ULP{scaled}"
+        repeats = ""
+        if self.n_repeats_differ is not None and self.n_repeats_compared:
+            repeats = f" in {self.n_repeats_differ}/{self.n_repeats_compared} repeats"
+        return (f"{self.tensor}{repeats}: {self.n_mismatch:,}/{self.n_elements:,} elements, "
+                f"max {self.max_ulp:,} ULP{scaled}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -324,7 +329,7 @@ def findings(table: pd.DataFrame, baseline: Settings) -> list[Finding]:
             between = _difference(row, baseline)
         else:
             between = Settings(**{a: row[a] for a in AXES}).label()
-        layer = f"{row['layer']} {json.loads(row['input_shape'])}"
+        layer = f"{row['layer'].rpartition(':')[2]} {json.loads(row['input_shape'])}"
         groups.setdefault((layer, row["comparison"], between, n_axes), {}).setdefault(row["tensor"], []).append(row)
     out = []
     for (layer, comparison, between, n_axes), per_tensor in groups.items():
@@ -335,7 +340,7 @@ def findings(table: pd.DataFrame, baseline: Settings) -> list[Finding]:
             repeats = [_int(r["n_repeats_differ"]) for r in rows if not pd.isna(r["n_repeats_differ"])]
             gaps.append(TensorGap(tensor, _int(worst["n_mismatch"]), _int(worst["n_elements"]),
                                   _int(worst["max_ulp"]), max(scaled) if scaled else math.nan,
-                                  max(repeats) if repeats else None))
+                                  max(repeats) if repeats else None, int(worst["repeats"]) - 1))
         out.append(Finding(layer, comparison, between, n_axes, tuple(gaps)))
     order = {"repeat": 0, "process": 1, "baseline": 2}
     return sorted(out, key=lambda f: (order.get(f.comparison, 3), f.n_axes, -f.worst_scaled, f.layer))

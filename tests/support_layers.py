@@ -1,0 +1,73 @@
+"""Test-only layers that misbehave on purpose, imported by workers through `kind: "tests.support_layers:..."`.
+
+They let the CPU test suite exercise paths that real nondeterminism only
+reaches on GPUs: a backward pass that sums in a random order (as atomicAdd
+does), an op that refuses determinism, a worker that dies, a worker that hangs.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import keras
+import tensorflow as tf
+from tensorflow.python.framework import config as tf_config
+
+
+@tf.custom_gradient
+def _random_order_bias_add(outputs: tf.Tensor, bias: tf.Tensor):
+    def grad(upstream: tf.Tensor):
+        flat = tf.reshape(upstream, [-1, tf.shape(upstream)[-1]])
+        order = tf.range(tf.shape(flat)[0])
+        if not tf_config.is_op_determinism_enabled():
+            order = tf.random.shuffle(order)  # a new order on every pass, like GPU atomics
+        # A running sum, so the order of the terms decides the rounding.
+        grad_bias = tf.math.cumsum(tf.gather(flat, order), axis=0)[-1]
+        return upstream, grad_bias
+
+    return outputs + bias, grad
+
+
+class RandomOrderSumConv2DTranspose(keras.layers.Conv2DTranspose):
+    """Conv2DTranspose whose bias gradient sums in a random order unless op determinism is on.
+
+    The forward pass is exact and repeatable; only grad_bias varies run to run.
+    """
+
+    def __init__(self, **kwargs):
+        super().__init__(use_bias=False, **kwargs)
+
+    def build(self, input_shape):
+        super().build(input_shape)
+        self.bias = self.add_weight(name="bias", shape=(self.filters,), initializer="zeros")
+
+    def call(self, inputs):
+        return _random_order_bias_add(super().call(inputs), tf.convert_to_tensor(self.bias))
+
+
+class RefusesDeterminism(keras.layers.Conv2DTranspose):
+    """Raises the UnimplementedError TensorFlow raises for ops without a deterministic kernel."""
+
+    def call(self, inputs):
+        if tf_config.is_op_determinism_enabled():
+            raise tf.errors.UnimplementedError(
+                None, None, "Determinism is not yet supported in GPU implementation of FakeOp.")
+        return super().call(inputs)
+
+
+class KillsProcess(keras.layers.Layer):
+    """Kills its own worker process with SIGSEGV, as a crashing native kernel would."""
+
+    def call(self, inputs):
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return inputs
+
+
+class Hangs(keras.layers.Layer):
+    """Never returns, as a deadlocked kernel would."""
+
+    def call(self, inputs):
+        time.sleep(3600)
+        return inputs
