@@ -1,0 +1,186 @@
+"""config: validation messages, defaults, matrix expansion, cell ids. No TensorFlow."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from detaudit.config import (
+    AXES, Cell, Settings, bundled_config_path, expand_matrix, iter_groups, load_config, parse_config,
+)
+from detaudit.errors import ConfigError
+
+MINIMAL = {
+    "name": "t",
+    "layers": [{"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2,
+                "padding": "same", "input_shape": [1, 4, 4, 2]}],
+}
+
+
+def _with(**changes):
+    data = copy.deepcopy(MINIMAL)
+    data.update(changes)
+    return data
+
+
+def _error(data) -> str:
+    with pytest.raises(ConfigError) as info:
+        parse_config(data, source="cfg.yaml")
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("cfg.yaml: ")
+    return message
+
+
+@pytest.mark.parametrize("name", ["quick", "nightly", "gpu-triage"])
+def test_bundled_configs_validate(name):
+    config = load_config(bundled_config_path(name))
+    assert config.name == name and config.cells()
+
+
+def test_defaults_match_the_issue():
+    config = parse_config(MINIMAL)
+    assert config.seeds == (0,) and config.repeats == 3 and config.timeout_s == 300
+    assert config.axes == {"device": ("cpu",), "precision": ("float32",), "determinism": ("off",), "xla": ("off",),
+                           "onednn": ("default",), "threads": (0,), "tf32": ("default",)}
+    assert config.baseline == Settings(determinism="on")
+    params = config.layers[0].params
+    assert params["kernel_size"] == [3, 3] and params["use_bias"] is True and params["output_padding"] is None
+
+
+def test_a_scalar_means_a_one_element_list():
+    config = parse_config(_with(seeds=7, matrix={"precision": "mixed_float16", "threads": 2}))
+    assert config.seeds == (7,)
+    assert config.axes["precision"] == ("mixed_float16",) and config.axes["threads"] == (2,)
+
+
+def test_yaml_on_off_booleans_are_accepted():
+    config = parse_config(_with(matrix={"determinism": [False, True], "xla": True}))
+    assert config.axes["determinism"] == ("off", "on") and config.axes["xla"] == ("on",)
+
+
+def test_typo_in_a_top_level_key_suggests_the_nearest():
+    message = _error(_with(repeat=3))
+    assert "unknown key `repeat`" in message and "Did you mean `repeats`?" in message
+
+
+def test_typo_in_a_layer_key_names_the_path():
+    data = _with()
+    data["layers"][0]["kernel_sise"] = 3
+    message = _error(data)
+    assert "`layers[0]`" in message and "Did you mean `kernel_size`?" in message
+
+
+def test_bad_axis_value_names_path_value_and_choices():
+    message = _error(_with(matrix={"precision": ["float32", "mixed_bfloat"]}))
+    assert "`matrix.precision[1]`" in message and "'mixed_bfloat'" in message
+    assert "mixed_bfloat16" in message and "Did you mean `mixed_bfloat16`?" in message
+
+
+@pytest.mark.parametrize("changes, fragment", [
+    ({"repeats": 1}, "`repeats`"),
+    ({"repeats": "3"}, "`repeats`"),
+    ({"seeds": [-1]}, "`seeds[0]`"),
+    ({"timeout_s": 0}, "`timeout_s`"),
+    ({"matrix": {"device": ["tpu"]}}, "`matrix.device[0]`"),
+    ({"matrix": {"threads": [-2]}}, "`matrix.threads[0]`"),
+    ({"matrix": {"colour": ["red"]}}, "unknown key `colour`"),
+    ({"baseline": {"device": "cpu", "xla": "maybe"}}, "`baseline.xla`"),
+    ({"layers": []}, "`layers`"),
+    ({"name": "a b/c"}, "`name`"),
+    ({"expect": {"deterministic": {"determinism": ["sometimes"]}}}, "`expect.deterministic.determinism[0]`"),
+    ({"expect": {"max_ulp": {"baseline": {"float32": -1}}}}, "`expect.max_ulp.baseline.float32`"),
+])
+def test_invalid_values_are_refused_with_their_path(changes, fragment):
+    assert fragment in _error(_with(**changes))
+
+
+@pytest.mark.parametrize("layer_changes, fragment", [
+    ({"filters": -2}, "Expected a strictly positive integer. Received filters=-2."),
+    ({"kind": "Conv2DTransposed"}, "Did you mean `Conv2DTranspose`?"),
+    ({"kernel_size": [3, 3, 3]}, "`layers[0].kernel_size`"),
+    ({"input_shape": [4, 4, 2]}, "`layers[0].input_shape`"),
+    ({"padding": "full"}, "`layers[0].padding`"),
+    ({"output_padding": 2}, "smaller than the stride"),
+    ({"dilation_rate": 2}, "`layers[0].dilation_rate`"),
+    ({"kind": "os.system"}, "import path"),
+])
+def test_invalid_layers_are_refused(layer_changes, fragment):
+    data = _with()
+    data["layers"][0].update(layer_changes)
+    assert fragment in _error(data)
+
+
+def test_custom_layers_take_any_plain_kwargs():
+    config = parse_config(_with(layers=[{"kind": "mypkg.layers:Up", "factor": 2, "input_shape": [1, 4, 4, 2]}]))
+    assert config.layers[0].params == {"factor": 2} and config.layers[0].rank is None
+
+
+def test_matrix_expansion_adds_the_baseline_once_per_layer_and_seed():
+    config = parse_config(_with(seeds=[0, 1], matrix={"precision": ["float32", "mixed_bfloat16"], "xla": ["off", "on"]}))
+    cells = expand_matrix(config)
+    assert len(cells) == (4 + 1) * 2  # 2x2 matrix, plus the baseline (determinism on), for 2 seeds
+    assert sum(c.settings == config.baseline for c in cells) == 2
+    assert len({c.cell_id for c in cells}) == len(cells)
+
+
+def test_baseline_inside_the_matrix_is_not_duplicated():
+    config = parse_config(_with(matrix={"determinism": ["off", "on"]}))
+    assert len(expand_matrix(config)) == 2
+
+
+def test_cells_group_by_process_wide_settings_only():
+    config = parse_config(_with(matrix={"device": ["cpu", "gpu"], "xla": ["off", "on"], "threads": [1, 2]}))
+    groups = list(iter_groups(expand_matrix(config)))
+    # device and xla share a process; threads and the baseline's determinism do not.
+    assert len(groups) == 3
+    assert all(len({c.settings.process_key() for c in cells}) == 1 for _, cells in groups)
+
+
+def test_cell_ids_are_stable_and_safe():
+    cell = expand_matrix(parse_config(MINIMAL))[0]
+    # A golden value: cell ids key compare, resume and merge across runs and versions.
+    assert cell.cell_id == Cell.from_dict(cell.to_dict()).cell_id
+    assert cell.cell_id == "conv2dtranspose-970425c421e1"
+
+
+def test_to_dict_round_trips():
+    config = parse_config(_with(matrix={"precision": ["float32", "bfloat16"]},
+                                expect={"deterministic": {"determinism": ["on"]}, "max_ulp": {"baseline": 4}}))
+    again = parse_config(config.to_dict(), source=config.source)
+    assert again == config
+
+
+def test_expectations_select_cells():
+    config = parse_config(_with(expect={"deterministic": {"determinism": ["on", "env"]},
+                                        "max_ulp": {"baseline": {"float32": 4, "*": 100}}}))
+    assert config.expect.must_be_deterministic(Settings(determinism="on"))
+    assert not config.expect.must_be_deterministic(Settings(determinism="off"))
+    assert config.expect.threshold("max_ulp", "baseline", "float32") == 4
+    assert config.expect.threshold("max_ulp", "baseline", "bfloat16") == 100
+    assert config.expect.threshold("max_ulp", "repeat", "float32") is None
+    assert not parse_config(_with(expect={"deterministic": "none"})).expect.must_be_deterministic(Settings())
+
+
+def test_load_config_reports_files_and_yaml_errors(tmp_path):
+    with pytest.raises(ConfigError, match="config file not found"):
+        load_config(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("layers: [\n  - kind: x\n")
+    with pytest.raises(ConfigError, match=r"broken.yaml: YAML syntax error at line \d+"):
+        load_config(broken)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("just a string\n")
+    with pytest.raises(ConfigError, match="Expected a mapping"):
+        load_config(scalar)
+
+
+def test_yaml_is_loaded_safely(tmp_path):
+    evil = tmp_path / "evil.yaml"
+    evil.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(ConfigError, match="YAML syntax error"):
+        load_config(evil)
+
+
+def test_every_axis_has_a_default():
+    assert set(AXES) == set(Settings().as_dict())
