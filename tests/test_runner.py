@@ -1,0 +1,164 @@
+"""runner + worker + cases: real TensorFlow workers on tiny shapes (CPU)."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from detaudit.config import parse_config
+from detaudit.results import cell_verdicts, evaluate
+from detaudit.runner import Event, run, worker_environ
+from detaudit.config import Settings
+from detaudit.store import RunStore
+
+pytestmark = pytest.mark.tf
+
+TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
+ALL_KINDS = [
+    {"kind": "Conv1DTranspose", **TINY, "input_shape": [2, 5, 3]},
+    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "valid",
+     "output_padding": 1, "input_shape": [2, 4, 4, 3]},
+    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "use_bias": False, "input_shape": [1, 4, 4, 2]},
+    # TensorFlow's CPU kernels refuse dilated transposed convolutions (GPU runs them).
+    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "dilation_rate": 2, "input_shape": [1, 5, 4, 2]},
+    {"kind": "Conv3DTranspose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
+    {"kind": "conv1d_transpose", **TINY, "use_bias": True, "input_shape": [2, 5, 3]},
+    {"kind": "conv2d_transpose", **TINY, "output_shape": [2, 8, 8, 2], "input_shape": [2, 4, 4, 3]},
+    {"kind": "conv3d_transpose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
+    {"kind": "resize_conv2d", "filters": 2, "kernel_size": 3, "input_shape": [2, 4, 4, 3]},
+    {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
+    {"kind": "tests.support_layers:RefusesDeterminism", "filters": 2, "kernel_size": 3, "input_shape": [1, 4, 4, 2]},
+    # Same padding, even kernel, output_padding 0: TensorFlow fails at run time (TF-FACTS).
+    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same",
+     "output_padding": 0, "input_shape": [1, 5, 5, 2]},
+]
+
+
+@pytest.fixture(scope="module")
+def kinds_run(tmp_path_factory):
+    config = parse_config({"name": "kinds", "seeds": [0], "repeats": 3, "layers": ALL_KINDS,
+                           "matrix": {"device": ["cpu", "gpu"], "determinism": ["off", "on"]},
+                           "replay_process": True}, source="kinds.yaml")
+    events: list[Event] = []
+    table = run(config, out=tmp_path_factory.mktemp("runs"), workers=2, on_event=events.append)
+    return config, table, events
+
+
+def _verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    return cell_verdicts(table)
+
+
+def test_every_layer_kind_runs_forward_and_backward(kinds_run):
+    config, table, _ = kinds_run
+    verdicts = _verdicts(table)
+    cpu = verdicts[verdicts["device"] == "cpu"]
+    expected_errors = cpu["params"].str.contains('"kernel_size": \\[4, 4\\]') | cpu["params"].str.contains(
+        '"dilation_rate": \\[2, 2\\]')
+    plain = cpu[~cpu["layer"].str.contains("support_layers") & ~expected_errors]
+    assert set(plain["verdict"]) == {"DETERMINISTIC"}, plain[["layer", "verdict", "message"]]
+    tensors = set(table[(table["layer"] == "Conv2DTranspose") & table["tensor"].notna()]["tensor"])
+    assert tensors == {"output", "grad_input", "grad_kernel", "grad_bias"}
+    raw = table[(table["layer"] == "conv2d_transpose") & (table["tensor"] == "output")]
+    assert raw["n_elements"].iloc[0] == 2 * 8 * 8 * 2
+
+
+def test_a_random_order_backward_pass_is_caught_and_determinism_fixes_it(kinds_run):
+    _, table, _ = kinds_run
+    rows = table[table["layer"].str.endswith("RandomOrderSumConv2DTranspose") & (table["device"] == "cpu")]
+    off = rows[(rows["determinism"] == "off") & (rows["comparison"] == "repeat")].set_index("tensor")
+    assert not off.loc["grad_bias", "bitwise_equal"] and off.loc["grad_bias", "max_ulp"] > 0
+    assert off.loc["grad_bias", "n_repeats_differ"] == 2
+    assert off.loc["output", "bitwise_equal"] and off.loc["grad_kernel", "bitwise_equal"]  # forward stays clean
+    on = rows[(rows["determinism"] == "on") & (rows["comparison"] == "repeat")]
+    assert on["bitwise_equal"].all()
+
+
+def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
+    config, table, _ = kinds_run
+    verdicts = _verdicts(table)
+    refuses = verdicts[verdicts["layer"].str.endswith("RefusesDeterminism") & (verdicts["device"] == "cpu")]
+    assert dict(zip(refuses["determinism"], refuses["verdict"])) == {"off": "DETERMINISTIC", "on": "UNSUPPORTED"}
+    assert "Determinism is not yet supported" in refuses[refuses["determinism"] == "on"]["message"].iloc[0]
+    even = verdicts[verdicts["params"].str.contains('"kernel_size": \\[4, 4\\]') & (verdicts["device"] == "cpu")]
+    assert set(even["verdict"]) == {"ERROR"}
+    assert "Size of out_backprop doesn't match computed" in even["message"].iloc[0]
+    dilated = verdicts[verdicts["params"].str.contains('"dilation_rate": \\[2, 2\\]') & (verdicts["device"] == "cpu")]
+    assert set(dilated["verdict"]) == {"ERROR"}
+    assert "do not yet support dilation rates larger than 1" in dilated["message"].iloc[0]
+    gpu = verdicts[verdicts["device"] == "gpu"]
+    assert set(gpu["verdict"]) == {"SKIPPED"} and gpu["message"].str.contains("no GPU visible").all()
+    failures = evaluate(table, config)
+    assert any("RandomOrderSum" in f and "NONDETERMINISTIC" in f for f in failures)
+
+
+def test_process_replay_rows_compare_fresh_workers(kinds_run):
+    _, table, _ = kinds_run
+    process = table[(table["comparison"] == "process") & table["tensor"].notna()]
+    plain = process[process["layer"] == "Conv3DTranspose"]
+    assert len(plain) == 2 * 4 and plain["bitwise_equal"].all()  # two determinism settings x four tensors
+
+
+def test_the_run_directory_holds_everything(kinds_run):
+    config, table, events = kinds_run
+    store = RunStore.open(table.attrs["run_dir"])
+    meta = store.read_meta()
+    assert meta["tensorflow"]["tensorflow_version"] and meta["finished"] and meta["interrupted"] is False
+    assert {g["op_determinism"] for g in meta["groups"].values()} == {False, True}
+    records = list(store.iter_records())
+    assert len(records) == 2 * len(config.cells())  # every cell, and its replay
+    assert pd.read_parquet(store.results_path).shape == table.shape
+    assert any(store.logs_dir.iterdir())
+    assert sum(e.kind == "cell_finished" for e in events) == len(records)
+    assert events[0].kind == "planned" and events[-1].kind == "finished"
+
+
+def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
+    config = parse_config({
+        "name": "failures", "seeds": [0], "repeats": 2, "timeout_s": 20,
+        "layers": [
+            {"kind": "tests.support_layers:KillsProcess", "input_shape": [1, 2]},
+            {"kind": "tests.support_layers:Hangs", "input_shape": [1, 2]},
+            {"kind": "Conv1DTranspose", **TINY, "input_shape": [1, 4, 2]},
+        ],
+        "matrix": {"determinism": "on"},
+    })
+    table = run(config, out=tmp_path, workers=1)
+    verdicts = _verdicts(table).set_index("layer")
+    assert verdicts.loc["tests.support_layers:KillsProcess", "verdict"] == "CRASH"
+    assert "SIGSEGV" in verdicts.loc["tests.support_layers:KillsProcess", "message"]
+    assert verdicts.loc["tests.support_layers:Hangs", "verdict"] == "TIMEOUT"
+    assert verdicts.loc["Conv1DTranspose", "verdict"] == "DETERMINISTIC"
+    logs = sorted(p.name for p in (tmp_path / table.attrs["run_dir"]).joinpath("logs").iterdir())
+    assert len(logs) == 3  # one worker died, one hung, a third finished the group
+
+
+def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
+    config = parse_config({
+        "name": "precisions", "seeds": [0], "repeats": 2,
+        "layers": [{"kind": "Conv2DTranspose", **TINY, "input_shape": [1, 3, 3, 2]}],
+        "matrix": {"precision": ["float64", "bfloat16", "mixed_float16"], "threads": [1]},
+        "keep_tensors": True,
+    })
+    table = run(config, out=tmp_path, workers=2)
+    repeat = table[(table["comparison"] == "repeat") & (table["tensor"] == "output")].set_index("precision")
+    assert repeat.loc["float64", "dtype"] == "float64"
+    assert repeat.loc["bfloat16", "dtype"] == "bfloat16"
+    assert repeat.loc["mixed_float16", "dtype"] == "float16"
+    gaps = table[(table["comparison"] == "baseline") & (table["tensor"] == "output")].set_index("precision")
+    # Compared in the narrower compute dtype: float16 for mixed_float16, bfloat16 for bfloat16.
+    assert gaps.loc["mixed_float16", "dtype"] == "float16" and gaps.loc["bfloat16", "dtype"] == "bfloat16"
+    assert gaps.loc["float64", "dtype"] == "float32"
+    meta = json.loads((tmp_path / table.attrs["run_dir"] / "meta.json").read_text())
+    applied = list(meta["groups"].values())
+    assert {a["dtype_policy"] for a in applied} == {"float64", "bfloat16", "mixed_float16", "float32"}
+    assert {a["intra_op_threads"] for a in applied} == {0, 1}
+
+
+def test_worker_environment_means_what_the_axis_says():
+    base = {"TF_DETERMINISTIC_OPS": "1", "TF_ENABLE_ONEDNN_OPTS": "1", "PATH": "/bin"}
+    env = worker_environ(Settings(determinism="off", onednn="default"), base)
+    assert "TF_DETERMINISTIC_OPS" not in env and "TF_ENABLE_ONEDNN_OPTS" not in env
+    env = worker_environ(Settings(determinism="env", onednn="off"), base)
+    assert env["TF_DETERMINISTIC_OPS"] == "1" and env["TF_ENABLE_ONEDNN_OPTS"] == "0"
