@@ -5,7 +5,7 @@ from __future__ import annotations
 import ml_dtypes
 import numpy as np
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing._private.utils import nulp_diff
@@ -99,6 +99,13 @@ def test_nextafter_is_one_ulp(pair):
             assert ulp_distance(x, step)[0] == 1
 
 
+@pytest.fixture()
+def small_chunks(monkeypatch):
+    """Chunks of 16 elements, so that a 200-element array crosses many chunk boundaries."""
+    import detaudit.numerics as numerics
+    monkeypatch.setattr(numerics, "_CHUNK", 16)
+
+
 def _any_bits(dtype, n=8):
     """Every bit pattern of the dtype, NaNs and infinities included (ml_dtypes too)."""
     return hnp.arrays(np.dtype(f"u{dtype.itemsize}"), n).map(lambda bits: bits.view(dtype))
@@ -136,10 +143,14 @@ def test_agrees_with_nulp_diff_where_nulp_diff_is_right(triple):
     assert np.array_equal(ours[small].astype(np.float64), theirs[small])
 
 
-@settings(max_examples=300, deadline=None)
-@given(st.sampled_from(ALL_DTYPES), st.data())
-def test_compare_agrees_with_ulp_distance_on_any_bits(dtype, data):
-    a, b = data.draw(_any_bits(dtype, 32)), data.draw(_any_bits(dtype, 32))
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(ALL_DTYPES), st.data(), st.integers(0, 3))
+def test_compare_agrees_with_ulp_distance_on_any_bits(small_chunks, dtype, data, density):
+    a = data.draw(_any_bits(dtype, 100))
+    b = data.draw(_any_bits(dtype, 100))
+    keep = data.draw(hnp.arrays(bool, 100, elements=st.booleans() if density else st.just(True)))
+    if density:  # sparse and dense chunks both: equal elements where keep is set
+        b = np.where(keep, a, b) if density > 1 else b
     result = compare(a, b)
     distances = ulp_distance(a, b)
     assert result.max_ulp == int(distances.max())
@@ -150,6 +161,35 @@ def test_compare_agrees_with_ulp_distance_on_any_bits(dtype, data):
     if population.size:
         assert result.p50_ulp == int(population[int(np.ceil(0.5 * population.size)) - 1])
         assert result.p99_ulp == int(population[int(np.ceil(0.99 * population.size)) - 1])
+
+
+def _reference_gaps(a: np.ndarray, b: np.ndarray) -> tuple[float, float]:
+    """max |a-b| and max |a-b|/|b| in plain float64, NaN pairs and equal bits skipped."""
+    bits = f"u{a.dtype.itemsize}"
+    wa, wb = a.astype(np.float64).ravel(), b.astype(np.float64).ravel()
+    keep = (a.view(bits) != b.view(bits)).ravel() & ~np.isnan(wa) & ~np.isnan(wb)
+    wa, wb = wa[keep], wb[keep]
+    with np.errstate(all="ignore"):
+        gap = np.abs(wa - wb)
+        rel = np.where(gap == 0, 0.0, gap / np.abs(wb))
+    rel = np.where(np.isnan(rel), np.inf, rel)
+    return float(gap.max(initial=0.0)), float(rel.max(initial=0.0))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(ALL_DTYPES), st.data(), st.booleans())
+def test_float_statistics_match_a_float64_reference(small_chunks, dtype, data, nearby):  # the patch holds throughout
+    a = data.draw(_any_bits(dtype, 200))
+    if nearby:  # mostly tiny ULP nudges: the fast same-binade path
+        steps = data.draw(hnp.arrays(np.dtype(f"u{dtype.itemsize}"), 200, elements=st.integers(0, 3)))
+        b = (a.view(steps.dtype) + steps).view(dtype)
+    else:
+        b = data.draw(_any_bits(dtype, 200))
+    result = compare(a, b)
+    max_abs, max_rel = _reference_gaps(a, b)
+    assert result.max_abs == max_abs
+    assert result.max_rel == pytest.approx(max_rel, rel=1e-15) or (np.isinf(max_rel) and np.isinf(result.max_rel))
+    assert result.max_ulp == int(ulp_distance(a, b).max())
 
 
 # --- compare ------------------------------------------------------------------------------------

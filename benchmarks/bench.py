@@ -1,0 +1,183 @@
+"""Side-by-side benchmarks: every figure is a ratio measured in this one run.
+
+    python benchmarks/bench.py            # all three, about two minutes on 2 cores
+    python benchmarks/bench.py --only compare
+
+1. harness: detaudit's per-pass cost (worker.run_cell: forward+backward, host copy,
+   streaming compare against the first repeat) vs a minimal hand-written TensorFlow
+   loop doing the same passes on the same layer. Target: at most 1.10x.
+2. compare: numerics.compare on 10 million float32 elements vs numpy.testing's
+   nulp_diff when they differ (target: at least 5x faster), and vs np.array_equal on
+   the raw bits when identical (target: within 2x).
+3. memory: peak RSS of a worker process running one cell with 3 vs 30 repeats
+   (target: independent of repeats).
+
+TensorFlow parts run in fresh subprocesses so that each starts from the same state.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+LAYER = {"kind": "Conv2DTranspose", "filters": 16, "kernel_size": 3, "strides": 2, "padding": "same",
+         "input_shape": [8, 33, 33, 16]}  # the layer measured in TF-FACTS
+
+
+def _best(fn, rounds: int = 5) -> float:
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+# --- 1. harness overhead -------------------------------------------------------------------------
+
+def _cell(repeats: int):
+    from detaudit.config import parse_config
+
+    config = parse_config({"name": "bench", "repeats": max(repeats, 2), "layers": [LAYER]})
+    cell = config.cells()[0]
+    return type(cell)(cell.layer, cell.settings, cell.seed, repeats)
+
+
+def harness_child(passes: int) -> dict:
+    """In a fresh process: per-pass seconds of run_cell and of a hand-written loop, interleaved."""
+    import keras
+    import tensorflow as tf
+
+    from detaudit.worker import apply_settings, run_cell
+
+    apply_settings(_cell(2).settings)
+    # Setup (layer build, tracing) is paid once by both; subtract it by differencing two lengths.
+    def harness_per_pass() -> float:
+        short = _best(lambda: run_cell(_cell(2), None), 2)
+        long = _best(lambda: run_cell(_cell(passes + 2), None), 2)
+        return (long - short) / passes
+
+    def hand_per_pass() -> float:
+        layer = keras.layers.Conv2DTranspose(16, 3, strides=2, padding="same")
+        x = tf.constant(np.random.default_rng(0).standard_normal(LAYER["input_shape"]).astype(np.float32))
+        y = layer(x)
+        dy = tf.constant(np.random.default_rng(1).standard_normal(tuple(y.shape)).astype(np.float32))
+
+        @tf.function
+        def step(x, dy):
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                y = layer(x, training=True)
+            return y, tape.gradient(y, [x, *layer.trainable_variables], output_gradients=dy)
+
+        def loop(n: int) -> None:
+            for _ in range(n):
+                y, grads = step(x, dy)
+                y.numpy(), [g.numpy() for g in grads]
+
+        loop(3)
+        return _best(lambda: loop(passes), 3) / passes
+
+    harness, hand = [], []
+    for _ in range(3):  # interleave so that machine noise hits both alike
+        harness.append(harness_per_pass())
+        hand.append(hand_per_pass())
+    return {"harness_s": statistics.median(harness), "hand_s": statistics.median(hand)}
+
+
+def bench_harness(passes: int) -> None:
+    out = subprocess.run([sys.executable, __file__, "--child", "harness", "--passes", str(passes)],
+                         capture_output=True, text=True, check=True, cwd=ROOT)
+    data = json.loads(out.stdout.strip().splitlines()[-1])
+    ratio = data["harness_s"] / data["hand_s"]
+    print(f"harness  per pass {data['harness_s'] * 1e3:8.2f} ms | hand-written loop {data['hand_s'] * 1e3:8.2f} ms "
+          f"| ratio {ratio:.3f}x  (target <= 1.10x; {LAYER['kind']} {LAYER['input_shape']}, {passes} passes)")
+
+
+# --- 2. compare vs nulp_diff ---------------------------------------------------------------------
+
+def bench_compare(n: int) -> None:
+    from numpy.testing._private.utils import nulp_diff
+
+    from detaudit.numerics import compare
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(n).astype(np.float32)
+    differ_all = (a.view(np.uint32) + rng.integers(1, 5, n, dtype=np.uint32)).view(np.float32)
+    differ_third = a.copy()
+    idx = rng.choice(n, n // 3, replace=False)
+    differ_third[idx] = np.nextafter(differ_third[idx], np.float32(np.inf))
+    same = a.copy()
+
+    for label, b in (("all differ", differ_all), ("1/3 differ", differ_third)):
+        ours = _best(lambda: compare(b, a, digest=False), 3)
+        theirs = _best(lambda: nulp_diff(b, a), 3)
+        print(f"compare  {label:10s} {ours * 1e3:8.1f} ms | nulp_diff {theirs * 1e3:8.1f} ms "
+              f"| {theirs / ours:5.1f}x faster  (target >= 5x; {n:,} float32)")
+    ours = _best(lambda: compare(same, a, digest=False), 7)
+    equal = _best(lambda: np.array_equal(same.view(np.uint32), a.view(np.uint32)), 7)
+    hashed = _best(lambda: compare(same, a), 5)
+    print(f"compare  identical  {ours * 1e3:8.1f} ms | array_equal on bits {equal * 1e3:6.1f} ms "
+          f"| ratio {ours / equal:.2f}x  (target <= 2x; with the sha256 digest: {hashed * 1e3:.1f} ms)")
+
+
+# --- 3. memory vs repeats ------------------------------------------------------------------------
+
+def memory_child(repeats: int) -> dict:
+    from detaudit.worker import apply_settings, run_cell
+
+    apply_settings(_cell(2).settings)
+    record = run_cell(_cell(repeats), None)
+    assert record["status"] == "ok", record
+    return {"max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def bench_memory() -> None:
+    peaks = {}
+    for repeats in (3, 30):
+        out = subprocess.run([sys.executable, __file__, "--child", "memory", "--repeats", str(repeats)],
+                             capture_output=True, text=True, check=True, cwd=ROOT)
+        peaks[repeats] = json.loads(out.stdout.strip().splitlines()[-1])["max_rss_mb"]
+    print(f"memory   peak RSS repeats=3 {peaks[3]:7.1f} MB | repeats=30 {peaks[30]:7.1f} MB "
+          f"| ratio {peaks[30] / peaks[3]:.3f}x  (target ~1.0x)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--only", choices=["harness", "compare", "memory"])
+    parser.add_argument("--passes", type=int, default=40)
+    parser.add_argument("--elements", type=int, default=10_000_000)
+    parser.add_argument("--child", choices=["harness", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--repeats", type=int, default=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child == "harness":
+        print(json.dumps(harness_child(args.passes)))
+        return
+    if args.child == "memory":
+        print(json.dumps(memory_child(args.repeats)))
+        return
+    import platform
+
+    print(f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
+          f"numpy {np.__version__}")
+    if args.only in (None, "compare"):
+        bench_compare(args.elements)
+    if args.only in (None, "harness"):
+        bench_harness(args.passes)
+    if args.only in (None, "memory"):
+        bench_memory()
+
+
+if __name__ == "__main__":
+    main()
