@@ -43,7 +43,7 @@ AXES: dict[str, tuple[str, ...] | None] = {
     "precision": ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"),
     "determinism": ("off", "on", "env"),
     "xla": ("off", "on"),
-    "onednn": ("default", "off"),
+    "onednn": ("default", "off", "on"),
     "threads": None,  # integer >= 0, 0 = TensorFlow's default
     "tf32": ("default", "off"),
 }
