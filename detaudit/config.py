@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
-import importlib.resources
 import itertools
 import json
 import re
@@ -551,10 +550,10 @@ def load_config(path: str | Path) -> Config:
 
 def bundled_config_path(name: str = "quick") -> Path:
     """Path of a config shipped with detaudit (quick, nightly, gpu-triage)."""
-    try:  # installed: configs/ is shipped as the package data detaudit.configs
-        folder = Path(str(importlib.resources.files("detaudit.configs")))
-    except ModuleNotFoundError:  # running from a source checkout
-        folder = Path(__file__).resolve().parent.parent / "configs"
+    here = Path(__file__).resolve().parent
+    # Installed: configs/ ships inside the package (pyproject maps it to detaudit/configs).
+    # Source checkout: it sits beside the package.
+    folder = next((f for f in (here / "configs", here.parent / "configs") if f.is_dir()), here / "configs")
     path = folder / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no bundled config named {name!r}.")
