@@ -12,6 +12,7 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import datetime as _dt
+import importlib.util
 import json
 import os
 import queue
@@ -194,8 +195,11 @@ def _failure_record(cell_id: str, status: str, message: str, log_path: Path) -> 
 
 
 def _describe_death(outcome: _WorkerOutcome, timeout_s: float) -> tuple[str, str]:
+    """(status, message): why the worker stopped, with the last lines of its stderr."""
+    tail = outcome.stderr_tail.splitlines()[-3:] if outcome.stderr_tail else []
+    detail = ": " + " | ".join(line.strip() for line in tail) if tail else ""
     if outcome.timed_out:
-        return "timeout", f"worker exceeded timeout_s={timeout_s:g}"
+        return "timeout", f"worker exceeded timeout_s={timeout_s:g}{detail}"
     rc = outcome.returncode
     if rc is not None and rc < 0:
         try:
@@ -205,8 +209,7 @@ def _describe_death(outcome: _WorkerOutcome, timeout_s: float) -> tuple[str, str
         why = f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     else:
         why = f"worker exited with code {rc}"
-    tail = outcome.stderr_tail.splitlines()[-3:] if outcome.stderr_tail else []
-    return "crash", why + (": " + " | ".join(tail) if tail else "")
+    return "crash", why + detail
 
 
 def run_worker_job(cells: Sequence[Cell], settings: Settings, *, timeout_s: float, log_stem: Path,
@@ -254,8 +257,16 @@ def run_worker_job(cells: Sequence[Cell], settings: Settings, *, timeout_s: floa
         remaining = [c for c in remaining if c.cell_id != outcome.in_flight]
 
 
+def require_tensorflow() -> None:
+    """Fail early, with the fix, when workers could not import TensorFlow (checked without importing it)."""
+    if importlib.util.find_spec("tensorflow") is None:
+        raise UsageError(f"TensorFlow is not installed for {sys.executable}. "
+                         "Install it with: pip install 'detaudit[cpu]' (or [gpu], or your own TensorFlow >= 2.16)")
+
+
 def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:
     """Start one worker with no cells and return its TensorFlow fingerprint (for ``detaudit env``)."""
+    require_tensorflow()
     hello: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         outcome = _spawn_worker({"settings": Settings().as_dict(), "cells": []}, Settings(),
@@ -290,6 +301,7 @@ def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] 
     """
     if not isinstance(config, Config):
         config = load_config(config)
+    require_tensorflow()
     workers = os.cpu_count() or 1 if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"Invalid value for argument `workers`. Expected an integer >= 1. Received workers={workers!r}.")

@@ -38,7 +38,10 @@ _NOISE = re.compile(
     r"|\{\{function_node [^}]*\}\}"                       # TensorFlow's graph function tags
     r"|Exception encountered when calling [\w.]+\(\)\.?"  # Keras' wrapper sentence
     r"|Arguments received by [^\n]*"
+    r"|\s•\s[^\n]*"                                     # Keras' "• inputs=..." argument listing
 )
+# TF-FACTS: the two shapes of "no deterministic kernel" messages.
+_DETERMINISM_REFUSAL = re.compile(r"Determinism is not yet supported|deterministic GPU implementation", re.I)
 
 
 def _first_lines(exc: BaseException) -> str:
@@ -139,8 +142,10 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
         if tensor_path is not None:
             save_tensors(tensor_path, dict(zip(case.names, first)))
     except tf.errors.UnimplementedError as exc:
-        # e.g. "Determinism is not yet supported in GPU implementation of ..."
-        record.update(status="unsupported", message=_first_lines(exc))
+        # A refusal to be deterministic is a finding (unsupported); other gaps, such as
+        # NCHW convolutions on the CPU, are errors of the configuration.
+        status = "unsupported" if _DETERMINISM_REFUSAL.search(str(exc)) else "error"
+        record.update(status=status, message=_first_lines(exc))
     except Exception as exc:  # noqa: BLE001 - any failure of the cell is data, not a crash
         record.update(status="error", message=_first_lines(exc))
     record["seconds"] = round(time.perf_counter() - started, 6)

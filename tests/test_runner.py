@@ -9,11 +9,10 @@ import pytest
 
 from detaudit.config import parse_config
 from detaudit.results import cell_verdicts, evaluate
-from detaudit.runner import Event, run, worker_environ
 from detaudit.config import Settings
+from detaudit.errors import UsageError
+from detaudit.runner import Event, run, worker_environ
 from detaudit.store import RunStore
-
-pytestmark = pytest.mark.tf
 
 TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
 ALL_KINDS = [
@@ -50,6 +49,7 @@ def _verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return cell_verdicts(table)
 
 
+@pytest.mark.tf
 def test_every_layer_kind_runs_forward_and_backward(kinds_run):
     config, table, _ = kinds_run
     verdicts = _verdicts(table)
@@ -64,6 +64,7 @@ def test_every_layer_kind_runs_forward_and_backward(kinds_run):
     assert raw["n_elements"].iloc[0] == 2 * 8 * 8 * 2
 
 
+@pytest.mark.tf
 def test_a_random_order_backward_pass_is_caught_and_determinism_fixes_it(kinds_run):
     _, table, _ = kinds_run
     rows = table[table["layer"].str.endswith("RandomOrderSumConv2DTranspose") & (table["device"] == "cpu")]
@@ -75,6 +76,7 @@ def test_a_random_order_backward_pass_is_caught_and_determinism_fixes_it(kinds_r
     assert on["bitwise_equal"].all()
 
 
+@pytest.mark.tf
 def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     config, table, _ = kinds_run
     verdicts = _verdicts(table)
@@ -93,6 +95,7 @@ def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     assert any("RandomOrderSum" in f and "NONDETERMINISTIC" in f for f in failures)
 
 
+@pytest.mark.tf
 def test_process_replay_rows_compare_fresh_workers(kinds_run):
     _, table, _ = kinds_run
     process = table[(table["comparison"] == "process") & table["tensor"].notna()]
@@ -100,6 +103,7 @@ def test_process_replay_rows_compare_fresh_workers(kinds_run):
     assert len(plain) == 2 * 4 and plain["bitwise_equal"].all()  # two determinism settings x four tensors
 
 
+@pytest.mark.tf
 def test_the_run_directory_holds_everything(kinds_run):
     config, table, events = kinds_run
     store = RunStore.open(table.attrs["run_dir"])
@@ -114,6 +118,7 @@ def test_the_run_directory_holds_everything(kinds_run):
     assert events[0].kind == "planned" and events[-1].kind == "finished"
 
 
+@pytest.mark.tf
 def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     config = parse_config({
         "name": "failures", "seeds": [0], "repeats": 2, "timeout_s": 20,
@@ -134,6 +139,7 @@ def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     assert len(logs) == 3  # one worker died, one hung, a third finished the group
 
 
+@pytest.mark.tf
 def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
     config = parse_config({
         "name": "precisions", "seeds": [0], "repeats": 2,
@@ -162,3 +168,12 @@ def test_worker_environment_means_what_the_axis_says():
     assert "TF_DETERMINISTIC_OPS" not in env and "TF_ENABLE_ONEDNN_OPTS" not in env
     env = worker_environ(Settings(determinism="env", onednn="off"), base)
     assert env["TF_DETERMINISTIC_OPS"] == "1" and env["TF_ENABLE_ONEDNN_OPTS"] == "0"
+
+
+def test_a_missing_tensorflow_is_bad_input_not_a_crash_per_cell(monkeypatch, tmp_path):
+    import importlib.util
+    config = parse_config({"name": "t", "layers": [{"kind": "Conv1DTranspose", **TINY, "input_shape": [1, 4, 2]}]})
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None)
+    with pytest.raises(UsageError, match="TensorFlow is not installed"):
+        run(config, out=tmp_path)
+    assert not any(tmp_path.iterdir())  # nothing half-made
