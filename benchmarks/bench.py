@@ -119,8 +119,11 @@ def bench_compare(n: int) -> None:
     idx = rng.choice(n, n // 3, replace=False)
     differ_third[idx] = np.nextafter(differ_third[idx], np.float32(np.inf))
     same = a.copy()
+    differ_few = a.copy()
+    few = rng.choice(n, 100, replace=False)
+    differ_few[few] = np.nextafter(differ_few[few], np.float32(np.inf))
 
-    for label, b in (("all differ", differ_all), ("1/3 differ", differ_third)):
+    for label, b in (("all differ", differ_all), ("1/3 differ", differ_third), ("100 differ", differ_few)):
         ours = _best(lambda: compare(b, a, digest=False), 3)
         theirs = _best(lambda: nulp_diff(b, a), 3)
         print(f"compare  {label:10s} {ours * 1e3:8.1f} ms | nulp_diff {theirs * 1e3:8.1f} ms "
