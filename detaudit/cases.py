@@ -161,28 +161,33 @@ class Case:
 def _seeded_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
     """He-style scaled normals: fan-in scaling keeps outputs O(1) for any layer size."""
     if len(shape) <= 1:
-        return rng.standard_normal(shape) * 0.1
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
     fan_in = int(np.prod(shape[:-1]))
-    return rng.standard_normal(shape) / np.sqrt(fan_in)
+    return rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
 
 
 def build_case(spec: LayerSpec, seed: int, xla: bool) -> Case:
     """Build the layer of ``spec`` under the current dtype policy and device scope.
 
-    The input is drawn in float64 from ``seed`` and cast to the policy's
-    variable dtype; weights and the upstream gradient likewise, each from its
-    own stream of the seed, so adding a weight never shifts the input.
+    The input is drawn in float32 from ``seed`` and cast to the policy's
+    variable dtype (exact for float64, rounded for 16-bit types, so every
+    precision starts from the same values); weights and the upstream gradient
+    likewise, each from its own stream of the seed, so adding a weight never
+    shifts the input.
     """
-    keras.utils.set_random_seed(seed)  # for user layers with random ops of their own
+    if spec.rank is None:
+        # A user layer may hold random ops of its own (Dropout, noise): seed them. Built-in
+        # kinds have none, and setting TensorFlow's global seed clears its kernel cache.
+        keras.utils.set_random_seed(seed)
     layer = _make_layer(spec)
     policy = keras.config.dtype_policy()
-    x_np = np.random.default_rng([seed, 0]).standard_normal(spec.input_shape)
+    x_np = np.random.default_rng([seed, 0]).standard_normal(spec.input_shape, dtype=np.float32)
     x = tf.constant(x_np.astype(policy.variable_dtype))
     y = layer(x)  # builds the weights
     rng = np.random.default_rng([seed, 1])
     for variable in layer.trainable_variables:
         variable.assign(_seeded_values(rng, tuple(variable.shape)).astype(variable.dtype))
-    dy_np = np.random.default_rng([seed, 2]).standard_normal(tuple(y.shape))
+    dy_np = np.random.default_rng([seed, 2]).standard_normal(tuple(y.shape), dtype=np.float32)
     dy = tf.constant(dy_np.astype(y.dtype.as_numpy_dtype))
     variables = list(layer.trainable_variables)
 
