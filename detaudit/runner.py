@@ -21,7 +21,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -34,14 +33,15 @@ from .fingerprint import host_fingerprint
 from .results import build_table
 from .store import RunStore
 
-__all__ = ["Event", "RunInterrupted", "run", "run_worker_job", "spawn_env_probe", "worker_environ"]
+__all__ = ["Event", "RunInterrupted", "require_tensorflow", "run", "run_worker_job", "spawn_env_probe",
+           "worker_environ"]
 
 _STDERR_TAIL = 1500
 
 
 @dataclasses.dataclass(frozen=True)
 class Event:
-    """A progress event: ``kind`` is one of planned, cell_started, cell_finished, group_finished, finished."""
+    """A progress event: ``kind`` is one of planned, cell_started, cell_finished, finished."""
 
     kind: str
     cell_id: str | None = None
@@ -232,7 +232,7 @@ def run_worker_job(cells: Sequence[Cell], settings: Settings, *, timeout_s: floa
         job = {"settings": settings.as_dict(), "cells": [c.to_dict() for c in remaining],
                "tensor_dir": str(tensor_dir) if tensor_dir else None}
 
-        def forward(message: dict[str, Any]) -> None:
+        def forward(message: dict[str, Any], log_path: Path = log_path) -> None:
             if message["event"] == "cell":
                 message = {**message, "log": log_path.name}
                 on_record(message)
@@ -267,16 +267,13 @@ def require_tensorflow() -> None:
 def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:
     """Start one worker with no cells and return its TensorFlow fingerprint (for ``detaudit env``)."""
     require_tensorflow()
-    hello: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         outcome = _spawn_worker({"settings": Settings().as_dict(), "cells": []}, Settings(),
                                 Path(tmp) / "probe.log", timeout_s, lambda m: None, None)
-        if outcome.hello is None:
-            status, message = _describe_death(outcome, timeout_s)
-            raise UsageError(f"could not start a TensorFlow worker ({message}). "
-                             "Is TensorFlow installed? Try: pip install 'detaudit[cpu]'")
-        hello = outcome.hello
-    return {**hello.get("env", {}), "applied_defaults": hello.get("applied", {})}
+    if outcome.hello is None:
+        _, message = _describe_death(outcome, timeout_s)
+        raise UsageError(f"could not start a TensorFlow worker ({message}).")
+    return {**outcome.hello.get("env", {}), "applied_defaults": outcome.hello.get("applied", {})}
 
 
 def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] = "runs",
@@ -302,7 +299,7 @@ def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] 
     if not isinstance(config, Config):
         config = load_config(config)
     require_tensorflow()
-    workers = os.cpu_count() or 1 if workers is None else workers
+    workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"Invalid value for argument `workers`. Expected an integer >= 1. Received workers={workers!r}.")
     cells = config.cells()
