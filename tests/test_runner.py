@@ -177,3 +177,31 @@ def test_a_missing_tensorflow_is_bad_input_not_a_crash_per_cell(monkeypatch, tmp
     with pytest.raises(UsageError, match="TensorFlow is not installed"):
         run(config, out=tmp_path)
     assert not any(tmp_path.iterdir())  # nothing half-made
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
+    import threading
+    import time
+
+    import detaudit.runner as runner
+
+    live, peak, lock = [0], [0], threading.Lock()
+
+    def fake_job(cells, settings, *, on_record, **kwargs):  # no TensorFlow: only the scheduling
+        with lock:
+            live[0] += 1
+            peak[0] = max(peak[0], live[0])
+        time.sleep(0.2)
+        for cell in cells:
+            on_record({"event": "cell", "cell_id": cell.cell_id, "status": "skipped", "message": "fake",
+                       "tensors": [], "seconds": 0.0})
+        with lock:
+            live[0] -= 1
+
+    monkeypatch.setattr(runner, "run_worker_job", fake_job)
+    config = parse_config({"name": "sched", "layers": [{"kind": "Conv1DTranspose", **TINY, "input_shape": [1, 4, 2]}],
+                           "matrix": {"threads": [1, 2, 3, 4]}})  # 4 groups plus the baseline's
+    table = run(config, out=tmp_path, workers=workers)
+    assert peak[0] == min(workers, 5)
+    assert set(table["status"]) == {"skipped"} and len(table) == 5
