@@ -61,11 +61,14 @@ class RunInterrupted(KeyboardInterrupt):
 def worker_environ(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
     """The environment a worker of this group starts with.
 
-    Settings read at TensorFlow import are applied here; the user's own values of
-    the same variables are removed so that ``off``/``default`` mean what they say.
+    Settings read at TensorFlow import are applied here. ``determinism: off``
+    removes an inherited TF_DETERMINISTIC_OPS/TF_CUDNN_DETERMINISTIC, so off
+    means off; ``onednn: default`` leaves TF_ENABLE_ONEDNN_OPTS as this
+    environment has it (a nightly run then shows what an exported value
+    changes), ``off``/``on`` set it. meta.json records what each group got.
     """
     env = dict(os.environ if base is None else base)
-    for name in ("TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC", "TF_ENABLE_ONEDNN_OPTS"):
+    for name in ("TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC"):
         env.pop(name, None)
     if settings.determinism == "env":
         env["TF_DETERMINISTIC_OPS"] = "1"
