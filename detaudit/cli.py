@@ -16,12 +16,14 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
-from .config import Config, bundled_config_path, load_config, parse_config
-from .errors import ConfigError, DetauditError, RunDirError
-from .report import render_run, summary_json
-from .results import build_table, evaluate
-from .runner import Event, RunInterrupted, run, spawn_env_probe
-from .store import RunStore
+from .compare import RunComparison, compare_runs
+from .config import AXES, Settings, bundled_config_path, load_config
+from .errors import DetauditError, RunDirError, UsageError
+from .junit import JUnitCase, write_junit
+from .report import history_table, render_comparison, render_run, summary_json
+from .results import Verdict, cell_verdicts, evaluate, evaluate_cells
+from .runner import Event, RunInterrupted, parse_shard, run, spawn_env_probe
+from .runs import StoredRun, list_runs, load_run, merge_runs, resolve_run
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -54,10 +56,33 @@ def _parser() -> argparse.ArgumentParser:
                        help="environment groups run in parallel (default: number of cores)")
     p_run.add_argument("--run-id", default=None, help="name of the run directory (default: timestamp-config)")
     p_run.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p_run.add_argument("--shard", default=None, metavar="I/N",
+                       help="run only shard I of N of the matrix (stable by cell id); join with `detaudit merge`")
+    p_run.add_argument("--resume", default=None, metavar="RUN_DIR",
+                       help="finish an interrupted run: cells already recorded are not run again")
+    p_run.add_argument("--compare-to", default=None, metavar="RUN_DIR|latest",
+                       help="after the run, compare it with this run (latest: the newest other run in --out)")
+    p_run.add_argument("--junit", default=None, metavar="PATH", help="write JUnit XML, one testcase per cell")
 
     p_show = sub.add_parser("show", help="re-render a stored run")
     p_show.add_argument("run_dir")
     p_show.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p_cmp = sub.add_parser("compare", help="compare two stored runs cell by cell; exit 1 on a regression")
+    p_cmp.add_argument("base", help="run directory, or latest / previous in --runs")
+    p_cmp.add_argument("new", help="run directory, or latest / previous in --runs")
+    p_cmp.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
+    p_cmp.add_argument("--junit", default=None, metavar="PATH", help="write JUnit XML, one testcase per cell")
+    p_cmp.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p_hist = sub.add_parser("history", help="list the stored runs, newest first")
+    p_hist.add_argument("runs_dir", nargs="?", default="runs")
+    p_hist.add_argument("--json", action="store_true", help="print as JSON")
+
+    p_merge = sub.add_parser("merge", help="merge shard runs of one config into one run")
+    p_merge.add_argument("run_dirs", nargs="+")
+    p_merge.add_argument("--out", required=True, help="directory for the merged run directory")
+    p_merge.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     p_env = sub.add_parser("env", help="print this machine's environment fingerprint (for bug reports)")
     p_env.add_argument("--json", action="store_true", help="print as JSON")
@@ -82,54 +107,117 @@ def _progress_callback(progress: Progress) -> Any:
     return on_event
 
 
-def _print_summary(table: Any, meta: dict[str, Any], config: Config, as_json: bool) -> int:
+def _print_summary(stored: StoredRun, as_json: bool) -> int:
+    table, meta, config = stored.table, stored.meta, stored.config
     failures = evaluate(table, config)
     if as_json:
         print(json.dumps(summary_json(table, meta, config.baseline, failures), indent=2, default=str))
     else:
         console = _console()
         console.print(render_run(table, meta, config.baseline, failures))
-        run_dir = table.attrs.get("run_dir")
-        if run_dir:
-            console.print(f"Results: {Path(run_dir) / 'results.parquet'}  (re-render: detaudit show {run_dir})")
+        console.print(f"Results: {stored.store.results_path}  (re-render: detaudit show {stored.store.path})")
     return EXIT_FAILED if failures else EXIT_OK
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    config = load_config(args.config or bundled_config_path("quick"))
+    shard = parse_shard(args.shard) if args.shard else None
+    if args.resume and (args.config or shard):
+        raise UsageError("--resume finishes a run with its own config and shard; give no CONFIG or --shard with it.")
+    config = None if args.resume else load_config(args.config or bundled_config_path("quick"))
     err = _console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     try:
         with Progress(*columns, console=err, transient=True, disable=args.json or not err.is_terminal) as progress:
             table = run(config, out=args.out, workers=args.workers, on_event=_progress_callback(progress),
-                        run_id=args.run_id)
+                        run_id=args.run_id, shard=shard, resume=args.resume)
     except RunInterrupted as stop:
-        meta = RunStore(stop.run_dir).read_meta()
-        stop.table.attrs["run_dir"] = str(stop.run_dir)
-        _print_summary(stop.table, meta, config, args.json)
-        err.print(f"Interrupted: the cells that finished are saved in {stop.run_dir}", style="bold yellow")
+        stored = load_run(stop.run_dir)
+        _print_summary(stored, args.json)
+        err.print(f"Interrupted: the cells that finished are saved in {stop.run_dir}\n"
+                  f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow")
         return EXIT_INTERRUPTED
-    meta = RunStore(Path(table.attrs["run_dir"])).read_meta()
-    return _print_summary(table, meta, config, args.json)
+    stored = load_run(table.attrs["run_dir"])
+    code = _print_summary(stored, args.json and not args.compare_to)
+    if args.junit:
+        write_junit(args.junit, stored.run_id, _run_cases(stored))
+    if args.compare_to:
+        base_path = resolve_run(args.compare_to, Path(args.out), exclude=stored.store.path)
+        comparison = compare_runs(load_run(base_path), stored)
+        _print_comparison(comparison, args.json)
+        code = max(code, EXIT_FAILED if comparison.regressions else EXIT_OK)
+    return code
+
+
+def _run_cases(stored: StoredRun, failures: dict[str, list[str]] | None = None) -> list[JUnitCase]:
+    """One JUnit testcase per cell; ``failures`` (cell id -> sentences) default to the failed expectations."""
+    failures = evaluate_cells(stored.table, stored.config) if failures is None else failures
+    cases = []
+    for row in cell_verdicts(stored.table).to_dict("records"):
+        settings = Settings(**{axis: row[axis] for axis in AXES})
+        failed = failures.get(row["cell_id"])
+        seconds = stored.table.loc[stored.table["cell_id"] == row["cell_id"], "seconds"].max()
+        cases.append(JUnitCase(
+            classname=f"{row['layer']} {row['input_shape']}", name=f"{settings.label()}, seed={row['seed']}",
+            seconds=0.0 if seconds != seconds else float(seconds),
+            failure="\n".join(failed) if failed else None,
+            skipped=row["message"] if row["verdict"] == Verdict.SKIPPED.value else None))
+    return cases
+
+
+def _print_comparison(comparison: RunComparison, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(comparison.to_dict(), indent=2, default=str))
+    else:
+        _console().print(render_comparison(comparison))
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
-    import pandas as pd
+    _print_summary(load_run(args.run_dir), args.json)
+    return EXIT_OK
 
-    store = RunStore.open(args.run_dir)
-    try:
-        config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
-    except ConfigError as exc:
-        raise RunDirError(f"{store.path}: its config.yaml does not validate: {exc}") from None
-    if store.results_path.is_file():
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    new_path = resolve_run(args.new, args.runs)
+    base_path = resolve_run(args.base, args.runs, exclude=new_path if args.base in ("latest", "previous")
+                            and args.new not in ("latest", "previous") else None)
+    comparison = compare_runs(load_run(base_path), load_run(new_path))
+    _print_comparison(comparison, args.json)
+    if args.junit:
+        regressions: dict[str, list[str]] = {}
+        for change in comparison.changes:
+            if change.category.regression:
+                regressions.setdefault(change.cell_id, []).append(
+                    f"{change.category.mark} {change.category.name.lower()}: {change.detail}")
+        write_junit(args.junit, f"{comparison.base_id}..{comparison.new_id}",
+                    _run_cases(load_run(new_path), regressions))
+    return EXIT_FAILED if comparison.regressions else EXIT_OK
+
+
+def _cmd_history(args: argparse.Namespace) -> int:
+    err = _console(stderr=True)
+    rows = []
+    for store in list_runs(args.runs_dir, on_skip=lambda path, why: err.print(f"skipped {path}: {why}", style="yellow")):
         try:
-            table = pd.read_parquet(store.results_path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable parquet is the same user-facing problem
-            raise RunDirError(f"{store.results_path}: unreadable ({exc.__class__.__name__}).") from None
-    else:  # a run killed before it could write its table: rebuild it from cells.jsonl
-        table = build_table(store, config)
-    table.attrs["run_dir"] = str(store.path)
-    _print_summary(table, store.read_meta(), config, args.json)
+            stored = load_run(store.path)
+        except RunDirError as exc:
+            err.print(f"skipped {store.path}: {exc}", style="yellow")
+            continue
+        tf = stored.meta.get("tensorflow") or {}
+        gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+        rows.append({"run_id": stored.run_id, "started": str(stored.meta.get("started") or ""),
+                     "config": stored.config.name, "tensorflow": str(tf.get("tensorflow_version") or "?"),
+                     "device": ", ".join(gpus) if gpus else "cpu", "counts": stored.verdict_counts(),
+                     "run_dir": str(stored.store.path)})
+    if args.json:
+        print(json.dumps(rows, indent=2))
+    else:
+        _console().print(history_table(rows))
+    return EXIT_OK
+
+
+def _cmd_merge(args: argparse.Namespace) -> int:
+    merged = merge_runs(args.run_dirs, args.out)
+    _print_summary(merged, args.json)
     return EXIT_OK
 
 
@@ -151,7 +239,8 @@ def _cmd_env(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
     args = _parser().parse_args(argv)
-    handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env}
+    handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env, "compare": _cmd_compare,
+                "history": _cmd_history, "merge": _cmd_merge}
     try:
         return handlers[args.command](args)
     except DetauditError as exc:

@@ -13,10 +13,11 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
+from .compare import Category, RunComparison
 from .config import AXES, Settings
 from .results import Verdict, cell_verdicts, findings
 
-__all__ = ["VERDICT_STYLES", "render_run", "summary_json", "summary_table"]
+__all__ = ["VERDICT_STYLES", "history_table", "render_comparison", "render_run", "summary_json", "summary_table"]
 
 VERDICT_STYLES = {
     Verdict.DETERMINISTIC: "green",
@@ -160,3 +161,50 @@ def summary_json(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
                      for f in findings(table, baseline)],
         "tensorflow": meta.get("tensorflow"),
     }
+
+
+def render_comparison(comparison: RunComparison) -> RenderableType:
+    """asv-style: environment differences, one mark per changed cell, then a one-line verdict."""
+    parts: list[RenderableType] = [Text(f"compare {comparison.base_id} -> {comparison.new_id}", style="bold")]
+    if comparison.environment:
+        env = Table(title="Environment differences (these usually explain the drift)", title_justify="left")
+        for column in ("fact", "base", "new"):
+            env.add_column(column, overflow="fold")
+        for key, base, new in comparison.environment:
+            env.add_row(Text(key), Text(str(base)), Text(str(new)))
+        parts.append(env)
+    else:
+        parts.append(Text("Environment: no differences recorded", style="dim"))
+    if comparison.ignored_axes:
+        parts.append(Text("Matched ignoring " + ", ".join(
+            f"{axis}: {base} -> {new}" for axis, (base, new) in comparison.ignored_axes.items()), style="dim"))
+    if comparison.changes:
+        changes = Table(title="Changed cells", title_justify="left")
+        changes.add_column("")
+        changes.add_column("cell")
+        changes.add_column("change", overflow="fold")
+        for change in comparison.changes:
+            style = "bold red" if change.category.regression else ("green" if change.category.name == "FIXED" else "dim")
+            changes.add_row(Text(change.category.mark, style=style), Text(change.label),
+                            Text(f"{change.category.name.lower().replace('_', ' ')}: {change.detail}"))
+        parts.append(changes)
+        legend = "  ".join(f"{c.mark} {c.name.lower().replace('_', ' ')}" for c in Category)
+        parts.append(Text(legend, style="dim"))
+    parts.append(Text(comparison.verdict(), style="bold red" if comparison.regressions else "bold green"))
+    return Group(*parts)
+
+
+def history_table(runs: list[dict[str, Any]]) -> Table:
+    """One line per stored run, newest first: id, date, config, TensorFlow, device, verdict counts."""
+    grid = Table(title="Runs, newest first", title_justify="left")
+    for column in ("run", "started", "config", "tensorflow", "device", "cells"):
+        grid.add_column(column)
+    for run in runs:
+        counts = Text()
+        for i, verdict in enumerate(v for v in Verdict if run["counts"].get(v.value)):
+            if i:
+                counts.append(", ")
+            counts.append(f"{run['counts'][verdict.value]} {verdict.value}", style=VERDICT_STYLES[verdict])
+        grid.add_row(run["run_id"], run["started"][:19].replace("T", " "), run["config"], run["tensorflow"],
+                     run["device"], counts)
+    return grid

@@ -216,32 +216,51 @@ def cell_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(out)
 
 
-def evaluate(table: pd.DataFrame, config: Config) -> list[str]:
-    """The expectations that failed, one sentence each; empty means exit code 0.
-
-    Without ``expect`` every cell must be run-to-run deterministic. Crashes,
-    time-outs and errors always fail; skipped cells never do.
-    """
-    failures = []
-    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame()
-    for row in verdicts.to_dict("records"):
-        settings = Settings(**{axis: row[axis] for axis in AXES})
-        label = f"{row['layer']} [{settings.label()}, seed={row['seed']}]"
-        verdict = Verdict(row["verdict"])
-        if verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.ERROR):
-            failures.append(f"{label}: {verdict.value}: {row['message']}")
-        elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
-                config.expect.must_be_deterministic(settings):
-            failures.append(f"{label}: expected deterministic, got {verdict.value}")
+def threshold_breaches(table: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Rows whose max_ulp / max_ulp_scaled exceed the config's thresholds, with a ``breach`` sentence."""
+    found = []
     for kind in ("max_ulp", "max_ulp_scaled"):
         for comparison, _ in getattr(config.expect, kind):
             rows = table[(table["comparison"] == comparison) & table[kind].notna()]
             for row in rows.to_dict("records"):
                 limit = config.expect.threshold(kind, comparison, row["precision"])
                 if limit is not None and row[kind] > limit:
-                    failures.append(f"{row['layer']} {row['tensor']} [{row['precision']}, seed={row['seed']}]: "
-                                    f"{comparison} {kind} {row[kind]:g} > {limit:g}")
+                    found.append({**row, "breach": f"{row['tensor']} {comparison} {kind} {row[kind]:g} > {limit:g}"})
+    return pd.DataFrame(found, columns=[*table.columns, "breach"])
+
+
+def evaluate_cells(table: pd.DataFrame, config: Config) -> dict[str, list[str]]:
+    """The failed expectations of each cell (cells with none are absent).
+
+    Without ``expect`` every cell must be run-to-run deterministic. Crashes,
+    time-outs and errors always fail; skipped cells never do.
+    """
+    failures: dict[str, list[str]] = {}
+    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame()
+    for row in verdicts.to_dict("records"):
+        settings = Settings(**{axis: row[axis] for axis in AXES})
+        verdict = Verdict(row["verdict"])
+        if verdict in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.ERROR):
+            failures.setdefault(row["cell_id"], []).append(f"{verdict.value}: {row['message']}")
+        elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
+                config.expect.must_be_deterministic(settings):
+            failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
+    for row in threshold_breaches(table, config).to_dict("records"):
+        failures.setdefault(row["cell_id"], []).append(row["breach"])
     return failures
+
+
+def cell_label(row: dict[str, Any]) -> str:
+    """``Layer [settings, seed=N]`` for a row of the table or of cell_verdicts."""
+    settings = Settings(**{axis: row[axis] for axis in AXES})
+    return f"{row['layer']} [{settings.label()}, seed={row['seed']}]"
+
+
+def evaluate(table: pd.DataFrame, config: Config) -> list[str]:
+    """The expectations that failed, one sentence each; empty means exit code 0."""
+    labels = {row["cell_id"]: cell_label(row) for row in table.drop_duplicates("cell_id").to_dict("records")}
+    return [f"{labels[cell_id]}: {failure}"
+            for cell_id, cell_failures in evaluate_cells(table, config).items() for failure in cell_failures]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -27,14 +27,14 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Cell, Config, Settings, iter_groups, load_config
+from .config import Cell, Config, Settings, iter_groups, load_config, parse_config
 from .errors import UsageError
 from .fingerprint import host_fingerprint
 from .results import build_table
 from .store import RunStore
 
-__all__ = ["Event", "RunInterrupted", "require_tensorflow", "run", "run_worker_job", "spawn_env_probe",
-           "worker_environ"]
+__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_worker_job",
+           "shard_cells", "spawn_env_probe", "worker_environ"]
 
 _STDERR_TAIL = 1500
 
@@ -279,17 +279,42 @@ def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:
     return {**outcome.hello.get("env", {}), "applied_defaults": outcome.hello.get("applied", {})}
 
 
-def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] = "runs",
+def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of shard ``i`` of ``n`` (1-based): every n-th cell in cell-id order, so stable and balanced."""
+    if shard is None:
+        return list(cells)
+    index, count = shard
+    keep = {cell_id for cell_id in sorted(c.cell_id for c in cells)[index - 1::count]}
+    return [c for c in cells if c.cell_id in keep]
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> (i, n), with 1 <= i <= n."""
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise UsageError(f"Invalid value for argument `--shard`. Expected i/n such as 1/4. Received {text!r}.") from None
+    if not 1 <= index <= count:
+        raise UsageError(f"Invalid value for argument `--shard`. Expected 1 <= i <= n. Received {text!r}.")
+    return index, count
+
+
+def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str] = "runs",
         workers: int | None = None, on_event: Callable[[Event], None] | None = None,
-        run_id: str | None = None) -> pd.DataFrame:
+        run_id: str | None = None, shard: tuple[int, int] | None = None,
+        resume: str | os.PathLike[str] | None = None) -> pd.DataFrame:
     """Run every cell of ``config`` and return the long results table.
 
     Args:
-        config: a :class:`~detaudit.config.Config` or the path of a YAML config.
+        config: a :class:`~detaudit.config.Config` or the path of a YAML config
+            (not with ``resume``, which reads the run's own config).
         out: directory under which ``<run-id>/`` is created.
         workers: environment groups run in parallel (default: number of cores).
         on_event: progress callback; the engine itself never prints.
         run_id: a safe name for the run directory (default: timestamp plus config name).
+        shard: ``(i, n)``: run only shard i of n (see :func:`shard_cells`); ``merge`` joins them.
+        resume: an interrupted run directory to finish: cells already in its
+            cells.jsonl are not run again.
 
     Returns:
         The results table (see README for the columns); ``table.attrs["run_dir"]``
@@ -299,35 +324,59 @@ def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] 
         ConfigError, UsageError, RunDirError: bad input.
         RunInterrupted: on Ctrl-C, after stopping workers and saving what finished.
     """
-    if not isinstance(config, Config):
-        config = load_config(config)
-    require_tensorflow()
     workers = (os.cpu_count() or 1) if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise UsageError(f"Invalid value for argument `workers`. Expected an integer >= 1. Received workers={workers!r}.")
-    cells = config.cells()
-    store = RunStore.create(out, config.to_dict(), config.name, run_id)
-    started = _dt.datetime.now(_dt.timezone.utc)
-    meta: dict[str, Any] = {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
-                            "started": started.isoformat(), "finished": None, "host": host_fingerprint(),
-                            "tensorflow": None, "groups": {}}
+    if config is not None and not isinstance(config, Config):
+        config = load_config(config)
+    require_tensorflow()
+    if resume is not None:
+        if config is not None:
+            raise UsageError("Give either a config or --resume RUN_DIR, not both: a resumed run keeps its own config.")
+        store = RunStore.open(resume)
+        config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+        meta = store.read_meta()
+        shard = tuple(meta["shard"]) if meta.get("shard") else None  # type: ignore[assignment]
+        meta.setdefault("resumed", []).append(_now())
+        done = {(r["cell_id"], bool(r.get("replay"))) for r in store.iter_records()}
+    else:
+        if config is None:
+            raise UsageError("No config given.")
+        store = RunStore.create(out, config.to_dict(), config.name, run_id)
+        meta = {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
+                "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None,
+                "groups": {}, "shard": list(shard) if shard else None}
+        done = set()
     store.write_meta(meta)
-    emit = on_event or (lambda event: None)
-    groups = list(iter_groups(cells))
-    jobs = [(f"g{i:02d}", cell_list, replay)
-            for i, (_, cell_list) in enumerate(groups)
-            for replay in ((False, True) if config.replay_process else (False,))]
-    total = sum(len(c) for _, c, _ in jobs)
-    emit(Event("planned", total=total, message=f"{len(cells)} cells in {len(groups)} environment groups"))
+    cells = shard_cells(config.cells(), shard)
+    jobs = []
+    for i, (_, group_cells) in enumerate(iter_groups(cells)):
+        for replay in ((False, True) if config.replay_process else (False,)):
+            todo = [c for c in group_cells if (c.cell_id, replay) not in done]
+            if todo:
+                jobs.append((f"g{i:02d}", todo, replay))
+    return _execute(store, config, meta, cells, jobs, workers, on_event or (lambda event: None))
 
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat()
+
+
+def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[Cell],
+             jobs: list[tuple[str, list[Cell], bool]], workers: int, emit: Callable[[Event], None]) -> pd.DataFrame:
+    """Run the jobs (group, cells, replay) in parallel worker threads; append each record as it arrives."""
+    total = sum(len(c) for _, c, _ in jobs)
+    n_groups = len({group for group, _, _ in jobs})
+    emit(Event("planned", total=total, message=f"{total} cells to run in {n_groups} environment groups"))
     messages: queue.Queue[tuple[str, Any]] = queue.Queue()
     processes = _Processes()
+    attempt = f"-r{len(meta.get('resumed', []))}" if meta.get("resumed") else ""
 
     def run_job(group: str, group_cells: list[Cell], replay: bool) -> None:
         tensor_dir = None
         if config.keep_tensors:
             tensor_dir = store.tensors_dir / "replay" if replay else store.tensors_dir
-        suffix = "-replay" if replay else ""
+        suffix = ("-replay" if replay else "") + attempt
         run_worker_job(
             group_cells, group_cells[0].settings, timeout_s=config.timeout_s,
             log_stem=store.logs_dir / f"{group}{suffix}", tensor_dir=tensor_dir,
@@ -356,8 +405,8 @@ def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] 
                 emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
             elif kind == "hello":
                 group, hello = payload
-                meta["tensorflow"] = meta["tensorflow"] or hello.get("env")
-                meta["groups"][group] = hello.get("applied")
+                meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
+                meta.setdefault("groups", {})[group] = hello.get("applied")
                 store.write_meta(meta)
             else:
                 emit(payload)
@@ -373,7 +422,7 @@ def run(config: Config | str | os.PathLike[str], *, out: str | os.PathLike[str] 
 
 
 def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: bool) -> pd.DataFrame:
-    meta["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
+    meta["finished"] = _now()
     meta["interrupted"] = interrupted
     store.write_meta(meta)
     table = build_table(store, config)

@@ -1,0 +1,42 @@
+"""JUnit XML for CI test-report viewers: one testcase per cell. Standard library only."""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+__all__ = ["JUnitCase", "write_junit"]
+
+
+@dataclasses.dataclass(frozen=True)
+class JUnitCase:
+    """One cell as a test: ``failure`` or ``skipped`` carry the finding or the reason."""
+
+    classname: str
+    name: str
+    seconds: float = 0.0
+    failure: str | None = None
+    skipped: str | None = None
+
+
+def write_junit(path: str | Path, suite: str, cases: list[JUnitCase]) -> None:
+    """Write ``cases`` as one <testsuite> inside <testsuites>, the shape Jenkins, GitLab and GitHub read."""
+    failures = sum(c.failure is not None for c in cases)
+    skipped = sum(c.skipped is not None and c.failure is None for c in cases)
+    total_time = sum(c.seconds for c in cases)
+    root = ET.Element("testsuites", name="detaudit", tests=str(len(cases)), failures=str(failures),
+                      errors="0", skipped=str(skipped), time=f"{total_time:.3f}")
+    element = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures),
+                            errors="0", skipped=str(skipped), time=f"{total_time:.3f}")
+    for case in cases:
+        node = ET.SubElement(element, "testcase", classname=case.classname, name=case.name,
+                             time=f"{case.seconds:.3f}")
+        if case.failure is not None:
+            first_line = case.failure.splitlines()[0][:200] if case.failure else "failed"
+            ET.SubElement(node, "failure", message=first_line).text = case.failure
+        elif case.skipped is not None:
+            ET.SubElement(node, "skipped", message=case.skipped[:200])
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

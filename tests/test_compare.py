@@ -1,0 +1,139 @@
+"""compare and runs: categories, environment differences, history, merge, JUnit, bad directories. No TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import xml.etree.ElementTree as ET
+
+import pytest
+
+from detaudit.compare import Category, compare_runs, environment_diff
+from detaudit.errors import RunDirError
+from detaudit.junit import JUnitCase, write_junit
+from detaudit.runs import list_runs, load_run, merge_runs, resolve_run
+from detaudit.store import RunStore, save_tensors
+from tests.test_results import CONFIG, _cell, _nudge, _record, _tensors
+
+BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},
+             "host": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}, "cpu_model": "X"}}
+
+
+def _make_run(root, run_id, started, cells, meta=None):
+    """cells: list of (cell, first tensors, later tensors or None, status)."""
+    store = RunStore.create(root, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
+    store.write_meta({"run_id": run_id, "started": started, **(meta or BASE_META)})
+    for cell, first, later, status in cells:
+        if status == "ok":
+            store.append_record(_record(cell, first, later))
+            save_tensors(store.tensor_path(cell.cell_id), first)
+        else:
+            store.append_record({"event": "cell", "cell_id": cell.cell_id, "status": status, "tensors": [],
+                                 "message": f"worker {status}", "seconds": None, "cell": cell.to_dict()})
+    return store
+
+
+@pytest.fixture()
+def pair(tmp_path):
+    base_t = _tensors(0)
+    on, off, xla = _cell(determinism="on"), _cell(determinism="off"), _cell(xla="on")
+    both = _cell(xla="on", determinism="on")
+    shaky = {**base_t, "grad_bias": _nudge(base_t["grad_bias"], 3)}
+    drift = {**base_t, "output": _nudge(base_t["output"], 1)}
+    base = _make_run(tmp_path, "base", "2026-01-01T00:00:00", [
+        (on, base_t, None, "ok"), (off, base_t, None, "ok"), (xla, base_t, shaky, "ok"), (both, base_t, None, "ok")])
+    new_meta = {**BASE_META, "tensorflow": {"tensorflow_version": "2.21.0", "gpus": []}}
+    new = _make_run(tmp_path, "new", "2026-01-02T00:00:00", [
+        (on, base_t, None, "ok"),             # unchanged
+        (off, base_t, shaky, "ok"),           # newly nondeterministic
+        (xla, drift, None, "ok"),             # fixed, and different bits
+        (both, base_t, None, "crash"),        # new failure
+    ], meta=new_meta)
+    return tmp_path, base, new
+
+
+def test_a_run_against_itself_has_no_changes(pair):
+    _, base, _ = pair
+    result = compare_runs(load_run(base.path), load_run(base.path))
+    assert not result.changes and not result.regressions and result.matched == 4
+    assert result.verdict().startswith("OK")
+
+
+def test_every_category_is_found_and_the_environment_comes_first(pair):
+    _, base, new = pair
+    result = compare_runs(load_run(base.path), load_run(new.path))
+    found = {(c.category, c.cell_id) for c in result.changes}
+    assert (Category.NEWLY_NONDETERMINISTIC, _cell(determinism="off").cell_id) in found
+    assert (Category.FIXED, _cell(xla="on").cell_id) in found
+    assert (Category.DIGEST_CHANGED, _cell(xla="on").cell_id) in found
+    assert (Category.NEW_FAILURE, _cell(xla="on", determinism="on").cell_id) in found
+    assert ("tensorflow.tensorflow_version", "2.20.0", "2.21.0") in result.environment
+    assert result.regressions and result.verdict().startswith("REGRESSED")
+    assert json.dumps(result.to_dict())
+
+
+def test_added_and_removed_cells(tmp_path):
+    t = _tensors(0)
+    base = _make_run(tmp_path, "b", "1", [(_cell(determinism="on"), t, None, "ok"), (_cell(xla="on"), t, None, "ok")])
+    new = _make_run(tmp_path, "n", "2", [(_cell(determinism="on"), t, None, "ok"), (_cell(determinism="off"), t, None, "ok")])
+    result = compare_runs(load_run(base.path), load_run(new.path))
+    assert {c.category for c in result.changes} == {Category.ADDED, Category.REMOVED}
+    assert not result.regressions
+
+
+def test_environment_diff_ignores_run_bookkeeping():
+    diff = environment_diff({"run_id": "a", "started": "1", "host": {"env": {"X": "1"}}},
+                            {"run_id": "b", "started": "2", "host": {"env": {"X": "0"}}})
+    assert diff == [("host.env.X", "1", "0")]
+
+
+def test_history_resolves_latest_and_previous_and_skips_broken_runs(pair):
+    root, base, new = pair
+    broken = root / "broken"
+    broken.mkdir()
+    (broken / "meta.json").write_text("{oops")
+    skipped = []
+    runs = list_runs(root, on_skip=lambda path, why: skipped.append(path.name))
+    assert [r.run_id for r in runs] == ["new", "base"] and skipped == ["broken"]
+    assert resolve_run("latest", root) == new.path
+    assert resolve_run("previous", root) == base.path
+    assert resolve_run("latest", root, exclude=new.path) == base.path
+    with pytest.raises(RunDirError, match="no previous run"):
+        resolve_run("previous", root, exclude=new.path)
+
+
+def test_merge_refuses_different_configs_and_joins_shards(tmp_path, pair):
+    root, base, new = pair
+    other = RunStore.create(tmp_path / "other", {**CONFIG.to_dict(), "seeds": [5]}, "x", run_id="other")
+    other.write_meta({"run_id": "other"})
+    with pytest.raises(RunDirError, match="config differs"):
+        merge_runs([base.path, other.path], tmp_path / "merged")
+    t = _tensors(0)
+    half_a = _make_run(tmp_path / "a", "a", "1", [(_cell(determinism="on"), t, None, "ok")])
+    half_b = _make_run(tmp_path / "b", "b", "1", [(_cell(xla="on"), {**t, "output": _nudge(t["output"], 2)}, None, "ok")])
+    merged = merge_runs([half_a.path, half_b.path], tmp_path / "merged")
+    gaps = merged.table[(merged.table["comparison"] == "baseline") & (merged.table["tensor"] == "output")]
+    assert len(gaps) == 1 and gaps["max_ulp"].iloc[0] == 2  # a baseline gap across shards, computed at merge
+
+
+def test_junit_parses_with_the_standard_library(tmp_path):
+    path = tmp_path / "out" / "junit.xml"
+    write_junit(path, "suite", [JUnitCase("Conv2DTranspose", "defaults, seed=0", 0.5),
+                                JUnitCase("Conv2DTranspose", "xla=on, seed=0", failure="grad_bias differs <&>"),
+                                JUnitCase("Conv2DTranspose", "device=gpu, seed=0", skipped="no GPU")])
+    root = ET.parse(path).getroot()
+    assert root.tag == "testsuites" and root.get("tests") == "3" and root.get("failures") == "1"
+    assert len(root.findall("./testsuite/testcase")) == 3
+    assert root.find(".//failure").text == "grad_bias differs <&>"
+
+
+@pytest.mark.parametrize("make, fragment", [
+    (lambda d: None, "no such run directory"),
+    (lambda d: d.mkdir(), "not a detaudit run directory"),
+    (lambda d: (d.mkdir(), (d / "meta.json").write_text("[]")), "expected a JSON object"),
+    (lambda d: (d.mkdir(), (d / "meta.json").write_text('{"format_version": 99}')), "newer than this detaudit"),
+])
+def test_foreign_or_corrupted_directories_are_refused(tmp_path, make, fragment):
+    target = tmp_path / "x"
+    make(target)
+    with pytest.raises(RunDirError, match=fragment):
+        load_run(target)

@@ -1,0 +1,120 @@
+"""Nightly workflow through the real command: compare, shards and merge, resume, JUnit, history."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.test_cli import detaudit
+
+pytestmark = pytest.mark.tf
+
+CONFIG = {"name": "nightly-test", "seeds": [0, 1], "repeats": 2,
+          "layers": [{"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
+                      "input_shape": [1, 6, 2]}],
+          "matrix": {"xla": ["off", "on"]}}
+
+
+def _config(path: Path, **changes) -> Path:
+    data = {**CONFIG, **changes}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _cells(run_dir: Path) -> pd.DataFrame:
+    table = pd.read_parquet(run_dir / "results.parquet")
+    keep = ["cell_id", "tensor", "comparison", "digest", "bitwise_equal", "max_ulp", "status"]
+    return table[keep].sort_values(["cell_id", "comparison", "tensor"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nightly")
+    out = root / "runs"
+    config = _config(root / "n.yaml")
+    done = {}
+    for name, args in {"whole": [], "s1": ["--shard", "1/2"], "s2": ["--shard", "2/2"]}.items():
+        result = detaudit("run", str(config), "--out", str(out), "--run-id", name, *args)
+        assert result.returncode == 0, result.stderr
+        done[name] = out / name
+    return root, out, config, done
+
+
+def test_a_run_compared_with_itself_passes_and_writes_junit(runs):
+    root, out, _, done = runs
+    junit = root / "self.xml"
+    result = detaudit("compare", str(done["whole"]), str(done["whole"]), "--junit", str(junit))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "OK: 6 cells matched; no changes" in result.stdout
+    suite = ET.parse(junit).getroot()
+    assert len(suite.findall(".//testcase")) == 6 and suite.get("failures") == "0"
+
+
+def test_a_real_setting_change_is_a_digest_change_and_exit_1(runs):
+    root, out, _, done = runs
+    changed = _config(root / "f64.yaml", matrix={"xla": ["off", "on"], "precision": "float64"})
+    result = detaudit("run", str(changed), "--out", str(out), "--run-id", "f64", "--compare-to", str(done["whole"]),
+                      "--json")
+    assert result.returncode == 1, result.stderr
+    comparison = json.loads(result.stdout[result.stdout.index('{\n  "base"'):])
+    assert comparison["ignored_axes"] == {"precision": ["float32", "float64"]}
+    marks = {c["mark"] for c in comparison["changes"]}
+    assert marks == {"~"} and comparison["regressed"]
+
+
+def test_merged_shards_equal_the_whole_run(runs):
+    root, out, _, done = runs
+    shard_cells = [set(_cells(done[s])["cell_id"]) for s in ("s1", "s2")]
+    assert shard_cells[0] and shard_cells[1] and not shard_cells[0] & shard_cells[1]
+    result = detaudit("merge", str(done["s1"]), str(done["s2"]), "--out", str(root / "merged"), "--json")
+    assert result.returncode == 0, result.stderr
+    merged = Path(json.loads(result.stdout)["run_dir"])
+    pd.testing.assert_frame_equal(_cells(merged), _cells(done["whole"]))
+
+
+def test_history_lists_runs_newest_first(runs):
+    _, out, _, _ = runs
+    result = detaudit("history", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    listed = [r["run_id"] for r in json.loads(result.stdout)]
+    assert set(listed) >= {"whole", "s1", "s2"} and listed.index("s2") < listed.index("s1") < listed.index("whole")
+
+
+def test_an_interrupted_run_resumes_to_the_same_table(runs):
+    root, out, config, done = runs
+    proc = subprocess.Popen([sys.executable, "-m", "detaudit", "run", str(config), "--out", str(out),
+                             "--run-id", "cut", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    cells = out / "cut" / "cells.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 1):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    assert f"detaudit run --resume {out / 'cut'}" in stderr
+    finished_before = cells.read_text().count("\n")
+    assert 1 <= finished_before < 6
+    result = detaudit("run", "--resume", str(out / "cut"))
+    assert result.returncode == 0, result.stderr
+    assert cells.read_text().count("\n") == 6  # nothing ran twice
+    pd.testing.assert_frame_equal(_cells(out / "cut"), _cells(done["whole"]))
+
+
+def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):
+    _, _, _, done = runs
+    (tmp_path / "meta.json").write_text("{broken")
+    for args in (("compare", str(tmp_path), str(done["whole"])), ("merge", str(done["s1"]), str(tmp_path), "--out", str(tmp_path)),
+                 ("history", str(tmp_path / "nope")), ("run", "--resume", str(tmp_path / "nope"))):
+        result = detaudit(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
