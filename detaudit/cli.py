@@ -79,6 +79,13 @@ def _parser() -> argparse.ArgumentParser:
     p_hist.add_argument("runs_dir", nargs="?", default="runs")
     p_hist.add_argument("--json", action="store_true", help="print as JSON")
 
+    p_report = sub.add_parser("report", help="write a self-contained HTML report of a stored run")
+    p_report.add_argument("run_dir")
+    p_report.add_argument("--html", required=True, metavar="PATH", help="where to write the page")
+    p_report.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous",
+                          help="add the drift table against this run")
+    p_report.add_argument("--runs", default="runs", help="where previous/latest are looked up (default: runs)")
+
     p_merge = sub.add_parser("merge", help="merge shard runs of one config into one run")
     p_merge.add_argument("run_dirs", nargs="+")
     p_merge.add_argument("--out", required=True, help="directory for the merged run directory")
@@ -215,6 +222,24 @@ def _cmd_history(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from .html_report import render_html
+
+    stored = load_run(resolve_run(args.run_dir, args.runs))
+    comparison = None
+    if args.compare_to:
+        base = load_run(resolve_run(args.compare_to, args.runs, exclude=stored.store.path))
+        comparison = compare_runs(base, stored)
+    path = Path(args.html)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(render_html(stored, comparison), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot write the report ({exc.strerror}).") from None
+    _console().print(f"Report: {path}")
+    return EXIT_OK
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     merged = merge_runs(args.run_dirs, args.out)
     _print_summary(merged, args.json)
@@ -240,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env, "compare": _cmd_compare,
-                "history": _cmd_history, "merge": _cmd_merge}
+                "history": _cmd_history, "merge": _cmd_merge, "report": _cmd_report}
     try:
         return handlers[args.command](args)
     except DetauditError as exc:

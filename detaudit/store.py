@@ -125,6 +125,11 @@ class RunStore:
                 f"{path}: run format {version} is newer than this detaudit reads ({FORMAT_VERSION}). "
                 "Upgrade detaudit to read it."
             )
+        if version < FORMAT_VERSION:  # no older format has shipped; a future one adds its upgrade here
+            raise RunDirError(
+                f"{path}: run format {version} is older than this detaudit reads ({FORMAT_VERSION}) and has "
+                "no upgrade. Re-run its config.yaml with this detaudit."
+            )
         return store
 
     def read_meta(self) -> dict[str, Any]:

@@ -137,3 +137,14 @@ def test_foreign_or_corrupted_directories_are_refused(tmp_path, make, fragment):
     make(target)
     with pytest.raises(RunDirError, match=fragment):
         load_run(target)
+
+
+def test_the_html_report_is_self_contained(pair):
+    from detaudit.html_report import render_html
+
+    _, base, new = pair
+    page = render_html(load_run(new.path), compare_runs(load_run(base.path), load_run(new.path)))
+    assert page.startswith("<!doctype html>") and "Drift against base" in page
+    assert page.count("data:image/png;base64,") == 2  # heat map and histograms, inline
+    assert "http" not in page and "<script" not in page  # nothing fetched at view time
+    assert "NONDETERMINISTIC" in page and "tensorflow.tensorflow_version" in page

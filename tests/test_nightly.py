@@ -110,6 +110,15 @@ def test_an_interrupted_run_resumes_to_the_same_table(runs):
     pd.testing.assert_frame_equal(_cells(out / "cut"), _cells(done["whole"]))
 
 
+def test_report_writes_a_page(runs):
+    root, out, _, done = runs
+    page = root / "report" / "whole.html"
+    result = detaudit("report", str(done["whole"]), "--html", str(page), "--compare-to", str(done["s1"]))
+    assert result.returncode == 0, result.stderr
+    text = page.read_text()
+    assert "data:image/png;base64," in text and "Drift against s1" in text
+
+
 def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):
     _, _, _, done = runs
     (tmp_path / "meta.json").write_text("{broken")

@@ -68,6 +68,9 @@ def test_newer_and_corrupted_formats_are_refused(tmp_path):
     (store.path / "meta.json").write_text(json.dumps({"format_version": FORMAT_VERSION + 1}))
     with pytest.raises(RunDirError, match="newer than this detaudit reads"):
         RunStore.open(store.path)
+    (store.path / "meta.json").write_text(json.dumps({"format_version": 0}))
+    with pytest.raises(RunDirError, match="older than this detaudit reads"):
+        RunStore.open(store.path)
     (store.path / "meta.json").write_text("{not json")
     with pytest.raises(RunDirError, match="unreadable"):
         RunStore.open(store.path)
