@@ -17,9 +17,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from . import reference
 from .config import KERAS_KINDS, LayerSpec, RAW_KINDS, RESIZE_KINDS
 
-__all__ = ["Case", "build_case", "expected_transpose_length", "import_layer"]
+__all__ = ["Case", "build_case", "import_layer"]
 
 _RAW_FORMATS = {
     (1, "channels_last"): "NWC", (1, "channels_first"): "NCW",
@@ -29,24 +30,6 @@ _RAW_FORMATS = {
 _RAW_OPS: dict[int, Callable[..., tf.Tensor]] = {
     1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose,
 }
-
-
-def expected_transpose_length(n: int, kernel: int, stride: int, padding: str, dilation: int = 1,
-                              output_padding: int | None = None) -> int:
-    """Output length of a transposed convolution, with the formula Keras 3 uses.
-
-    keras/src/backend/common/backend_utils.py: k_eff = (k - 1) * d + 1; valid
-    gives (n - 1) * s + k_eff + p, or n * s + max(k_eff - s, 0) when p is None;
-    same gives n * s when p is None, else (n - 1) * s + k_eff % 2 + p.
-    """
-    k_eff = (kernel - 1) * dilation + 1
-    if padding == "valid":
-        if output_padding is None:
-            return n * stride + max(k_eff - stride, 0)
-        return (n - 1) * stride + k_eff + output_padding
-    if output_padding is None:
-        return n * stride
-    return (n - 1) * stride + k_eff % 2 + output_padding
 
 
 class RawConvTranspose(keras.layers.Layer):
@@ -76,7 +59,7 @@ class RawConvTranspose(keras.layers.Layer):
             return list(self.explicit_output_shape)
         last = self.data_format == "channels_last"
         spatial = input_shape[1:-1] if last else input_shape[2:]
-        lengths = [expected_transpose_length(n, k, s, self.padding, d)
+        lengths = [reference.output_length(n, k, s, self.padding, d)
                    for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
         return [input_shape[0], *lengths, self.filters] if last else [input_shape[0], self.filters, *lengths]
 
@@ -156,6 +139,7 @@ class Case:
 
     names: list[str]
     step: Callable[[], list[np.ndarray]]
+    reference: dict[str, np.ndarray] | None = None  # float64 truth (detaudit.reference), built-in kinds only
 
 
 def _seeded_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -207,5 +191,23 @@ def build_case(spec: LayerSpec, seed: int, xla: bool) -> Case:
         y, grads = compiled(x, dy)
         return [y.numpy(), *(g.numpy() for g in grads)]
 
-    return Case(["output", "grad_input", *_tensor_names(variables)], step)
+    names = ["output", "grad_input", *_tensor_names(variables)]
+    return Case(names, step, _reference(spec, layer, x.numpy(), dy.numpy(), tuple(y.shape)))
+
+
+def _reference(spec: LayerSpec, layer: Any, x: np.ndarray, upstream: np.ndarray,
+               output_shape: tuple[int, ...]) -> dict[str, np.ndarray] | None:
+    """The float64 reference of a built-in transposed convolution, from the very values TensorFlow got."""
+    if spec.kind not in KERAS_KINDS and spec.kind not in RAW_KINDS:
+        return None  # resize_conv2d and user layers have no reference (yet)
+    params = spec.params
+    channels_first = params["data_format"] == "channels_first"
+    lengths = output_shape[2:] if channels_first else output_shape[1:-1]
+    geometry = reference.TransposeSpec(tuple(params["strides"]), params["padding"], tuple(params["dilation_rate"]),
+                                       tuple(lengths), channels_first)
+    kernel = np.asarray(layer.kernel.numpy(), np.float64)
+    bias = None if layer.bias is None else np.asarray(layer.bias.numpy(), np.float64)
+    out = {"output": reference.conv_transpose(x, kernel, bias, geometry)}
+    out.update(reference.conv_transpose_grads(x, kernel, upstream, geometry, with_bias=bias is not None))
+    return out
 

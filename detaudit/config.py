@@ -451,7 +451,7 @@ def _expectations(raw: Any, ctx: _Ctx) -> Expectations:
     thresholds = {}
     for kind in ("max_ulp", "max_ulp_scaled"):
         kctx = ctx.at(kind)
-        table = _mapping(data.get(kind, {}), kctx, ("repeat", "process", "baseline"))
+        table = _mapping(data.get(kind, {}), kctx, ("repeat", "process", "baseline", "reference"))
         parsed = []
         for comparison, per_precision in table.items():
             cctx = kctx.at(comparison)

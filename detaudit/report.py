@@ -36,10 +36,10 @@ def _fmt_ulp(value: Any) -> str:
     return "-" if value is None or pd.isna(value) else f"{int(value):,}"
 
 
-def _baseline_column(table: pd.DataFrame) -> dict[str, str]:
-    """Per cell, the worst gap to the baseline cell: '=' identical, else max scaled ULP."""
+def _gap_column(table: pd.DataFrame, comparison: str = "baseline") -> dict[str, str]:
+    """Per cell, the worst gap of one comparison: '=' identical, else max scaled ULP."""
     out = {}
-    rows = table[(table["comparison"] == "baseline") & table["tensor"].notna()]
+    rows = table[(table["comparison"] == comparison) & table["tensor"].notna()]
     for cell_id, group in rows.groupby("cell_id", sort=False):
         if group["bitwise_equal"].fillna(False).all():
             out[cell_id] = "="
@@ -54,7 +54,8 @@ def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Tabl
     verdicts = cell_verdicts(table)
     extra = sorted({t for w in verdicts["worst_ulp"] for t in w} - set(_TENSOR_COLUMNS)) if len(verdicts) else []
     tensors = [t for t in _TENSOR_COLUMNS if len(verdicts) and any(t in w for w in verdicts["worst_ulp"])] + extra
-    grid = Table(title="Cells (ULP columns: worst repeat or replay difference)", title_justify="left",
+    grid = Table(title="Cells (tensor columns: worst repeat or replay ULP; gap columns: max scaled ULP)",
+                 title_justify="left",
                  show_lines=False, expand=False)
     grid.add_column("layer")
     grid.add_column("settings")
@@ -63,7 +64,10 @@ def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Tabl
     for tensor in tensors:
         grid.add_column(tensor, justify="right")
     grid.add_column("vs baseline", justify="right")
-    gaps = _baseline_column(table)
+    references = _gap_column(table, "reference")
+    if references:
+        grid.add_column("vs float64", justify="right")
+    gaps = _gap_column(table)
     for row in verdicts.to_dict("records"):
         settings = Settings(**{axis: row[axis] for axis in AXES})
         verdict = Verdict(row["verdict"])
@@ -78,6 +82,7 @@ def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Tabl
             Text(verdict.value, style=VERDICT_STYLES[verdict]),
             *(_fmt_ulp(row["worst_ulp"].get(t)) for t in tensors),
             "baseline" if is_baseline else gaps.get(row["cell_id"], "-"),
+            *([references.get(row["cell_id"], "-")] if references else []),
         )
     return grid
 

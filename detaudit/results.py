@@ -88,6 +88,10 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
         rows.append({**base, "tensor": t["tensor"], "dtype": t["dtype"], "digest": t["digest"],
                      "n_repeats_differ": t.get("n_repeats_differ"),
                      **{k: t.get(k) for k in _STAT_FIELDS}})
+    dtypes = {t["tensor"]: t["dtype"] for t in record["tensors"]}
+    for t in record.get("reference", []):
+        rows.append({**base, "comparison": "reference", "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]),
+                     "seconds": None, **{k: t.get(k) for k in _STAT_FIELDS}})
     return rows
 
 
@@ -172,7 +176,7 @@ def build_table(store: RunStore, config: Config) -> pd.DataFrame:
             rows.extend(_pair_rows(run_id, cell, record, reference, "baseline", mine, theirs, baseline))
     # Config order, not finishing order: tables of the same config line up row for row.
     position = {cell_id: i for i, cell_id in enumerate(cells)}
-    kinds = {"repeat": 0, "process": 1, "baseline": 2}
+    kinds = {"repeat": 0, "process": 1, "baseline": 2, "reference": 3}
     rows.sort(key=lambda r: (position.get(r["cell_id"], len(position)), kinds[r["comparison"]]))
     return _typed(pd.DataFrame(rows, columns=COLUMNS))
 
@@ -332,7 +336,8 @@ def findings(table: pd.DataFrame, baseline: Settings) -> list[Finding]:
     produce it: a cell whose tensor is bit-identical to that of a cell with
     fewer changes (determinism=off vs on on a CPU, say) adds nothing.
     """
-    differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()].to_dict("records")  # noqa: E712
+    differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()  # noqa: E712
+                      & table["comparison"].isin(["repeat", "process", "baseline"])].to_dict("records")
     simplest: dict[tuple[Any, ...], int] = {}
     for row in differing:
         if row["comparison"] == "baseline":

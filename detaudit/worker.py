@@ -139,6 +139,11 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
                     results[i] = result if results[i] is None else worst(results[i], result)
                     differing[i] += not result.bitwise_equal
         record["tensors"] = _tensor_rows(case.names, first, results, differing)
+        if case.reference is not None:
+            # Against the float64 truth rounded to each tensor's own dtype.
+            record["reference"] = [
+                {**compare(tensor, case.reference[name].astype(tensor.dtype), digest=False).to_dict(), "tensor": name}
+                for name, tensor in zip(case.names, first) if name in case.reference]
         if tensor_path is not None:
             save_tensors(tensor_path, dict(zip(case.names, first)))
     except tf.errors.UnimplementedError as exc:

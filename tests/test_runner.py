@@ -156,6 +156,14 @@ def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
     # Compared in the narrower compute dtype: float16 for mixed_float16, bfloat16 for bfloat16.
     assert gaps.loc["mixed_float16", "dtype"] == "float16" and gaps.loc["bfloat16", "dtype"] == "bfloat16"
     assert gaps.loc["float64", "dtype"] == "float32"
+    truth = table[(table["comparison"] == "reference")].set_index(["precision", "tensor"])
+    # float64 against the float64 reference: a few ULP of summation order at most.
+    assert truth.loc[("float64", "output"), "max_ulp"] <= 16
+    assert truth.loc[("float64", "grad_kernel"), "max_ulp_scaled"] <= 16
+    # Every precision is judged in its own dtype: the reference is rounded to it first.
+    assert truth.loc[("bfloat16", "output"), "dtype"] == "bfloat16"
+    assert truth.loc[("mixed_float16", "output"), "dtype"] == "float16"
+    assert truth.loc[("mixed_float16", "grad_kernel"), "dtype"] == "float32"
     meta = json.loads((tmp_path / table.attrs["run_dir"] / "meta.json").read_text())
     applied = list(meta["groups"].values())
     assert {a["dtype_policy"] for a in applied} == {"float64", "bfloat16", "mixed_float16", "float32"}
