@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
@@ -20,7 +21,8 @@ from .compare import RunComparison, compare_runs
 from .config import AXES, Settings, bundled_config_path, load_config
 from .errors import DetauditError, RunDirError, UsageError
 from .junit import JUnitCase, write_junit
-from .report import history_table, render_comparison, render_run, summary_json
+from .report import (adjoint_table, checkerboard_panel, history_table, render_comparison, render_run,
+                     shapes_table, summary_json)
 from .results import Verdict, cell_verdicts, evaluate, evaluate_cells
 from .runner import Event, RunInterrupted, parse_shard, run, spawn_env_probe
 from .runs import StoredRun, list_runs, load_run, merge_runs, resolve_run
@@ -41,6 +43,16 @@ def _positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {text!r}") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected an integer >= 1, received {value}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, received {value}")
     return value
 
 
@@ -85,6 +97,23 @@ def _parser() -> argparse.ArgumentParser:
     p_report.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous",
                           help="add the drift table against this run")
     p_report.add_argument("--runs", default="runs", help="where previous/latest are looked up (default: runs)")
+
+    p_shapes = sub.add_parser("shapes", help="audit output shapes, the Conv round trip and the checkerboard")
+    p_shapes.add_argument("config", nargs="?", help="audit the Keras layers of this config instead of the flags")
+    p_shapes.add_argument("--kernel", type=_positive_int)
+    p_shapes.add_argument("--stride", type=_positive_int)
+    p_shapes.add_argument("--padding", choices=["same", "valid"])
+    p_shapes.add_argument("--dilation", type=_positive_int, default=1)
+    p_shapes.add_argument("--output-padding", type=_non_negative_int, default=None)
+    p_shapes.add_argument("--input", type=_positive_int, nargs="+", metavar="N", help="input lengths to audit")
+    p_shapes.add_argument("--rank", type=int, choices=[1, 2, 3], default=2)
+    p_shapes.add_argument("--no-tf", action="store_true", help="formulas only: do not start a TensorFlow worker")
+    p_shapes.add_argument("--json", action="store_true", help="print as JSON")
+
+    p_adj = sub.add_parser("adjoint", help="the dot-product test: is conv_transpose the adjoint of conv?")
+    p_adj.add_argument("config", nargs="?", help="test the Keras and raw layers of this config (default: a built-in grid)")
+    p_adj.add_argument("--threshold", type=float, default=64.0, help="fail above this many epsilons (default: 64)")
+    p_adj.add_argument("--json", action="store_true", help="print as JSON")
 
     p_merge = sub.add_parser("merge", help="merge shard runs of one config into one run")
     p_merge.add_argument("run_dirs", nargs="+")
@@ -240,6 +269,90 @@ def _cmd_report(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _shape_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """(rank, n, kernel, stride, padding, dilation, output_padding) items from the flags or a config."""
+    if args.config:
+        items = []
+        for layer in load_config(args.config).layers:
+            if layer.rank is None or layer.kind == "resize_conv2d":
+                continue
+            p = layer.params
+            spatial = layer.input_shape[2:] if p["data_format"] == "channels_first" else layer.input_shape[1:-1]
+            for axis, n in enumerate(spatial):
+                items.append({"rank": layer.rank, "n": n, "kernel": p["kernel_size"][axis], "stride": p["strides"][axis],
+                              "padding": p["padding"], "dilation": p["dilation_rate"][axis],
+                              "output_padding": (p.get("output_padding") or [None] * layer.rank)[axis]})
+        return list({json.dumps(i, sort_keys=True): i for i in items}.values())
+    missing = [f"--{name}" for name in ("kernel", "stride", "padding", "input") if getattr(args, name) is None]
+    if missing:
+        raise UsageError(f"shapes needs {', '.join(missing)} (or a CONFIG).")
+    return [{"rank": args.rank, "n": n, "kernel": args.kernel, "stride": args.stride, "padding": args.padding,
+             "dilation": args.dilation, "output_padding": args.output_padding} for n in args.input]
+
+
+def _cmd_shapes(args: argparse.Namespace) -> int:
+    from .runner import run_probe
+    from .shapes import checkerboard_score, shape_row
+
+    items = _shape_specs(args)
+    rows = [shape_row(i["n"], i["kernel"], i["stride"], i["padding"], i["dilation"], i["output_padding"]).to_dict()
+            for i in items]
+    boards = [{"kernel": k, "stride": s, "dilation": d, "score": checkerboard_score(k, s, d, rank=2)}
+              for k, s, d in dict.fromkeys((i["kernel"], i["stride"], i["dilation"]) for i in items)]
+    if not args.no_tf:
+        plain = [b for b in boards if b["dilation"] == 1]
+        measured = run_probe("shapes", {"lengths": items, "checkerboard": plain})
+        for row, length in zip(rows, measured["lengths"]):
+            row["measured"] = length
+        for board, taps in zip(plain, measured["checkerboard"]):
+            board["measured"] = taps
+    if args.json:
+        print(json.dumps({"shapes": rows, "checkerboard": boards}, indent=2))
+        return EXIT_OK
+    console = _console()
+    console.print(shapes_table(rows))
+    for row in rows:
+        if row["rejected"]:
+            console.print(Text(f"  n={row['n']}: {row['rejected']}", style="yellow"))
+    console.print(checkerboard_panel(boards))
+    return EXIT_OK
+
+
+ADJOINT_GRID = [{"rank": rank, "n": 5 if rank < 3 else 3, "kernel": k, "stride": s, "padding": padding,
+                 "channels": 2, "filters": 3}
+                for rank in (1, 2, 3) for k in (1, 2, 3, 4) for s in (1, 2, 3) for padding in ("same", "valid")]
+
+
+def _cmd_adjoint(args: argparse.Namespace) -> int:
+    from .runner import run_probe
+
+    if args.config:
+        items = []
+        for layer in load_config(args.config).layers:
+            if layer.rank is None or layer.kind == "resize_conv2d" or layer.params["data_format"] != "channels_last":
+                continue
+            p = layer.params
+            items.append({"rank": layer.rank, "n": layer.input_shape[1], "kernel": p["kernel_size"][0],
+                          "stride": p["strides"][0], "padding": p["padding"], "channels": layer.input_shape[-1],
+                          "filters": p["filters"]})
+        if not items:
+            raise UsageError(f"{args.config}: no channels_last Keras or raw transposed convolution to test.")
+    else:
+        items = ADJOINT_GRID
+    rows = run_probe("adjoint", items)
+    failed = [r for r in rows for res in r["results"].values()
+              if not res.get("error") and res["adjoint_eps"] > args.threshold]
+    if args.json:
+        print(json.dumps({"threshold_eps": args.threshold, "failed": len(failed), "specs": rows}, indent=2))
+    else:
+        console = _console()
+        console.print(adjoint_table(rows, args.threshold))
+        console.print(Text(f"FAIL: {len(failed)} adjoint test(s) above {args.threshold:g} eps: a TensorFlow bug"
+                           if failed else "PASS: conv_transpose is the adjoint of conv everywhere, and never its inverse",
+                           style="bold red" if failed else "bold green"))
+    return EXIT_FAILED if failed else EXIT_OK
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     merged = merge_runs(args.run_dirs, args.out)
     _print_summary(merged, args.json)
@@ -265,7 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env, "compare": _cmd_compare,
-                "history": _cmd_history, "merge": _cmd_merge, "report": _cmd_report}
+                "history": _cmd_history, "merge": _cmd_merge, "report": _cmd_report, "shapes": _cmd_shapes,
+                "adjoint": _cmd_adjoint}
     try:
         return handlers[args.command](args)
     except DetauditError as exc:

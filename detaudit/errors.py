@@ -8,6 +8,7 @@ exit code 2; anything else is a bug in detaudit and keeps its traceback.
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable
 
 
@@ -38,3 +39,18 @@ def did_you_mean(received: object, allowed: Iterable[object]) -> str:
     choices = [str(a) for a in allowed]
     close = difflib.get_close_matches(str(received), choices, n=1, cutoff=0.6)
     return f" Did you mean `{close[0]}`?" if close else ""
+
+
+_NOISE = re.compile(
+    r"\x1b\[[0-9;]*m"                                   # ANSI colour from Keras
+    r"|\{\{function_node [^}]*\}\}"                       # TensorFlow's graph function tags
+    r"|Exception encountered when calling [\w.]+\(\)\.?"  # Keras' wrapper sentence
+    r"|Arguments received by [^\n]*"
+    r"|\s•\s[^\n]*"                                     # Keras' "• inputs=..." argument listing
+)
+
+
+def one_line(exc: BaseException, limit: int = 600) -> str:
+    """``Type: message`` on one line, without the wrappers Keras and TensorFlow add."""
+    text = _NOISE.sub(" ", str(getattr(exc, "message", None) or exc))
+    return f"{type(exc).__name__}: {' '.join(text.split())}"[:limit]

@@ -17,7 +17,8 @@ from .compare import Category, RunComparison
 from .config import AXES, Settings
 from .results import Verdict, cell_verdicts, findings
 
-__all__ = ["VERDICT_STYLES", "history_table", "render_comparison", "render_run", "summary_json", "summary_table"]
+__all__ = ["VERDICT_STYLES", "adjoint_table", "checkerboard_panel", "history_table", "render_comparison", "render_run",
+           "shapes_table", "summary_json", "summary_table"]
 
 VERDICT_STYLES = {
     Verdict.DETERMINISTIC: "green",
@@ -212,4 +213,78 @@ def history_table(runs: list[dict[str, Any]]) -> Table:
             counts.append(f"{run['counts'][verdict.value]} {verdict.value}", style=VERDICT_STYLES[verdict])
         grid.add_row(run["run_id"], run["started"][:19].replace("T", " "), run["config"], run["tensorflow"],
                      run["device"], counts)
+    return grid
+
+
+def shapes_table(rows: list[dict[str, Any]]) -> Table:
+    """The shape audit: formula vs TensorFlow, the Conv round trip and the fix, rejections."""
+    grid = Table(title="Transposed-convolution shapes (one spatial axis)", title_justify="left")
+    for column in ("input", "kernel", "stride", "padding", "dilation", "output_padding", "Keras formula",
+                   "TensorFlow", "Conv round trip", "fix"):
+        grid.add_column(column, justify="right" if column not in ("padding", "Conv round trip", "fix") else "left")
+    for row in rows:
+        measured = row.get("measured")
+        if row["rejected"]:
+            formula = Text("rejected", style="yellow")
+        else:
+            formula = Text(str(row["output"]))
+        if measured is None:
+            tf_text = Text("-", style="dim")
+        elif measured.get("error"):
+            tf_text = Text("error", style="yellow" if row["rejected"] else "bold red")
+        else:
+            tf_text = Text(str(measured["length"]), style="green" if measured["length"] == row["output"] else "bold red")
+        trip = Text(f"{row['n']} -> {row['conv']} -> {row['round_trip']}",
+                    style="green" if row["round_trip_ok"] else "yellow")
+        fix = "-" if row["round_trip_ok"] else (
+            f"output_padding={row['fixing_output_padding']}" if row["fixing_output_padding"] is not None else "none")
+        grid.add_row(str(row["n"]), str(row["kernel"]), str(row["stride"]), row["padding"], str(row["dilation"]),
+                     str(row["output_padding"]), formula, tf_text, trip, fix)
+    return grid
+
+
+def _heat(window: list[list[int]]) -> Text:
+    top = max(max(r) for r in window) or 1
+    text = Text()
+    for r in window:
+        for value in r:
+            shade = int(40 + 200 * value / top)
+            text.append(f"{value:3d}", style=f"on rgb({shade},{shade // 3},{shade // 3})")
+        text.append("\n")
+    return text
+
+
+def checkerboard_panel(items: list[dict[str, Any]]) -> RenderableType:
+    """Checkerboard scores (analytic and measured) with the tap-count window of each, beside resize-conv."""
+    grid = Table(title="Checkerboard: taps per output position, interior (score 0 = uniform)", title_justify="left")
+    for column in ("kernel", "stride", "analytic", "TensorFlow", "taps (transpose)", "resize-conv", "taps (resize-conv)"):
+        grid.add_column(column)
+    for item in items:
+        measured = item.get("measured")
+        grid.add_row(str(item["kernel"]), str(item["stride"]), f"{item['score']:.3g}",
+                     f"{measured['transpose']['score']:.3g}" if measured else "-",
+                     _heat(measured["transpose"]["window"]) if measured else Text("-"),
+                     f"{measured['resize_conv']['score']:.3g}" if measured else "-",
+                     _heat(measured["resize_conv"]["window"]) if measured else Text("-"))
+    return grid
+
+
+def adjoint_table(rows: list[dict[str, Any]], threshold: float) -> Table:
+    """The dot-product test per spec: |<Cz, x> - <z, Tx>| in epsilons, and the reconstruction error."""
+    grid = Table(title=f"Adjoint test: <conv(z), x> = <z, conv_transpose(x)> (fails above {threshold:g} eps)",
+                 title_justify="left")
+    for column in ("rank", "kernel", "stride", "padding", "float32 eps", "float64 eps", "reconstruction |T(C z) - z|/|z|"):
+        grid.add_column(column, justify="right" if column != "padding" else "left")
+    for row in rows:
+        cells = []
+        for dtype in ("float32", "float64"):
+            result = row["results"].get(dtype, {})
+            if result.get("error"):
+                cells.append(Text("refused", style="yellow"))
+            else:
+                value = result["adjoint_eps"]
+                cells.append(Text(f"{value:.3g}", style="bold red" if value > threshold else "green"))
+        recon = row["results"].get("float64", {}).get("reconstruction")
+        grid.add_row(str(row["rank"]), str(row["kernel"]), str(row["stride"]), row["padding"], *cells,
+                     "-" if recon is None else f"{recon:.3g}")
     return grid

@@ -33,7 +33,7 @@ from .fingerprint import host_fingerprint
 from .results import build_table
 from .store import RunStore
 
-__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_worker_job",
+__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_probe", "run_worker_job",
            "shard_cells", "spawn_env_probe", "worker_environ"]
 
 _STDERR_TAIL = 1500
@@ -265,6 +265,20 @@ def require_tensorflow() -> None:
     if importlib.util.find_spec("tensorflow") is None:
         raise UsageError(f"TensorFlow is not installed for {sys.executable}. "
                          "Install it with: pip install 'detaudit[cpu]' (or [gpu], or your own TensorFlow >= 2.16)")
+
+
+def run_probe(name: str, items: Any, timeout_s: float = 300) -> Any:
+    """Run one of :data:`detaudit.probes.PROBES` on plain JSON data in a fresh worker; return its result."""
+    require_tensorflow()
+    result: list[Any] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        outcome = _spawn_worker({"settings": Settings().as_dict(), "probe": name, "items": items}, Settings(),
+                                Path(tmp) / "probe.log", timeout_s,
+                                lambda m: result.append(m["result"]) if m.get("event") == "probe" else None, None)
+    if not result:
+        _, message = _describe_death(outcome, timeout_s)
+        raise UsageError(f"the TensorFlow worker for `{name}` failed ({message}).")
+    return result[0]
 
 
 def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:

@@ -27,28 +27,12 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from .config import Cell, Settings
+from .errors import one_line
 from .numerics import Comparison, compare, digest, worst
 from .store import save_tensors
 
-_MESSAGE_LIMIT = 600
-
-
-_NOISE = re.compile(
-    r"\x1b\[[0-9;]*m"                                   # ANSI colour from Keras
-    r"|\{\{function_node [^}]*\}\}"                       # TensorFlow's graph function tags
-    r"|Exception encountered when calling [\w.]+\(\)\.?"  # Keras' wrapper sentence
-    r"|Arguments received by [^\n]*"
-    r"|\s•\s[^\n]*"                                     # Keras' "• inputs=..." argument listing
-)
 # TF-FACTS: the two shapes of "no deterministic kernel" messages.
 _DETERMINISM_REFUSAL = re.compile(r"Determinism is not yet supported|deterministic GPU implementation", re.I)
-
-
-def _first_lines(exc: BaseException) -> str:
-    """A one-line message: the exception type and its text without wrapper noise."""
-    text = _NOISE.sub(" ", str(getattr(exc, "message", None) or exc))
-    text = " ".join(text.split())
-    return f"{type(exc).__name__}: {text}"[:_MESSAGE_LIMIT]
 
 
 def apply_settings(settings: Settings) -> dict[str, Any]:
@@ -150,9 +134,9 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
         # A refusal to be deterministic is a finding (unsupported); other gaps, such as
         # NCHW convolutions on the CPU, are errors of the configuration.
         status = "unsupported" if _DETERMINISM_REFUSAL.search(str(exc)) else "error"
-        record.update(status=status, message=_first_lines(exc))
+        record.update(status=status, message=one_line(exc))
     except Exception as exc:  # noqa: BLE001 - any failure of the cell is data, not a crash
-        record.update(status="error", message=_first_lines(exc))
+        record.update(status="error", message=one_line(exc))
     record["seconds"] = round(time.perf_counter() - started, 6)
     return record
 
@@ -170,6 +154,12 @@ def main(argv: list[str]) -> int:
     from .fingerprint import tensorflow_fingerprint
 
     _emit(stream, {"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
+    if job.get("probe"):
+        from .probes import PROBES
+
+        _emit(stream, {"event": "probe", "result": PROBES[job["probe"]](job.get("items", []))})
+        _emit(stream, {"event": "done"})
+        return 0
     tensor_dir = Path(job["tensor_dir"]) if job.get("tensor_dir") else None
     for data in job.get("cells", []):
         cell = Cell.from_dict(data)

@@ -127,3 +127,34 @@ def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):
         result = detaudit(*args)
         assert result.returncode == 2, (args, result.stderr)
         assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_shapes_formulas_and_rejections_match_tensorflow():
+    args = ["shapes", "--json", "--rank", "1", "--input", *map(str, range(1, 9))]
+    for kernel, stride, padding, op in ((4, 2, "same", "0"), (2, 3, "valid", "1")):
+        extra = ["--output-padding", op] if op is not None else []
+        result = detaudit(*args, "--kernel", str(kernel), "--stride", str(stride), "--padding", padding, *extra)
+        assert result.returncode == 0, result.stderr
+        data = json.loads(result.stdout)
+        for row in data["shapes"]:
+            measured = row["measured"]
+            assert (measured["error"] is not None) == (row["rejected"] is not None), row
+            if not row["rejected"]:
+                assert measured["length"] == row["output"], row
+        for board in data["checkerboard"]:
+            assert board["measured"]["transpose"]["score"] == pytest.approx(board["score"], abs=1e-6)
+            assert board["measured"]["resize_conv"]["score"] == 0
+
+
+def test_adjoint_passes_on_a_config_and_reports_the_reconstruction(tmp_path):
+    config = tmp_path / "adj.yaml"
+    config.write_text(yaml.safe_dump({"name": "adj", "layers": [
+        {"kind": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "input_shape": [2, 5, 5, 2]},
+        {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "valid", "input_shape": [2, 6, 3]}]}))
+    result = detaudit("adjoint", str(config), "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    data = json.loads(result.stdout)
+    for spec in data["specs"]:
+        for dtype, outcome in spec["results"].items():
+            assert outcome["adjoint_eps"] < 4, (spec, dtype)
+            assert outcome["reconstruction"] > 0.1  # the adjoint is not the inverse

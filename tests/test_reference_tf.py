@@ -23,7 +23,7 @@ def _tf_bug(rank: int, k: int, s: int, padding: str) -> bool:
     return rank == 3 and k == 1 and s == 3 and padding == "same"
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(rank=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
        op=st.one_of(st.none(), st.integers(0, 2)), n=st.integers(2, 4), seed=st.integers(0, 2**31))
 def test_reference_agrees_with_tensorflow_in_float64(rank, k, s, padding, op, n, seed):
@@ -55,7 +55,7 @@ def test_reference_agrees_with_tensorflow_in_float64(rank, k, s, padding, op, n,
         if name == "grad_input" and _tf_bug(rank, k, s, padding):
             continue
         scale = max(1.0, float(np.abs(ref[name]).max()))
-        assert np.abs(value - ref[name]).max() <= 64 * np.finfo(np.float64).eps * scale, name
+        assert np.abs(value - ref[name]).max() <= 8 * np.finfo(np.float64).eps * scale, name  # a few ULP
 
 
 def test_the_known_tensorflow_conv3d_discrepancy_is_real_or_fixed():

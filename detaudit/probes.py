@@ -1,0 +1,111 @@
+"""Small TensorFlow measurements run in a worker: actual output lengths, measured tap counts, the adjoint test.
+
+Imported only inside worker processes (it imports TensorFlow). Each probe takes
+and returns plain JSON data, so the runner can carry it over the worker pipe.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from .errors import one_line
+from .reference import output_length
+
+__all__ = ["PROBES"]
+
+_KERAS = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}
+
+
+def measured_lengths(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The output length TensorFlow returns for each (rank, n, kernel, stride, padding, dilation, output_padding)."""
+    out = []
+    for item in items:
+        rank = item["rank"]
+        layer = _KERAS[rank](1, item["kernel"], strides=item["stride"], padding=item["padding"],
+                             dilation_rate=item["dilation"], output_padding=item["output_padding"])
+        try:
+            y = layer(tf.zeros((1, *(item["n"],) * rank, 1)))
+            out.append({"length": int(y.shape[1]), "error": None})
+        except Exception as exc:  # noqa: BLE001 - a refusal is the measurement
+            out.append({"length": None, "error": one_line(exc, 300)})
+    return out
+
+
+def measured_checkerboard(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Tap counts through TensorFlow: ones input and ones kernel, interior of the 2-D output.
+
+    Also measured for the resize-convolution alternative (nearest UpSampling2D by
+    the stride, then a stride-1 Conv2D with the same kernel).
+    """
+    out = []
+    for item in items:
+        k, s = item["kernel"], item["stride"]
+        n = 4 * (k + s) + 4
+        ones = tf.ones((1, n, n, 1))
+        transpose = tf.nn.conv2d_transpose(ones, tf.ones((k, k, 1, 1)), output_shape=[1, n * s, n * s, 1],
+                                           strides=s, padding="SAME")[0, :, :, 0].numpy()
+        resized = tf.nn.conv2d(keras.layers.UpSampling2D(s)(ones), tf.ones((k, k, 1, 1)), strides=1,
+                               padding="SAME")[0, :, :, 0].numpy()
+        margin = k + s  # away from the borders, where padding thins every pattern
+        periods = (n * s - 2 * margin) // s  # whole periods only, or the mean is off
+        results = {}
+        for name, grid in (("transpose", transpose), ("resize_conv", resized)):
+            interior = grid[margin:margin + periods * s, margin:margin + periods * s]
+            results[name] = {"score": float((interior.max() - interior.min()) / interior.mean()),
+                             "window": interior[: 2 * s, : 2 * s].astype(int).tolist()}
+        out.append(results)
+    return out
+
+
+def adjoint(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The dot-product test <conv(z, W), x> = <z, conv_transpose(x, W)> per spec and dtype.
+
+    Dot products are taken in float64 from TensorFlow's outputs, and the gap is
+    divided by |conv(z)|·|x| + |z|·|conv_transpose(x)| and the dtype's epsilon,
+    so cancellation in the sums cannot inflate it. Also reports the
+    reconstruction error |conv_transpose(conv(z)) - z| / |z|: the adjoint is
+    not the inverse.
+    """
+    out = []
+    for item in items:
+        rank, k, s, padding = item["rank"], item["kernel"], item["stride"], item["padding"]
+        n, channels, filters = item["n"], item["channels"], item["filters"]
+        row = {**item, "results": {}}
+        for dtype in ("float32", "float64"):
+            rng = np.random.default_rng(item.get("seed", 0))
+            x = tf.constant(rng.standard_normal((2, *(n,) * rank, channels)), dtype=dtype)
+            kernel = tf.constant(rng.standard_normal((*(k,) * rank, filters, channels)) / k ** rank, dtype=dtype)
+            shape = [2, *(output_length(n, k, s, padding),) * rank, filters]
+            try:
+                tx = tf.nn.conv_transpose(x, kernel, output_shape=shape, strides=s, padding=padding.upper())
+                z = tf.constant(rng.standard_normal(shape), dtype=dtype)
+                cz = tf.nn.convolution(z, kernel, strides=s, padding=padding.upper())
+                back = tf.nn.conv_transpose(cz, kernel, output_shape=shape, strides=s, padding=padding.upper())
+            except Exception as exc:  # noqa: BLE001 - a refusal is the result
+                row["results"][dtype] = {"error": one_line(exc, 300)}
+                continue
+            a = np.vdot(cz.numpy().astype(np.float64), x.numpy().astype(np.float64))
+            b = np.vdot(z.numpy().astype(np.float64), tx.numpy().astype(np.float64))
+            scale = (np.linalg.norm(cz.numpy()) * np.linalg.norm(x.numpy())
+                     + np.linalg.norm(z.numpy()) * np.linalg.norm(tx.numpy()))
+            z64 = z.numpy().astype(np.float64)
+            row["results"][dtype] = {
+                "error": None,
+                "adjoint_eps": float(abs(a - b) / scale / np.finfo(dtype).eps) if scale else 0.0,
+                "reconstruction": float(np.linalg.norm(back.numpy() - z64) / np.linalg.norm(z64)),
+            }
+        out.append(row)
+    return out
+
+
+def shapes(payload: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
+    """Lengths and checkerboards in one worker: one TensorFlow start for ``detaudit shapes``."""
+    return {"lengths": measured_lengths(payload["lengths"]),
+            "checkerboard": measured_checkerboard(payload["checkerboard"])}
+
+
+PROBES = {"shapes": shapes, "adjoint": adjoint}
