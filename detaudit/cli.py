@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.panel import Panel
 from rich.text import Text
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .compare import RunComparison, compare_runs
-from .config import AXES, Settings, bundled_config_path, load_config
+from .config import AXES, Cell, Settings, bundled_config_path, load_config
 from .errors import DetauditError, RunDirError, UsageError
 from .junit import JUnitCase, write_junit
 from .report import (adjoint_table, checkerboard_panel, history_table, render_comparison, render_run,
@@ -114,6 +115,12 @@ def _parser() -> argparse.ArgumentParser:
     p_adj.add_argument("config", nargs="?", help="test the Keras and raw layers of this config (default: a built-in grid)")
     p_adj.add_argument("--threshold", type=float, default=64.0, help="fail above this many epsilons (default: 64)")
     p_adj.add_argument("--json", action="store_true", help="print as JSON")
+
+    p_triage = sub.add_parser("triage", help="confirm, isolate, shrink and explain a difference; write a reproducer")
+    p_triage.add_argument("target", help="a run directory (or latest), or a config to run first")
+    p_triage.add_argument("--cell", default=None, help="the cell id to triage (default: every nondeterministic cell)")
+    p_triage.add_argument("--budget-s", type=float, default=300.0, help="time budget for shrinking, per cell")
+    p_triage.add_argument("--out", default="runs", help="where a config's run goes, and latest is looked up")
 
     p_merge = sub.add_parser("merge", help="merge shard runs of one config into one run")
     p_merge.add_argument("run_dirs", nargs="+")
@@ -353,6 +360,55 @@ def _cmd_adjoint(args: argparse.Namespace) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _cmd_triage(args: argparse.Namespace) -> int:
+    from .triage import select_cells, triage_cell, write_outputs
+
+    target = Path(args.target)
+    if target.suffix in (".yaml", ".yml") or (target.is_file() and not target.is_dir()):
+        table = run(load_config(target), out=args.out)
+        stored = load_run(table.attrs["run_dir"])
+    else:
+        stored = load_run(resolve_run(args.target, args.out))
+    if args.cell and args.cell not in set(stored.table["cell_id"]):
+        raise UsageError(f"{stored.store.path}: no cell {args.cell!r}. Cell ids are in results.parquet "
+                         "(detaudit show RUN_DIR --json lists them).")
+    selected = [(cell_id, mode) for cell_id, mode in select_cells(stored.table, args.cell) if mode != "none"]
+    console = _console()
+    if not selected:
+        console.print(Text("Nothing to triage: no cell differs run to run"
+                           + (" or from the baseline" if args.cell else "") + ".", style="bold green"))
+        return EXIT_OK
+    tf = stored.meta.get("tensorflow") or {}
+    environment = {**{k: tf.get(k) for k in ("tensorflow_version", "keras_version", "cuda_version", "cudnn_version")},
+                   "gpus": ", ".join(g.get("name") or g.get("device") for g in tf.get("gpus", [])) or "none",
+                   **{k: (stored.meta.get("host") or {}).get(k) for k in ("nvidia_driver", "cpu_model", "onednn_state",
+                                                                           "platform", "python")}}
+    records = {r["cell_id"]: r for r in stored.store.iter_records() if not r.get("replay")}
+    code = EXIT_OK
+    for cell_id, mode in selected:
+        cell = Cell.from_dict(records[cell_id]["cell"])
+        kind = "run-to-run difference" if mode == "repeat" else "drift from the baseline"
+        console.print(Text(f"Triage {cell_id} ({kind})", style="bold"))
+        console.print(Text(f"  {cell.layer.describe()} [{cell.settings.label()}, seed={cell.seed}]"))
+        work = stored.store.path / "triage" / cell_id
+        result = triage_cell(cell, mode, stored.config, work, args.budget_s, tf_version=tf.get("tensorflow_version"),
+                             message=records[cell_id].get("message", ""),
+                             on_step=lambda s: console.print(Text(f"  {s.stage:8s} {s.what}: {s.outcome}")))
+        if result is None:
+            console.print(Text(f"  Not reproduced in {max(cell.repeats, 5)} repeats: flaky, or gone.", style="bold yellow"))
+            code = EXIT_FAILED
+            continue
+        write_outputs(result, work, environment, stored.config)
+        console.print(Panel(Text.assemble(
+            ("Most likely cause: ", "bold"), result.explanation["cause"], "\n",
+            ("Fix: ", "bold"), result.explanation["fix"], "\n",
+            ("Removed by: ", "bold"), ", ".join(result.removed_by) or "no single setting", "\n",
+            ("Minimal case: ", "bold"), result.minimal.layer.describe(), "\n",
+            ("Reproducer: ", "bold"), f"python {result.repro}", "\n",
+            ("Report: ", "bold"), str(result.report)), title=f"triage {cell_id}"))
+    return code
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     merged = merge_runs(args.run_dirs, args.out)
     _print_summary(merged, args.json)
@@ -379,7 +435,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env, "compare": _cmd_compare,
                 "history": _cmd_history, "merge": _cmd_merge, "report": _cmd_report, "shapes": _cmd_shapes,
-                "adjoint": _cmd_adjoint}
+                "adjoint": _cmd_adjoint, "triage": _cmd_triage}
     try:
         return handlers[args.command](args)
     except DetauditError as exc:

@@ -33,7 +33,8 @@ from .fingerprint import host_fingerprint
 from .results import build_table
 from .store import RunStore
 
-__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_probe", "run_worker_job",
+__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_cells", "run_probe",
+           "run_worker_job",
            "shard_cells", "spawn_env_probe", "worker_environ"]
 
 _STDERR_TAIL = 1500
@@ -370,6 +371,26 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
             if todo:
                 jobs.append((f"g{i:02d}", todo, replay))
     return _execute(store, config, meta, cells, jobs, workers, on_event or (lambda event: None))
+
+
+def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[str], run_id: str | None = None,
+              workers: int | None = None, on_event: Callable[[Event], None] | None = None) -> pd.DataFrame:
+    """Run an explicit list of cells (no matrix expansion, no added baseline) as a run of ``config``.
+
+    Triage uses this for its toggles and shrink candidates: the same workers,
+    records, store and table as :func:`run`.
+    """
+    require_tensorflow()
+    store = RunStore.create(out, config.to_dict(), config.name, run_id)
+    meta = {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
+            "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None, "groups": {},
+            "explicit_cells": True}
+    store.write_meta(meta)
+    jobs = [(f"g{i:02d}", group_cells, replay)
+            for i, (_, group_cells) in enumerate(iter_groups(list(cells)))
+            for replay in ((False, True) if config.replay_process else (False,))]
+    return _execute(store, config, meta, list(cells), jobs, workers or (os.cpu_count() or 1),
+                    on_event or (lambda event: None))
 
 
 def _now() -> str:

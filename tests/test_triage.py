@@ -1,0 +1,84 @@
+"""triage: confirm, toggle, shrink, explain and a standalone reproducer, through the real command."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from detaudit.config import Settings
+from detaudit.triage import explain
+from tests.test_cli import detaudit
+
+RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 4, "kernel_size": 3,
+                "strides": 2, "padding": "same", "input_shape": [4, 8, 8, 4]}
+
+
+def test_the_knowledge_table_picks_the_most_specific_cause():
+    assert explain(["determinism"], Settings(device="gpu"), "", "2.7.0")["id"] == "cudnn-algorithm-selection"
+    assert explain(["determinism"], Settings(device="gpu"), "", "2.21.0")["id"] == "gpu-nondeterministic-kernels"
+    assert explain(["threads"], Settings(), "", "2.21.0")["id"] == "intra-op-threads"
+    refusal = "Determinism is not yet supported in GPU implementation of DenseBincount."
+    assert explain([], Settings(device="gpu"), refusal, "2.21.0")["id"] == "unimplemented-deterministic-kernel"
+    assert explain([], Settings(), "", None)["id"] == "unknown"
+
+
+@pytest.mark.tf
+def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp_path):
+    config = tmp_path / "tri.yaml"
+    config.write_text(yaml.safe_dump({"name": "tri", "repeats": 3, "layers": [RANDOM_ORDER]}))
+    result = detaudit("triage", str(config), "--out", str(tmp_path / "runs"), "--budget-s", "30")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "determinism=on: removed" in result.stdout and "threads=1: persists" in result.stdout
+    assert "Removed by: determinism" in result.stdout
+    triaged = next((tmp_path / "runs").glob("*-tri/triage/*"))
+    report = (triaged / "report.md").read_text()
+    assert "| determinism=on | removed |" in report and "enable_op_determinism" in report
+    minimal = next(line for line in report.splitlines() if line.startswith("tests.support_layers"))
+    assert minimal.split(" (from ")[0] != minimal.split(" (from ")[1].rstrip(")")  # it did shrink
+    repro = subprocess.run([sys.executable, str(triaged / "repro.py")], capture_output=True, text=True,
+                           cwd=Path(__file__).resolve().parent.parent, timeout=300)
+    assert repro.returncode == 1, repro.stdout + repro.stderr
+    assert "grad_bias: bits differ run to run" in repro.stdout and "DIFFER" in repro.stdout
+
+
+@pytest.mark.tf
+def test_a_deterministic_run_has_nothing_to_triage(tmp_path):
+    config = tmp_path / "ok.yaml"
+    layer = {**RANDOM_ORDER, "kind": "Conv2DTranspose", "input_shape": [1, 4, 4, 2]}
+    config.write_text(yaml.safe_dump({"name": "ok", "repeats": 2, "layers": [layer]}))
+    result = detaudit("triage", str(config), "--out", str(tmp_path / "runs"))
+    assert result.returncode == 0, result.stderr
+    assert "Nothing to triage" in result.stdout
+
+
+@pytest.mark.tf
+def test_a_drifting_cell_is_triaged_by_the_toggle_that_removes_the_drift(tmp_path):
+    layer = {"kind": "Conv2DTranspose", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same",
+             "input_shape": [4, 16, 16, 8]}
+    config = tmp_path / "drift.yaml"
+    config.write_text(yaml.safe_dump({"name": "drift", "repeats": 2, "layers": [layer],
+                                      "matrix": {"xla": "on", "determinism": "on"}}))
+    out = tmp_path / "runs"
+    ran = detaudit("run", str(config), "--out", str(out), "--json")
+    assert ran.returncode == 0, ran.stderr
+    cells = json.loads(ran.stdout)["cells"]
+    drifting = next(c["cell_id"] for c in cells if c["xla"] == "on")
+    run_dir = json.loads(ran.stdout)["run_dir"]
+    result = detaudit("triage", run_dir, "--cell", drifting, "--budget-s", "20")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "(drift from the baseline)" in result.stdout and "xla=off: removed" in result.stdout
+    assert "Removed by: xla" in result.stdout
+
+
+def test_an_unknown_cell_is_bad_input(tmp_path):
+    from tests.test_compare import _make_run
+    from tests.test_results import _cell, _tensors
+
+    store = _make_run(tmp_path, "r", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
+    result = detaudit("triage", str(store.path), "--cell", "nope-123")
+    assert result.returncode == 2 and "no cell 'nope-123'" in result.stderr
