@@ -9,11 +9,13 @@ TensorFlow versions; the only thing left to differ is the computation.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib
 from collections.abc import Callable
 from typing import Any
 
 import keras
+import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
@@ -140,6 +142,7 @@ class Case:
     names: list[str]
     step: Callable[[], list[np.ndarray]]
     reference: dict[str, np.ndarray] | None = None  # float64 truth (detaudit.reference), built-in kinds only
+    adjoint: Callable[[], dict[str, Any]] | None = None  # the dot-product test, built-in channels_last kinds
 
 
 def _seeded_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
@@ -192,7 +195,33 @@ def build_case(spec: LayerSpec, seed: int, xla: bool) -> Case:
         return [y.numpy(), *(g.numpy() for g in grads)]
 
     names = ["output", "grad_input", *_tensor_names(variables)]
-    return Case(names, step, _reference(spec, layer, x.numpy(), dy.numpy(), tuple(y.shape)))
+    adjoint = None
+    if (spec.kind in KERAS_KINDS or spec.kind in RAW_KINDS) and spec.params["data_format"] == "channels_last":
+        adjoint = functools.partial(_adjoint_test, spec, layer, x, tuple(y.shape), seed)
+    return Case(names, step, _reference(spec, layer, x.numpy(), dy.numpy(), tuple(y.shape)), adjoint)
+
+
+def _adjoint_test(spec: LayerSpec, layer: Any, x: tf.Tensor, output_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
+    """<conv(z), x> = <z, conv_transpose(x)> in the policy's compute dtype, as in ``detaudit adjoint``.
+
+    The gap is divided by |conv(z)|·|x| + |z|·|conv_transpose(x)| and the
+    dtype's epsilon; ``reconstruction`` is |conv_transpose(conv(z)) - z| / |z|.
+    """
+    params = spec.params
+    dtype = keras.config.dtype_policy().compute_dtype
+    kernel = tf.cast(layer.kernel, dtype)
+    xc = tf.cast(x, dtype)
+    z = tf.constant(np.random.default_rng([seed, 3]).standard_normal(output_shape, dtype=np.float32).astype(dtype))
+    options = {"strides": params["strides"], "padding": params["padding"].upper(), "dilations": params["dilation_rate"]}
+    tx = tf.nn.conv_transpose(xc, kernel, output_shape=list(output_shape), **options)
+    cz = tf.nn.convolution(z, kernel, **options)
+    back = tf.nn.conv_transpose(cz, kernel, output_shape=list(output_shape), **options)
+    wide = [np.asarray(t.numpy(), np.float64) for t in (cz, xc, z, tx, back)]
+    a, b = np.vdot(wide[0], wide[1]), np.vdot(wide[2], wide[3])
+    scale = np.linalg.norm(wide[0]) * np.linalg.norm(wide[1]) + np.linalg.norm(wide[2]) * np.linalg.norm(wide[3])
+    eps = float(ml_dtypes.finfo(np.dtype(dtype) if dtype != "bfloat16" else ml_dtypes.bfloat16).eps)
+    return {"dtype": str(dtype), "adjoint_eps": float(abs(a - b) / scale / eps) if scale else 0.0,
+            "reconstruction": float(np.linalg.norm(wide[4] - wide[2]) / max(np.linalg.norm(wide[2]), 1e-300))}
 
 
 def _reference(spec: LayerSpec, layer: Any, x: np.ndarray, upstream: np.ndarray,

@@ -30,10 +30,12 @@ COLUMNS = [
     "threads", "tf32", "seed", "repeats", "tensor", "comparison", "dtype", "n_elements", "n_mismatch",
     "bitwise_equal", "max_ulp", "p99_ulp", "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch",
     "digest", "status", "message", "seconds",
-    "input_shape", "p50_ulp", "mean_ulp", "n_repeats_differ", "reference_cell",
+    "input_shape", "p50_ulp", "mean_ulp", "n_repeats_differ", "reference_cell", "adjoint_eps", "reconstruction",
 ]
+#: Above this many epsilons the adjoint test fails: conv_transpose is then not the adjoint of conv (a TF bug).
+ADJOINT_LIMIT_EPS = 64.0
 _INT_COLUMNS = ["n_elements", "n_mismatch", "max_ulp", "p99_ulp", "p50_ulp", "n_nan_mismatch", "n_repeats_differ"]
-_FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds"]
+_FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds", "adjoint_eps", "reconstruction"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
 
@@ -92,6 +94,12 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
     for t in record.get("reference", []):
         rows.append({**base, "comparison": "reference", "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]),
                      "seconds": None, **{k: t.get(k) for k in _STAT_FIELDS}})
+    adjoint = record.get("adjoint")
+    if adjoint:
+        rows.append({**base, "comparison": "adjoint", "tensor": "output", "dtype": adjoint.get("dtype"),
+                     "seconds": None, "adjoint_eps": adjoint.get("adjoint_eps"),
+                     "reconstruction": adjoint.get("reconstruction"),
+                     "status": "error" if adjoint.get("error") else "ok", "message": adjoint.get("error") or ""})
     return rows
 
 
@@ -176,7 +184,7 @@ def build_table(store: RunStore, config: Config) -> pd.DataFrame:
             rows.extend(_pair_rows(run_id, cell, record, reference, "baseline", mine, theirs, baseline))
     # Config order, not finishing order: tables of the same config line up row for row.
     position = {cell_id: i for i, cell_id in enumerate(cells)}
-    kinds = {"repeat": 0, "process": 1, "baseline": 2, "reference": 3}
+    kinds = {"repeat": 0, "process": 1, "baseline": 2, "reference": 3, "adjoint": 4}
     rows.sort(key=lambda r: (position.get(r["cell_id"], len(position)), kinds[r["comparison"]]))
     return _typed(pd.DataFrame(rows, columns=COLUMNS))
 
@@ -251,6 +259,11 @@ def evaluate_cells(table: pd.DataFrame, config: Config) -> dict[str, list[str]]:
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
     for row in threshold_breaches(table, config).to_dict("records"):
         failures.setdefault(row["cell_id"], []).append(row["breach"])
+    adjoint = table[(table["comparison"] == "adjoint") & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
+    for row in adjoint.to_dict("records"):
+        failures.setdefault(row["cell_id"], []).append(
+            f"adjoint test {row['adjoint_eps']:.3g} eps > {ADJOINT_LIMIT_EPS:g}: TensorFlow's conv_transpose is not "
+            "the adjoint of its convolution here (a TensorFlow bug)")
     return failures
 
 

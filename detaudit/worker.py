@@ -128,6 +128,11 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
             record["reference"] = [
                 {**compare(tensor, case.reference[name].astype(tensor.dtype), digest=False).to_dict(), "tensor": name}
                 for name, tensor in zip(case.names, first) if name in case.reference]
+        if case.adjoint is not None:
+            try:
+                record["adjoint"] = case.adjoint()
+            except Exception as exc:  # noqa: BLE001 - e.g. CPU kernels refusing a dilated transpose
+                record["adjoint"] = {"error": one_line(exc)}
         if tensor_path is not None:
             save_tensors(tensor_path, dict(zip(case.names, first)))
     except tf.errors.UnimplementedError as exc:

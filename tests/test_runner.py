@@ -164,6 +164,10 @@ def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
     assert truth.loc[("bfloat16", "output"), "dtype"] == "bfloat16"
     assert truth.loc[("mixed_float16", "output"), "dtype"] == "float16"
     assert truth.loc[("mixed_float16", "grad_kernel"), "dtype"] == "float32"
+    adjoint = table[table["comparison"] == "adjoint"].set_index("precision")
+    assert (adjoint["adjoint_eps"] < 8).all()  # conv_transpose is the adjoint of conv to rounding
+    assert (adjoint["reconstruction"] > 0.1).all()  # and not its inverse
+    assert adjoint.loc["mixed_float16", "dtype"] == "float16"
     meta = json.loads((tmp_path / table.attrs["run_dir"] / "meta.json").read_text())
     applied = list(meta["groups"].values())
     assert {a["dtype_policy"] for a in applied} == {"float64", "bfloat16", "mixed_float16", "float32"}
