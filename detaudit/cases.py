@@ -20,7 +20,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import reference
-from .config import KERAS_KINDS, LayerSpec, RAW_KINDS, RESIZE_KINDS
+from .config import KERAS_KINDS, RAW_KINDS, RESIZE_KINDS, LayerSpec
 
 __all__ = ["Case", "build_case", "import_layer"]
 

@@ -9,22 +9,35 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 from rich.panel import Panel
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.text import Text
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import __version__
 from .compare import RunComparison, compare_runs
 from .config import AXES, Cell, Settings, bundled_config_path, load_config
 from .errors import DetauditError, RunDirError, UsageError
 from .junit import JUnitCase, write_junit
-from .report import (adjoint_table, checkerboard_panel, history_table, render_comparison, render_run,
-                     shapes_table, summary_json)
+from .report import (
+    adjoint_table,
+    checkerboard_panel,
+    history_table,
+    render_comparison,
+    render_run,
+    shapes_table,
+    summary_json,
+)
 from .results import Verdict, cell_verdicts, evaluate, evaluate_cells
 from .runner import Event, RunInterrupted, parse_shard, run, spawn_env_probe
 from .runs import StoredRun, list_runs, load_run, merge_runs, resolve_run
@@ -147,11 +160,15 @@ def _progress_callback(progress: Progress) -> Any:
     return on_event
 
 
-def _print_summary(stored: StoredRun, as_json: bool) -> int:
+def _print_summary(stored: StoredRun, as_json: bool, comparison: RunComparison | None = None) -> int:
+    """Print a run's summary (and a comparison with it): rich text, or one JSON object."""
     table, meta, config = stored.table, stored.meta, stored.config
     failures = evaluate(table, config)
     if as_json:
-        print(json.dumps(summary_json(table, meta, config.baseline, failures), indent=2, default=str))
+        data = summary_json(table, meta, config.baseline, failures)
+        if comparison is not None:
+            data["comparison"] = comparison.to_dict()
+        print(json.dumps(data, indent=2, default=str))
     else:
         console = _console()
         console.print(render_run(table, meta, config.baseline, failures))
@@ -177,15 +194,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                   f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow")
         return EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
-    code = _print_summary(stored, args.json and not args.compare_to)
-    if args.junit:
-        write_junit(args.junit, stored.run_id, _run_cases(stored))
+    comparison = None
     if args.compare_to:
         base_path = resolve_run(args.compare_to, Path(args.out), exclude=stored.store.path)
         comparison = compare_runs(load_run(base_path), stored)
-        _print_comparison(comparison, args.json)
-        code = max(code, EXIT_FAILED if comparison.regressions else EXIT_OK)
-    return code
+    code = _print_summary(stored, args.json, comparison)
+    if comparison is not None and not args.json:
+        _print_comparison(comparison, as_json=False)
+    if args.junit:
+        write_junit(args.junit, stored.run_id, _run_cases(stored))
+    return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
 
 
 def _run_cases(stored: StoredRun, failures: dict[str, list[str]] | None = None) -> list[JUnitCase]:

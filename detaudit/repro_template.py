@@ -64,9 +64,9 @@ def RawTranspose(kind, params):  # noqa: N802 - builds the class once TensorFlow
 def run_case(settings):
     """The tensors of `repeats` passes of the case under `settings`, as NumPy arrays."""
     apply_settings_before_import(settings)
+    import keras
     import numpy as np
     import tensorflow as tf
-    import keras
 
     if settings["threads"]:
         tf.config.threading.set_intra_op_parallelism_threads(settings["threads"])

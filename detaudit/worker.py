@@ -42,7 +42,9 @@ def apply_settings(settings: Settings) -> dict[str, Any]:
     """
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled is internal
+    from tensorflow.python.framework import (
+        config as tf_config,  # is_op_determinism_enabled is internal
+    )
 
     from .fingerprint import onednn_state
 

@@ -7,7 +7,14 @@ import copy
 import pytest
 
 from detaudit.config import (
-    AXES, Cell, Settings, bundled_config_path, expand_matrix, iter_groups, load_config, parse_config,
+    AXES,
+    Cell,
+    Settings,
+    bundled_config_path,
+    expand_matrix,
+    iter_groups,
+    load_config,
+    parse_config,
 )
 from detaudit.errors import ConfigError
 

@@ -65,7 +65,7 @@ def test_a_real_setting_change_is_a_digest_change_and_exit_1(runs):
     result = detaudit("run", str(changed), "--out", str(out), "--run-id", "f64", "--compare-to", str(done["whole"]),
                       "--json")
     assert result.returncode == 1, result.stderr
-    comparison = json.loads(result.stdout[result.stdout.index('{\n  "base"'):])
+    comparison = json.loads(result.stdout)["comparison"]  # one JSON object: the run and its comparison
     assert comparison["ignored_axes"] == {"precision": ["float32", "float64"]}
     marks = {c["mark"] for c in comparison["changes"]}
     assert marks == {"~"} and comparison["regressed"]

@@ -11,7 +11,14 @@ from hypothesis.extra import numpy as hnp
 from numpy.testing._private.utils import nulp_diff
 
 from detaudit.numerics import (
-    FLOAT_DTYPES, compare, digest, float_dtype, nan_mismatch, narrower_dtype, ulp_distance, worst,
+    FLOAT_DTYPES,
+    compare,
+    digest,
+    float_dtype,
+    nan_mismatch,
+    narrower_dtype,
+    ulp_distance,
+    worst,
 )
 
 ALL_DTYPES = list(FLOAT_DTYPES.values())

@@ -7,7 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detaudit.reference import TransposeSpec, conv_transpose, conv_transpose_grads, output_length
+from detaudit.reference import (
+    TransposeSpec,
+    conv_transpose,
+    conv_transpose_grads,
+    output_length,
+)
 
 
 @pytest.mark.parametrize("n, k, s, padding, expected", [

@@ -15,7 +15,14 @@ from rich.console import Console
 from detaudit.config import Cell, Settings, parse_config
 from detaudit.numerics import compare, digest
 from detaudit.report import render_run, summary_json
-from detaudit.results import COLUMNS, Verdict, build_table, cell_verdicts, evaluate, findings
+from detaudit.results import (
+    COLUMNS,
+    Verdict,
+    build_table,
+    cell_verdicts,
+    evaluate,
+    findings,
+)
 from detaudit.store import RunStore, save_tensors
 
 GOLDEN = Path(__file__).parent / "golden"

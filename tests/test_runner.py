@@ -7,10 +7,9 @@ import json
 import pandas as pd
 import pytest
 
-from detaudit.config import parse_config
-from detaudit.results import cell_verdicts, evaluate
-from detaudit.config import Settings
+from detaudit.config import Settings, parse_config
 from detaudit.errors import UsageError
+from detaudit.results import cell_verdicts, evaluate
 from detaudit.runner import Event, run, worker_environ
 from detaudit.store import RunStore
 

@@ -7,7 +7,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from detaudit.reference import output_length
-from detaudit.shapes import checkerboard_pattern, checkerboard_score, conv_length, shape_row
+from detaudit.shapes import (
+    checkerboard_pattern,
+    checkerboard_score,
+    conv_length,
+    shape_row,
+)
 
 
 def test_the_seed_posts_examples():

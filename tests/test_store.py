@@ -10,7 +10,13 @@ import numpy as np
 import pytest
 
 from detaudit.errors import RunDirError
-from detaudit.store import FORMAT_VERSION, RunStore, load_tensors, new_run_id, save_tensors
+from detaudit.store import (
+    FORMAT_VERSION,
+    RunStore,
+    load_tensors,
+    new_run_id,
+    save_tensors,
+)
 
 
 def _store(tmp_path, **kwargs) -> RunStore:
