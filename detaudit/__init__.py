@@ -18,6 +18,8 @@ __all__ = [
     "RunDirError",
     "UsageError",
     "__version__",
+    "assert_deterministic",
+    "audit_model",
     "load_config",
     "numerics",
     "run",
@@ -29,3 +31,17 @@ def run(config, **kwargs):  # noqa: ANN001, ANN201 - documented in runner.run
     from .runner import run as _run
 
     return _run(config, **kwargs)
+
+
+def assert_deterministic(fn, *args, repeats=3, **kwargs):  # noqa: ANN001, ANN201 - see model_audit
+    """Assert ``fn(*args)`` gives bit-identical outputs ``repeats`` times; see :func:`detaudit.model_audit.assert_deterministic`."""
+    from .model_audit import assert_deterministic as _impl
+
+    return _impl(fn, *args, repeats=repeats, **kwargs)
+
+
+def audit_model(model, inputs=None, targets=None, **kwargs):  # noqa: ANN001, ANN201 - see model_audit
+    """Audit a Keras model in this process; see :func:`detaudit.model_audit.audit_model`."""
+    from .model_audit import audit_model as _impl
+
+    return _impl(model, inputs, targets, **kwargs)

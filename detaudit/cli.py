@@ -31,6 +31,8 @@ from .errors import DetauditError, RunDirError, UsageError
 from .junit import JUnitCase, write_junit
 from .report import (
     adjoint_table,
+    audit_markdown,
+    audit_report,
     checkerboard_panel,
     history_table,
     render_comparison,
@@ -131,6 +133,25 @@ def _parser() -> argparse.ArgumentParser:
     p_triage.add_argument("--cell", default=None, help="the cell id to triage (default: every nondeterministic cell)")
     p_triage.add_argument("--budget-s", type=float, default=300.0, help="time budget for shrinking, per cell")
     p_triage.add_argument("--out", default="runs", help="where a config's run goes, and latest is looked up")
+
+    p_audit = sub.add_parser("audit", help="pre-training determinism audit of your own Keras model")
+    p_audit.add_argument("model", help="a .keras file, or module:function returning a Keras model")
+    shape = p_audit.add_mutually_exclusive_group()
+    shape.add_argument("--input-shape", default=None, help="batch included, e.g. 8,64,64,3 (default: the model's, batch 2)")
+    shape.add_argument("--inputs", default=None, help="a .npy file with the input batch")
+    p_audit.add_argument("--targets", default=None, help="a .npy file with the targets (default: seeded random)")
+    p_audit.add_argument("--loss", default="mse")
+    p_audit.add_argument("--steps", type=_positive_int, default=3)
+    p_audit.add_argument("--repeats", type=_int_at_least(2), default=3)
+    p_audit.add_argument("--seed", type=_non_negative_int, default=0)
+    p_audit.add_argument("--device", default="cpu")
+    p_audit.add_argument("--precision", default="float32")
+    p_audit.add_argument("--determinism", default="off")
+    p_audit.add_argument("--xla", default="off")
+    p_audit.add_argument("--unsafe", action="store_true", help="allow code in the model file (Lambda layers)")
+    p_audit.add_argument("--out", default="runs", help="where the audit's run directory goes (default: runs)")
+    p_audit.add_argument("--report", default=None, metavar="PATH", help="write a Markdown report")
+    p_audit.add_argument("--json", action="store_true", help="print as JSON")
 
     p_merge = sub.add_parser("merge", help="merge shard runs of one config into one run")
     p_merge.add_argument("run_dirs", nargs="+")
@@ -424,6 +445,72 @@ def _cmd_triage(args: argparse.Namespace) -> int:
     return code
 
 
+def _cmd_audit(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from .config import parse_config
+    from .runner import run_probe
+    from .store import RunStore
+
+    settings_data = {"device": args.device, "precision": args.precision, "determinism": args.determinism,
+                     "xla": args.xla}
+    try:  # the same validators as a config's matrix, so errors read the same
+        checked = parse_config({"name": "audit", "layers": [{"kind": "x.y:Z", "input_shape": [1]}],
+                                "matrix": settings_data}, source="arguments")
+    except DetauditError as exc:
+        raise UsageError(str(exc).replace("`matrix.", "`--").replace("[0]`", "`").replace("[0]=", "=")) from None
+    settings = Settings(**{axis: values[0] for axis, values in checked.matrix})
+    input_shape = None
+    if args.input_shape:
+        try:
+            input_shape = [int(part) for part in args.input_shape.split(",")]
+        except ValueError:
+            raise UsageError(f"Invalid value for argument `--input-shape`. Expected integers such as 8,64,64,3. "
+                             f"Received {args.input_shape!r}.") from None
+    for name in ("inputs", "targets"):
+        value = getattr(args, name)
+        if value and not Path(value).is_file():
+            raise UsageError(f"--{name} {value}: no such file.")
+    model_path = Path(args.model)
+    if ":" not in args.model or model_path.exists():
+        if not model_path.exists():
+            raise UsageError(f"{args.model}: no such model file or directory.")
+        model_spec = str(model_path.resolve())
+    else:
+        model_spec = args.model
+    payload = {"model": model_spec, "unsafe": args.unsafe, "input_shape": input_shape,
+               "inputs": str(Path(args.inputs).resolve()) if args.inputs else None,
+               "targets": str(Path(args.targets).resolve()) if args.targets else None,
+               "loss": args.loss, "steps": args.steps, "repeats": args.repeats, "seed": args.seed, "xla": args.xla}
+    first = run_probe("audit", payload, settings=settings)
+    if "bad_input" in first:
+        raise UsageError(first["bad_input"])
+    again = run_probe("audit", payload, settings=settings)  # restart: a fresh process, the same seed
+    restart = {key: first["digests"][key] == again.get("digests", {}).get(key) for key in first["digests"]}
+    verdict = first["verdict"]
+    if verdict == "REPRODUCIBLE" and not all(restart.values()):
+        verdict = "NOT RESTART-REPRODUCIBLE"
+    result = {**first, "verdict": verdict, "restart": restart, "model": args.model, "settings": settings.as_dict()}
+    name = "audit-" + Path(args.model.split(":")[-1]).stem
+    store = RunStore.create(args.out, {"audit": payload, "settings": settings.as_dict()}, name)
+    from .fingerprint import host_fingerprint
+
+    store.write_meta({"run_id": store.run_id, "kind": "audit", "config_name": name, "host": host_fingerprint(),
+                      "tensorflow": first.get("tensorflow"), "verdict": verdict, "culprit": result.get("culprit")})
+    table = pd.DataFrame([{"run_id": store.run_id, "model": args.model, **row, "verdict": verdict}
+                          for row in result["layers"]])
+    table.to_parquet(store.results_path, index=False)
+    if args.report:
+        Path(args.report).write_text(audit_markdown(result), encoding="utf-8")
+    if args.json:
+        print(json.dumps(result, indent=2, default=str))
+    else:
+        console = _console()
+        console.print(audit_report(result))
+        console.print(f"Results: {store.results_path}")
+    return EXIT_OK if verdict == "REPRODUCIBLE" else EXIT_FAILED
+
+
 def _cmd_merge(args: argparse.Namespace) -> int:
     merged = merge_runs(args.run_dirs, args.out)
     _print_summary(merged, args.json)
@@ -450,7 +537,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     handlers = {"run": _cmd_run, "show": _cmd_show, "env": _cmd_env, "compare": _cmd_compare,
                 "history": _cmd_history, "merge": _cmd_merge, "report": _cmd_report, "shapes": _cmd_shapes,
-                "adjoint": _cmd_adjoint, "triage": _cmd_triage}
+                "adjoint": _cmd_adjoint, "triage": _cmd_triage, "audit": _cmd_audit}
     try:
         return handlers[args.command](args)
     except DetauditError as exc:

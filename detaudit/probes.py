@@ -108,4 +108,11 @@ def shapes(payload: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str,
             "checkerboard": measured_checkerboard(payload["checkerboard"])}
 
 
-PROBES = {"shapes": shapes, "adjoint": adjoint}
+def audit(payload: dict[str, Any]) -> dict[str, Any]:
+    """``detaudit audit``: see :func:`detaudit.model_audit.audit_probe`."""
+    from .model_audit import audit_probe
+
+    return audit_probe(payload)
+
+
+PROBES = {"shapes": shapes, "adjoint": adjoint, "audit": audit}

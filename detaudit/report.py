@@ -288,3 +288,51 @@ def adjoint_table(rows: list[dict[str, Any]], threshold: float) -> Table:
         grid.add_row(str(row["rank"]), str(row["kernel"]), str(row["stride"]), row["padding"], *cells,
                      "-" if recon is None else f"{recon:.3g}")
     return grid
+
+
+_AUDIT_STYLES = {"REPRODUCIBLE": "bold green", "NONDETERMINISTIC": "bold red", "NOT RESTART-REPRODUCIBLE": "bold red"}
+
+
+def audit_report(result: dict[str, Any]) -> RenderableType:
+    """``detaudit audit``: verdict, per-layer table with the culprit marked, losses, and the fixes."""
+    parts: list[RenderableType] = [Text(f"Audit of {result['model']}: {result['verdict']}",
+                                        style=_AUDIT_STYLES.get(result["verdict"], "bold"))]
+    culprit = result.get("culprit")
+    grid = Table(title="Layers in topological order", title_justify="left")
+    for column in ("", "layer", "class", "forward", "backward", "max ULP", "first step"):
+        grid.add_column(column)
+    for row in result["layers"]:
+        mark = "►" if culprit and culprit["layer"] == row["layer"] else ""
+        grid.add_row(Text(mark, style="bold red"), Text(row["layer"]), Text(row["class"]),
+                     Text(row["forward"], style="red" if row["forward"] != "ok" else "green"),
+                     Text(row["backward"], style="red" if row["backward"] != "ok" else "green"),
+                     f"{row['max_ulp']:,}", "-" if row["first_step"] is None else str(row["first_step"]))
+    parts.append(grid)
+    if culprit:
+        parts.append(Text(f"Culprit: {culprit['layer']} ({culprit['class']}), {culprit['tensor']}", style="bold red"))
+    diverged = [loss["step"] for loss in result["losses"] if not loss["equal"]]
+    parts.append(Text(f"Loss differs from step {diverged[0]}" if diverged else "Loss identical at every step"))
+    restart = result.get("restart")
+    if restart:
+        parts.append(Text("Restart: " + ", ".join(f"{k} {'same' if v else 'DIFFERS'}" for k, v in restart.items())))
+    fixes = Table(title="Environment and fixes", title_justify="left")
+    for column in ("check", "state", "risk", "fix"):
+        fixes.add_column(column, overflow="fold")
+    for check in result["checks"]:
+        fixes.add_row(*(Text(str(check[k])) for k in ("check", "state", "risk", "fix")))
+    parts.append(fixes)
+    return Group(*parts)
+
+
+def audit_markdown(result: dict[str, Any]) -> str:
+    """The audit as Markdown, to attach to a ticket."""
+    lines = [f"# detaudit audit: {result['model']}", "", f"**Verdict: {result['verdict']}**", ""]
+    if result.get("culprit"):
+        c = result["culprit"]
+        lines += [f"Culprit: `{c['layer']}` ({c['class']}), {c['tensor']}.", ""]
+    lines += ["| layer | class | forward | backward | max ULP | first step |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['layer']} | {r['class']} | {r['forward']} | {r['backward']} | {r['max_ulp']} | {r['first_step'] or '-'} |"
+              for r in result["layers"]]
+    lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
+    lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in result["checks"]]
+    return "\n".join(lines) + "\n"

@@ -268,12 +268,16 @@ def require_tensorflow() -> None:
                          "Install it with: pip install 'detaudit[cpu]' (or [gpu], or your own TensorFlow >= 2.16)")
 
 
-def run_probe(name: str, items: Any, timeout_s: float = 300) -> Any:
-    """Run one of :data:`detaudit.probes.PROBES` on plain JSON data in a fresh worker; return its result."""
+def run_probe(name: str, items: Any, timeout_s: float = 300, settings: Settings | None = None) -> Any:
+    """Run one of :data:`detaudit.probes.PROBES` on plain JSON data in a fresh worker; return its result.
+
+    ``settings`` are applied in the worker before TensorFlow starts, as for cells.
+    """
     require_tensorflow()
+    settings = settings or Settings()
     result: list[Any] = []
     with tempfile.TemporaryDirectory() as tmp:
-        outcome = _spawn_worker({"settings": Settings().as_dict(), "probe": name, "items": items}, Settings(),
+        outcome = _spawn_worker({"settings": settings.as_dict(), "probe": name, "items": items}, settings,
                                 Path(tmp) / "probe.log", timeout_s,
                                 lambda m: result.append(m["result"]) if m.get("event") == "probe" else None, None)
     if not result:
