@@ -7,6 +7,7 @@ crashed or timed out), 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import sys
 from collections.abc import Callable
@@ -276,6 +277,13 @@ def _cmd_history(args: argparse.Namespace) -> int:
     err = _console(stderr=True)
     rows = []
     for store in list_runs(args.runs_dir, on_skip=lambda path, why: err.print(f"skipped {path}: {why}", style="yellow")):
+        meta = store.read_meta()
+        if meta.get("kind") == "audit":
+            tf = meta.get("tensorflow") or {}
+            rows.append({"run_id": store.run_id, "started": str(meta.get("started") or ""),
+                         "config": meta.get("config_name", "audit"), "tensorflow": str(tf.get("tensorflow_version") or "?"),
+                         "device": "audit", "counts": {}, "verdict": meta.get("verdict"), "run_dir": str(store.path)})
+            continue
         try:
             stored = load_run(store.path)
         except RunDirError as exc:
@@ -496,6 +504,7 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     from .fingerprint import host_fingerprint
 
     store.write_meta({"run_id": store.run_id, "kind": "audit", "config_name": name, "host": host_fingerprint(),
+                      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
                       "tensorflow": first.get("tensorflow"), "verdict": verdict, "culprit": result.get("culprit")})
     table = pd.DataFrame([{"run_id": store.run_id, "model": args.model, **row, "verdict": verdict}
                           for row in result["layers"]])

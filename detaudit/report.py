@@ -206,7 +206,7 @@ def history_table(runs: list[dict[str, Any]]) -> Table:
     for column in ("run", "started", "config", "tensorflow", "device", "cells"):
         grid.add_column(column)
     for run in runs:
-        counts = Text()
+        counts = Text(f"audit: {run['verdict']}" if run.get("verdict") else "")
         for i, verdict in enumerate(v for v in Verdict if run["counts"].get(v.value)):
             if i:
                 counts.append(", ")

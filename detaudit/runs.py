@@ -96,7 +96,8 @@ def resolve_run(spec: str | Path, runs_dir: str | Path = "runs", exclude: Path |
     if str(spec) not in ALIASES:
         return Path(spec)
     runs = [s.path for s in list_runs(runs_dir)
-            if exclude is None or s.path.resolve() != Path(exclude).resolve()]
+            if (exclude is None or s.path.resolve() != Path(exclude).resolve())
+            and s.read_meta().get("kind") != "audit"]  # model audits are not matrix runs
     index = ALIASES.index(str(spec))
     if len(runs) <= index:
         raise RunDirError(f"{runs_dir}: no {spec} run (found {len(runs)} run(s)).")
