@@ -489,7 +489,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     payload = {"model": model_spec, "unsafe": args.unsafe, "input_shape": input_shape,
                "inputs": str(Path(args.inputs).resolve()) if args.inputs else None,
                "targets": str(Path(args.targets).resolve()) if args.targets else None,
-               "loss": args.loss, "steps": args.steps, "repeats": args.repeats, "seed": args.seed, "xla": args.xla}
+               "loss": args.loss, "steps": args.steps, "repeats": args.repeats, "seed": args.seed, "xla": settings.xla,
+               "device": settings.device}
     first = run_probe("audit", payload, settings=settings)
     if "bad_input" in first:
         raise UsageError(first["bad_input"])

@@ -279,15 +279,21 @@ def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker side of ``detaudit audit``: load, audit, and return plain data (or the bad-input message)."""
     from .fingerprint import tensorflow_fingerprint
 
+    device = payload.get("device", "cpu")
+    if device.startswith("gpu"):
+        index = int(device.partition(":")[2] or 0)
+        if index >= len(tf.config.list_logical_devices("GPU")):
+            return {"bad_input": f"--device {device}: no such GPU visible to TensorFlow on this machine."}
     try:
-        keras.utils.set_random_seed(payload.get("seed", 0))  # a factory's initial weights come from the seed
-        model = load_model(payload["model"], payload.get("unsafe", False))
-        inputs = np.load(payload["inputs"]) if payload.get("inputs") else None
-        targets = np.load(payload["targets"]) if payload.get("targets") else None
-        result = audit_model(model, inputs, targets, input_shape=payload.get("input_shape"),
-                             loss=payload.get("loss", "mse"), steps=payload.get("steps", 3),
-                             repeats=payload.get("repeats", 3), seed=payload.get("seed", 0),
-                             xla=payload.get("xla") == "on")
+        with tf.device("/CPU:0" if device == "cpu" else f"/GPU:{device.partition(':')[2] or 0}"):
+            keras.utils.set_random_seed(payload.get("seed", 0))  # a factory's initial weights come from the seed
+            model = load_model(payload["model"], payload.get("unsafe", False))
+            inputs = np.load(payload["inputs"]) if payload.get("inputs") else None
+            targets = np.load(payload["targets"]) if payload.get("targets") else None
+            result = audit_model(model, inputs, targets, input_shape=payload.get("input_shape"),
+                                 loss=payload.get("loss", "mse"), steps=payload.get("steps", 3),
+                                 repeats=payload.get("repeats", 3), seed=payload.get("seed", 0),
+                                 xla=payload.get("xla") == "on")
     except UsageError as exc:
         return {"bad_input": str(exc)}
     except (OSError, ValueError) as exc:
