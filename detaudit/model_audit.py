@@ -161,7 +161,6 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
     @tf.function(jit_compile=xla)
     def train_step(x: tf.Tensor, t: tf.Tensor):
         with tf.GradientTape(persistent=True) as tape:
-            tape.watch(x)
             outputs = tap(x, training=True)
             value = tf.reduce_mean(loss_fn(t, outputs[-1]))
         upstream = tape.gradient(value, outputs, unconnected_gradients="zero")

@@ -24,7 +24,7 @@ from .config import AXES, Cell, Config, LayerSpec, Settings
 from .results import cell_verdicts
 from .runner import run_cells
 
-__all__ = ["TriageResult", "TriageStep", "explain", "select_cells", "triage_cell"]
+__all__ = ["TriageResult", "TriageStep", "explain", "select_cells", "triage_cell", "write_outputs"]
 
 #: One change at a time, toward the settings that are known to be reproducible.
 TOGGLES: tuple[tuple[str, Any], ...] = (
@@ -260,7 +260,7 @@ def write_outputs(result: TriageResult, out_dir: Path, environment: dict[str, An
         removing = next((variant for axis, _, variant in _toggle_variants(cell, "drift", config)
                          if axis in result.removed_by), None)
         reference = (removing or _baseline_for(cell, config)).settings
-    case = {"kind": cell.layer.kind, "params": _constructor_params(cell.layer), "input_shape": list(cell.layer.input_shape),
+    case = {"kind": cell.layer.kind, "params": cell.layer.params, "input_shape": list(cell.layer.input_shape),
             "seed": cell.seed, "repeats": 2 if result.mode == "repeat" else 1, "settings": cell.settings.as_dict(),
             "reference_settings": reference.as_dict() if reference else None, "mode": result.mode,
             "names": ["output", "grad_input", "grad_kernel", "grad_bias"]}
@@ -269,10 +269,6 @@ def write_outputs(result: TriageResult, out_dir: Path, environment: dict[str, An
     result.repro.write_text(script, encoding="utf-8")
     result.report = out_dir / "report.md"
     result.report.write_text(_report_markdown(result, environment), encoding="utf-8")
-
-
-def _constructor_params(spec: LayerSpec) -> dict[str, Any]:
-    return dict(spec.params)
 
 
 def _report_markdown(result: TriageResult, environment: dict[str, Any]) -> str:
