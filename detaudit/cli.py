@@ -7,7 +7,6 @@ crashed or timed out), 2 bad input, 130 interrupted.
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import sys
 from collections.abc import Callable
@@ -454,11 +453,8 @@ def _cmd_triage(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    import pandas as pd
-
+    from .audit import run_audit
     from .config import parse_config
-    from .runner import run_probe
-    from .store import RunStore
 
     settings_data = {"device": args.device, "precision": args.precision, "determinism": args.determinism,
                      "xla": args.xla}
@@ -467,7 +463,6 @@ def _cmd_audit(args: argparse.Namespace) -> int:
                                 "matrix": settings_data}, source="arguments")
     except DetauditError as exc:
         raise UsageError(str(exc).replace("`matrix.", "`--").replace("[0]`", "`").replace("[0]=", "=")) from None
-    settings = Settings(**{axis: values[0] for axis, values in checked.matrix})
     input_shape = None
     if args.input_shape:
         try:
@@ -475,41 +470,9 @@ def _cmd_audit(args: argparse.Namespace) -> int:
         except ValueError:
             raise UsageError(f"Invalid value for argument `--input-shape`. Expected integers such as 8,64,64,3. "
                              f"Received {args.input_shape!r}.") from None
-    for name in ("inputs", "targets"):
-        value = getattr(args, name)
-        if value and not Path(value).is_file():
-            raise UsageError(f"--{name} {value}: no such file.")
-    model_path = Path(args.model)
-    if ":" not in args.model or model_path.exists():
-        if not model_path.exists():
-            raise UsageError(f"{args.model}: no such model file or directory.")
-        model_spec = str(model_path.resolve())
-    else:
-        model_spec = args.model
-    payload = {"model": model_spec, "unsafe": args.unsafe, "input_shape": input_shape,
-               "inputs": str(Path(args.inputs).resolve()) if args.inputs else None,
-               "targets": str(Path(args.targets).resolve()) if args.targets else None,
-               "loss": args.loss, "steps": args.steps, "repeats": args.repeats, "seed": args.seed, "xla": settings.xla,
-               "device": settings.device}
-    first = run_probe("audit", payload, settings=settings)
-    if "bad_input" in first:
-        raise UsageError(first["bad_input"])
-    again = run_probe("audit", payload, settings=settings)  # restart: a fresh process, the same seed
-    restart = {key: first["digests"][key] == again.get("digests", {}).get(key) for key in first["digests"]}
-    verdict = first["verdict"]
-    if verdict == "REPRODUCIBLE" and not all(restart.values()):
-        verdict = "NOT RESTART-REPRODUCIBLE"
-    result = {**first, "verdict": verdict, "restart": restart, "model": args.model, "settings": settings.as_dict()}
-    name = "audit-" + Path(args.model.split(":")[-1]).stem
-    store = RunStore.create(args.out, {"audit": payload, "settings": settings.as_dict()}, name)
-    from .fingerprint import host_fingerprint
-
-    store.write_meta({"run_id": store.run_id, "kind": "audit", "config_name": name, "host": host_fingerprint(),
-                      "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-                      "tensorflow": first.get("tensorflow"), "verdict": verdict, "culprit": result.get("culprit")})
-    table = pd.DataFrame([{"run_id": store.run_id, "model": args.model, **row, "verdict": verdict}
-                          for row in result["layers"]])
-    table.to_parquet(store.results_path, index=False)
+    result = run_audit(args.model, Settings(**{axis: values[0] for axis, values in checked.matrix}), out=args.out,
+                       input_shape=input_shape, inputs=args.inputs, targets=args.targets, loss=args.loss,
+                       steps=args.steps, repeats=args.repeats, seed=args.seed, unsafe=args.unsafe)
     if args.report:
         Path(args.report).write_text(audit_markdown(result), encoding="utf-8")
     if args.json:
@@ -517,8 +480,8 @@ def _cmd_audit(args: argparse.Namespace) -> int:
     else:
         console = _console()
         console.print(audit_report(result))
-        console.print(f"Results: {store.results_path}")
-    return EXIT_OK if verdict == "REPRODUCIBLE" else EXIT_FAILED
+        console.print(f"Results: {result['results_path']}")
+    return EXIT_OK if result["verdict"] == "REPRODUCIBLE" else EXIT_FAILED
 
 
 def _cmd_merge(args: argparse.Namespace) -> int:
