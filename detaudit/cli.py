@@ -404,51 +404,40 @@ def _cmd_adjoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_triage(args: argparse.Namespace) -> int:
-    from .triage import select_cells, triage_cell, write_outputs
+    from .triage import triage_run
 
     target = Path(args.target)
-    if target.suffix in (".yaml", ".yml") or (target.is_file() and not target.is_dir()):
-        table = run(load_config(target), out=args.out)
-        stored = load_run(table.attrs["run_dir"])
+    if target.suffix in (".yaml", ".yml") or target.is_file():
+        stored = load_run(run(load_config(target), out=args.out).attrs["run_dir"])
     else:
         stored = load_run(resolve_run(args.target, args.out))
-    if args.cell and args.cell not in set(stored.table["cell_id"]):
-        raise UsageError(f"{stored.store.path}: no cell {args.cell!r}. Cell ids are in results.parquet "
-                         "(detaudit show RUN_DIR --json lists them).")
-    selected = [(cell_id, mode) for cell_id, mode in select_cells(stored.table, args.cell) if mode != "none"]
     console = _console()
-    if not selected:
+
+    def header(cell: Cell, mode: str) -> None:
+        kind = "run-to-run difference" if mode == "repeat" else "drift from the baseline"
+        console.print(Text(f"Triage {cell.cell_id} ({kind})", style="bold"))
+        console.print(Text(f"  {cell.layer.describe()} [{cell.settings.label()}, seed={cell.seed}]"))
+
+    outcomes = triage_run(stored, args.cell, args.budget_s, on_cell=header,
+                          on_step=lambda s: console.print(Text(f"  {s.stage:8s} {s.what}: {s.outcome}")))
+    if not outcomes:
         console.print(Text("Nothing to triage: no cell differs run to run"
                            + (" or from the baseline" if args.cell else "") + ".", style="bold green"))
         return EXIT_OK
-    tf = stored.meta.get("tensorflow") or {}
-    environment = {**{k: tf.get(k) for k in ("tensorflow_version", "keras_version", "cuda_version", "cudnn_version")},
-                   "gpus": ", ".join(g.get("name") or g.get("device") for g in tf.get("gpus", [])) or "none",
-                   **{k: (stored.meta.get("host") or {}).get(k) for k in ("nvidia_driver", "cpu_model", "onednn_state",
-                                                                           "platform", "python")}}
-    records = {r["cell_id"]: r for r in stored.store.iter_records() if not r.get("replay")}
     code = EXIT_OK
-    for cell_id, mode in selected:
-        cell = Cell.from_dict(records[cell_id]["cell"])
-        kind = "run-to-run difference" if mode == "repeat" else "drift from the baseline"
-        console.print(Text(f"Triage {cell_id} ({kind})", style="bold"))
-        console.print(Text(f"  {cell.layer.describe()} [{cell.settings.label()}, seed={cell.seed}]"))
-        work = stored.store.path / "triage" / cell_id
-        result = triage_cell(cell, mode, stored.config, work, args.budget_s, tf_version=tf.get("tensorflow_version"),
-                             message=records[cell_id].get("message", ""),
-                             on_step=lambda s: console.print(Text(f"  {s.stage:8s} {s.what}: {s.outcome}")))
+    for cell, result in outcomes:
         if result is None:
-            console.print(Text(f"  Not reproduced in {max(cell.repeats, 5)} repeats: flaky, or gone.", style="bold yellow"))
+            console.print(Text(f"  Not reproduced in {max(cell.repeats, 5)} repeats: flaky, or gone.",
+                               style="bold yellow"))
             code = EXIT_FAILED
             continue
-        write_outputs(result, work, environment, stored.config)
         console.print(Panel(Text.assemble(
             ("Most likely cause: ", "bold"), result.explanation["cause"], "\n",
             ("Fix: ", "bold"), result.explanation["fix"], "\n",
             ("Removed by: ", "bold"), ", ".join(result.removed_by) or "no single setting", "\n",
             ("Minimal case: ", "bold"), result.minimal.layer.describe(), "\n",
             ("Reproducer: ", "bold"), f"python {result.repro}", "\n",
-            ("Report: ", "bold"), str(result.report)), title=f"triage {cell_id}"))
+            ("Report: ", "bold"), str(result.report)), title=f"triage {cell.cell_id}"))
     return code
 
 

@@ -21,10 +21,13 @@ import pandas as pd
 import yaml
 
 from .config import AXES, Cell, Config, LayerSpec, Settings
+from .errors import UsageError
 from .results import cell_verdicts
 from .runner import run_cells
+from .runs import StoredRun
 
-__all__ = ["TriageResult", "TriageStep", "explain", "select_cells", "triage_cell", "write_outputs"]
+__all__ = ["TriageResult", "TriageStep", "environment_of", "explain", "select_cells", "triage_cell", "triage_run",
+           "write_outputs"]
 
 #: One change at a time, toward the settings that are known to be reproducible.
 TOGGLES: tuple[tuple[str, Any], ...] = (
@@ -315,3 +318,42 @@ def _report_markdown(result: TriageResult, environment: dict[str, Any]) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def environment_of(stored: StoredRun) -> dict[str, Any]:
+    """The fingerprint an upstream issue needs: TensorFlow, CUDA, cuDNN, driver, GPU, CPU, oneDNN."""
+    tf = stored.meta.get("tensorflow") or {}
+    host = stored.meta.get("host") or {}
+    return {**{k: tf.get(k) for k in ("tensorflow_version", "keras_version", "cuda_version", "cudnn_version")},
+            "gpus": ", ".join(g.get("name") or g.get("device") for g in tf.get("gpus", [])) or "none",
+            **{k: host.get(k) for k in ("nvidia_driver", "cpu_model", "onednn_state", "platform", "python")}}
+
+
+def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float,
+               on_cell: Callable[[Cell, str], None] | None = None,
+               on_step: Callable[[TriageStep], None] | None = None) -> list[tuple[Cell, TriageResult | None]]:
+    """Triage the selected cells of a stored run, writing repro.py and report.md under triage/<cell-id>/.
+
+    Raises:
+        UsageError: ``cell_id`` is not a cell of the run.
+    """
+    if cell_id and cell_id not in set(stored.table["cell_id"]):
+        raise UsageError(f"{stored.store.path}: no cell {cell_id!r}. Cell ids are in results.parquet "
+                         "(detaudit show RUN_DIR --json lists them).")
+    records = {r["cell_id"]: r for r in stored.store.iter_records() if not r.get("replay")}
+    environment = environment_of(stored)
+    outcomes = []
+    for selected, mode in select_cells(stored.table, cell_id):
+        if mode == "none":
+            continue
+        cell = Cell.from_dict(records[selected]["cell"])
+        if on_cell:
+            on_cell(cell, mode)
+        work = stored.store.path / "triage" / selected
+        result = triage_cell(cell, mode, stored.config, work, budget_s, on_step=on_step,
+                             tf_version=environment["tensorflow_version"],
+                             message=records[selected].get("message", ""))
+        if result is not None:
+            write_outputs(result, work, environment, stored.config)
+        outcomes.append((cell, result))
+    return outcomes
