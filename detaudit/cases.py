@@ -15,7 +15,6 @@ from collections.abc import Callable
 from typing import Any
 
 import keras
-import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
@@ -202,26 +201,15 @@ def build_case(spec: LayerSpec, seed: int, xla: bool) -> Case:
 
 
 def _adjoint_test(spec: LayerSpec, layer: Any, x: tf.Tensor, output_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
-    """<conv(z), x> = <z, conv_transpose(x)> in the policy's compute dtype, as in ``detaudit adjoint``.
+    """The cell's own kernel through :func:`detaudit.probes.adjoint_gap`, in the policy's compute dtype."""
+    from .probes import adjoint_gap
 
-    The gap is divided by |conv(z)|·|x| + |z|·|conv_transpose(x)| and the
-    dtype's epsilon; ``reconstruction`` is |conv_transpose(conv(z)) - z| / |z|.
-    """
     params = spec.params
     dtype = keras.config.dtype_policy().compute_dtype
-    kernel = tf.cast(layer.kernel, dtype)
-    xc = tf.cast(x, dtype)
     z = tf.constant(np.random.default_rng([seed, 3]).standard_normal(output_shape, dtype=np.float32).astype(dtype))
-    options = {"strides": params["strides"], "padding": params["padding"].upper(), "dilations": params["dilation_rate"]}
-    tx = tf.nn.conv_transpose(xc, kernel, output_shape=list(output_shape), **options)
-    cz = tf.nn.convolution(z, kernel, **options)
-    back = tf.nn.conv_transpose(cz, kernel, output_shape=list(output_shape), **options)
-    wide = [np.asarray(t.numpy(), np.float64) for t in (cz, xc, z, tx, back)]
-    a, b = np.vdot(wide[0], wide[1]), np.vdot(wide[2], wide[3])
-    scale = np.linalg.norm(wide[0]) * np.linalg.norm(wide[1]) + np.linalg.norm(wide[2]) * np.linalg.norm(wide[3])
-    eps = float(ml_dtypes.finfo(np.dtype(dtype) if dtype != "bfloat16" else ml_dtypes.bfloat16).eps)
-    return {"dtype": str(dtype), "adjoint_eps": float(abs(a - b) / scale / eps) if scale else 0.0,
-            "reconstruction": float(np.linalg.norm(wide[4] - wide[2]) / max(np.linalg.norm(wide[2]), 1e-300))}
+    gap = adjoint_gap(tf.cast(x, dtype), tf.cast(layer.kernel, dtype), z, list(output_shape),
+                      strides=params["strides"], padding=params["padding"], dilations=params["dilation_rate"])
+    return {"dtype": str(dtype), **gap}
 
 
 def _reference(spec: LayerSpec, layer: Any, x: np.ndarray, upstream: np.ndarray,
