@@ -351,17 +351,19 @@ def findings(table: pd.DataFrame, baseline: Settings) -> list[Finding]:
     """
     differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()  # noqa: E712
                       & table["comparison"].isin(["repeat", "process", "baseline"])].to_dict("records")
+    def same_bits(row: dict[str, Any]) -> tuple[Any, ...]:  # cells whose tensor has these exact bits
+        return row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"]
+
     simplest: dict[tuple[Any, ...], int] = {}
     for row in differing:
         if row["comparison"] == "baseline":
-            key = (row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"])
+            key = same_bits(row)
             simplest[key] = min(simplest.get(key, 99), len(_axes_changed(row, baseline)))
     groups: dict[tuple[str, str, str, int], dict[str, list[dict[str, Any]]]] = {}
     for row in differing:
         n_axes = len(_axes_changed(row, baseline))
         if row["comparison"] == "baseline":
-            key = (row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"])
-            if n_axes > simplest[key]:
+            if n_axes > simplest[same_bits(row)]:
                 continue
             between = _difference(row, baseline)
         else:

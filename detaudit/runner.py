@@ -362,9 +362,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         if config is None:
             raise UsageError("No config given.")
         store = RunStore.create(out, config.to_dict(), config.name, run_id)
-        meta = {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
-                "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None,
-                "groups": {}, "shard": list(shard) if shard else None}
+        meta = _new_meta(store, config, shard=list(shard) if shard else None)
         done = set()
     store.write_meta(meta)
     cells = shard_cells(config.cells(), shard)
@@ -386,15 +384,20 @@ def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[s
     """
     require_tensorflow()
     store = RunStore.create(out, config.to_dict(), config.name, run_id)
-    meta = {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
-            "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None, "groups": {},
-            "explicit_cells": True}
+    meta = _new_meta(store, config, explicit_cells=True)
     store.write_meta(meta)
     jobs = [(f"g{i:02d}", group_cells, replay)
             for i, (_, group_cells) in enumerate(iter_groups(list(cells)))
             for replay in ((False, True) if config.replay_process else (False,))]
     return _execute(store, config, meta, list(cells), jobs, workers or (os.cpu_count() or 1),
                     on_event or (lambda event: None))
+
+
+def _new_meta(store: RunStore, config: Config, **extra: Any) -> dict[str, Any]:
+    """meta.json of a new run; TensorFlow facts and per-group settings arrive with the workers."""
+    return {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
+            "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None, "groups": {},
+            **extra}
 
 
 def _now() -> str:
