@@ -48,7 +48,7 @@ def _best(fn, rounds: int = 5) -> float:
 # --- 1. harness overhead -------------------------------------------------------------------------
 
 def _cell(repeats: int):
-    from detaudit.config import parse_config
+    from detaudit.core.config import parse_config
 
     config = parse_config({"name": "bench", "repeats": max(repeats, 2), "layers": [LAYER], "matrix": {"threads": 1}})
     cell = config.cells()[0]
@@ -65,7 +65,7 @@ def harness_child(passes: int, rounds: int = 9) -> dict:
     import keras
     import tensorflow as tf
 
-    from detaudit.worker import apply_settings, run_cell
+    from detaudit.engine.worker import apply_settings, run_cell
 
     # One intra-op thread for both sides: the ratio is about the harness, and a second
     # TensorFlow thread on a 2-core machine mostly adds scheduling noise to it.
@@ -132,7 +132,7 @@ def bench_harness(passes: int) -> None:
 def bench_compare(n: int) -> None:
     from numpy.testing._private.utils import nulp_diff
 
-    from detaudit.numerics import compare
+    from detaudit.core.numerics import compare
 
     rng = np.random.default_rng(0)
     a = rng.standard_normal(n).astype(np.float32)
@@ -160,7 +160,7 @@ def bench_compare(n: int) -> None:
 # --- 3. memory vs repeats ------------------------------------------------------------------------
 
 def memory_child(repeats: int) -> dict:
-    from detaudit.worker import apply_settings, run_cell
+    from detaudit.engine.worker import apply_settings, run_cell
 
     apply_settings(_cell(2).settings)
     record = run_cell(_cell(repeats), None)

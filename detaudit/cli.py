@@ -24,12 +24,12 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from . import __version__
-from .compare import RunComparison, compare_runs
-from .config import AXES, Cell, Settings, bundled_config_path, load_config
-from .errors import DetauditError, RunDirError, UsageError
-from .junit import JUnitCase, write_junit
-from .report import (
+from detaudit._version import __version__
+from detaudit.analysis.compare import RunComparison, compare_runs
+from detaudit.core.config import AXES, Cell, Settings, bundled_config_path, load_config
+from detaudit.errors import DetauditError, RunDirError, UsageError
+from detaudit.render.junit import JUnitCase, write_junit
+from detaudit.render.terminal import (
     adjoint_table,
     audit_markdown,
     audit_report,
@@ -40,9 +40,9 @@ from .report import (
     shapes_table,
     summary_json,
 )
-from .results import Verdict, cell_verdicts, evaluate, evaluate_cells
-from .runner import Event, RunInterrupted, parse_shard, run, spawn_env_probe
-from .runs import StoredRun, list_runs, load_run, merge_runs, resolve_run
+from detaudit.analysis.results import Verdict, cell_verdicts, evaluate, evaluate_cells
+from detaudit.engine.runner import Event, RunInterrupted, parse_shard, run, spawn_env_probe
+from detaudit.analysis.runs import StoredRun, list_runs, load_run, merge_runs, resolve_run
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -302,7 +302,7 @@ def _cmd_history(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    from .html_report import render_html
+    from detaudit.render.html import render_html
 
     stored = load_run(resolve_run(args.run_dir, args.runs))
     comparison = None
@@ -341,8 +341,8 @@ def _shape_specs(args: argparse.Namespace) -> list[dict[str, Any]]:
 
 
 def _cmd_shapes(args: argparse.Namespace) -> int:
-    from .runner import run_probe
-    from .shapes import checkerboard_score, shape_row
+    from detaudit.engine.runner import run_probe
+    from detaudit.core.shapes import checkerboard_score, shape_row
 
     items = _shape_specs(args)
     rows = [shape_row(i["n"], i["kernel"], i["stride"], i["padding"], i["dilation"], i["output_padding"]).to_dict()
@@ -374,7 +374,7 @@ ADJOINT_GRID = [{"rank": rank, "n": 5 if rank < 3 else 3, "kernel": k, "stride":
 
 
 def _cmd_adjoint(args: argparse.Namespace) -> int:
-    from .runner import run_probe
+    from detaudit.engine.runner import run_probe
 
     if args.config:
         items = []
@@ -404,7 +404,7 @@ def _cmd_adjoint(args: argparse.Namespace) -> int:
 
 
 def _cmd_triage(args: argparse.Namespace) -> int:
-    from .triage import triage_run
+    from detaudit.workflows.triage import triage_run
 
     target = Path(args.target)
     if target.suffix in (".yaml", ".yml") or target.is_file():
@@ -442,8 +442,8 @@ def _cmd_triage(args: argparse.Namespace) -> int:
 
 
 def _cmd_audit(args: argparse.Namespace) -> int:
-    from .audit import run_audit
-    from .config import parse_config
+    from detaudit.workflows.audit import run_audit
+    from detaudit.core.config import parse_config
 
     settings_data = {"device": args.device, "precision": args.precision, "determinism": args.determinism,
                      "xla": args.xla}
@@ -480,7 +480,7 @@ def _cmd_merge(args: argparse.Namespace) -> int:
 
 
 def _cmd_env(args: argparse.Namespace) -> int:
-    from .fingerprint import host_fingerprint
+    from detaudit.engine.fingerprint import host_fingerprint
 
     info = {"host": host_fingerprint(), "tensorflow": spawn_env_probe()}
     if args.json:

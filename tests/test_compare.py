@@ -7,11 +7,11 @@ import xml.etree.ElementTree as ET
 
 import pytest
 
-from detaudit.compare import Category, compare_runs, environment_diff
+from detaudit.analysis.compare import Category, compare_runs, environment_diff
 from detaudit.errors import RunDirError
-from detaudit.junit import JUnitCase, write_junit
-from detaudit.runs import list_runs, load_run, merge_runs, resolve_run
-from detaudit.store import RunStore, save_tensors
+from detaudit.render.junit import JUnitCase, write_junit
+from detaudit.analysis.runs import list_runs, load_run, merge_runs, resolve_run
+from detaudit.engine.store import RunStore, save_tensors
 from tests.test_results import CONFIG, _cell, _nudge, _record, _tensors
 
 BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},
@@ -140,7 +140,7 @@ def test_foreign_or_corrupted_directories_are_refused(tmp_path, make, fragment):
 
 
 def test_the_html_report_is_self_contained(pair):
-    from detaudit.html_report import render_html
+    from detaudit.render.html import render_html
 
     _, base, new = pair
     page = render_html(load_run(new.path), compare_runs(load_run(base.path), load_run(new.path)))

@@ -6,7 +6,7 @@ import copy
 
 import pytest
 
-from detaudit.config import (
+from detaudit.core.config import (
     AXES,
     Cell,
     Settings,

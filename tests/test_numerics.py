@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from numpy.testing._private.utils import nulp_diff
 
-from detaudit.numerics import (
+from detaudit.core.numerics import (
     FLOAT_DTYPES,
     compare,
     digest,
@@ -109,7 +109,7 @@ def test_nextafter_is_one_ulp(pair):
 @pytest.fixture()
 def small_chunks(monkeypatch):
     """Chunks of 16 elements, so that a 200-element array crosses many chunk boundaries."""
-    import detaudit.numerics as numerics
+    import detaudit.core.numerics as numerics
     monkeypatch.setattr(numerics, "_CHUNK", 16)
 
 

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detaudit.reference import (
+from detaudit.core.reference import (
     TransposeSpec,
     conv_transpose,
     conv_transpose_grads,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from rich.console import Console
 
-from detaudit.config import Cell, Settings, parse_config
-from detaudit.numerics import compare, digest
-from detaudit.report import render_run, summary_json
-from detaudit.results import (
+from detaudit.core.config import Cell, Settings, parse_config
+from detaudit.core.numerics import compare, digest
+from detaudit.render.terminal import render_run, summary_json
+from detaudit.analysis.results import (
     COLUMNS,
     Verdict,
     build_table,
@@ -23,7 +23,7 @@ from detaudit.results import (
     evaluate,
     findings,
 )
-from detaudit.store import RunStore, save_tensors
+from detaudit.engine.store import RunStore, save_tensors
 
 GOLDEN = Path(__file__).parent / "golden"
 CONFIG = parse_config({

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from detaudit.config import Settings, parse_config
+from detaudit.core.config import Settings, parse_config
 from detaudit.errors import UsageError
-from detaudit.results import cell_verdicts, evaluate
-from detaudit.runner import Event, run, worker_environ
-from detaudit.store import RunStore
+from detaudit.analysis.results import cell_verdicts, evaluate
+from detaudit.engine.runner import Event, run, worker_environ
+from detaudit.engine.store import RunStore
 
 TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
 ALL_KINDS = [
@@ -196,7 +196,7 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
     import threading
     import time
 
-    import detaudit.runner as runner
+    import detaudit.engine.runner as runner
 
     live, peak, lock = [0], [0], threading.Lock()
 

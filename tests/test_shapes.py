@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detaudit.reference import output_length
-from detaudit.shapes import (
+from detaudit.core.reference import output_length
+from detaudit.core.shapes import (
     checkerboard_pattern,
     checkerboard_score,
     conv_length,

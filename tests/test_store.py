@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from detaudit.errors import RunDirError
-from detaudit.store import (
+from detaudit.engine.store import (
     FORMAT_VERSION,
     RunStore,
     load_tensors,

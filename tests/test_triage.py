@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detaudit.config import Settings
-from detaudit.triage import explain
+from detaudit.core.config import Settings
+from detaudit.workflows.triage import explain
 from tests.test_cli import detaudit
 
 RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 4, "kernel_size": 3,

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .reference import output_length
+from detaudit.core.reference import output_length
 
 __all__ = ["ShapeRow", "checkerboard_pattern", "checkerboard_score", "conv_length", "shape_row"]
 

@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from . import reference
-from .config import KERAS_KINDS, RAW_KINDS, RESIZE_KINDS, LayerSpec
+from detaudit.core import reference
+from detaudit.core.config import KERAS_KINDS, RAW_KINDS, RESIZE_KINDS, LayerSpec
 
 __all__ = ["Case", "build_case", "import_layer"]
 
@@ -202,7 +202,7 @@ def build_case(spec: LayerSpec, seed: int, xla: bool) -> Case:
 
 def _adjoint_test(spec: LayerSpec, layer: Any, x: tf.Tensor, output_shape: tuple[int, ...], seed: int) -> dict[str, Any]:
     """The cell's own kernel through :func:`detaudit.probes.adjoint_gap`, in the policy's compute dtype."""
-    from .probes import adjoint_gap
+    from detaudit.engine.probes import adjoint_gap
 
     params = spec.params
     dtype = keras.config.dtype_policy().compute_dtype

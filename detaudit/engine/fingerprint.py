@@ -72,7 +72,7 @@ def host_fingerprint() -> dict[str, Any]:
     """Facts about this machine and process that need no TensorFlow."""
     import numpy
 
-    from . import __version__
+    from detaudit._version import __version__
 
     model, _ = _cpu_info()
     return {

@@ -13,9 +13,9 @@ from rich.console import Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
-from .compare import Category, RunComparison
-from .config import AXES, Settings
-from .results import Verdict, cell_verdicts, findings
+from detaudit.analysis.compare import Category, RunComparison
+from detaudit.core.config import AXES, Settings
+from detaudit.analysis.results import Verdict, cell_verdicts, findings
 
 __all__ = ["VERDICT_STYLES", "adjoint_table", "checkerboard_panel", "history_table", "render_comparison", "render_run",
            "shapes_table", "summary_json", "summary_table"]

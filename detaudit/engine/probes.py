@@ -13,8 +13,8 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from .errors import one_line
-from .reference import output_length
+from detaudit.errors import one_line
+from detaudit.core.reference import output_length
 
 __all__ = ["PROBES"]
 
@@ -112,7 +112,7 @@ def shapes(payload: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str,
 
 def audit(payload: dict[str, Any]) -> dict[str, Any]:
     """``detaudit audit``: see :func:`detaudit.model_audit.audit_probe`."""
-    from .model_audit import audit_probe
+    from detaudit.engine.model_audit import audit_probe
 
     return audit_probe(payload)
 

@@ -20,11 +20,11 @@ from typing import Any
 import pandas as pd
 import yaml
 
-from .config import AXES, Cell, Config, LayerSpec, Settings
-from .errors import UsageError
-from .results import cell_verdicts
-from .runner import run_cells
-from .runs import StoredRun
+from detaudit.core.config import AXES, Cell, Config, LayerSpec, Settings
+from detaudit.errors import UsageError
+from detaudit.analysis.results import cell_verdicts
+from detaudit.engine.runner import run_cells
+from detaudit.analysis.runs import StoredRun
 
 __all__ = ["TriageResult", "TriageStep", "environment_of", "explain", "select_cells", "triage_cell", "triage_run",
            "write_outputs"]

@@ -15,9 +15,9 @@ from typing import Any
 
 import pandas as pd
 
-from .config import AXES
-from .results import Verdict, cell_label, cell_verdicts, threshold_breaches
-from .runs import StoredRun
+from detaudit.core.config import AXES
+from detaudit.analysis.results import Verdict, cell_label, cell_verdicts, threshold_breaches
+from detaudit.analysis.runs import StoredRun
 
 __all__ = ["Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
 

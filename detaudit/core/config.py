@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from .errors import ConfigError, did_you_mean
+from detaudit.errors import ConfigError, did_you_mean
 
 __all__ = [
     "AXES",
@@ -550,7 +550,7 @@ def load_config(path: str | Path) -> Config:
 
 def bundled_config_path(name: str = "quick") -> Path:
     """Path of a config shipped with detaudit (quick, nightly, gpu-triage)."""
-    here = Path(__file__).resolve().parent
+    here = Path(__file__).resolve().parent.parent  # the package root
     # Installed: configs/ ships inside the package (pyproject maps it to detaudit/configs).
     # Source checkout: it sits beside the package.
     folder = next((f for f in (here / "configs", here.parent / "configs") if f.is_dir()), here / "configs")

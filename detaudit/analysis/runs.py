@@ -16,10 +16,10 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Config, parse_config
-from .errors import ConfigError, RunDirError
-from .results import build_table, cell_verdicts
-from .store import RunStore
+from detaudit.core.config import Config, parse_config
+from detaudit.errors import ConfigError, RunDirError
+from detaudit.analysis.results import build_table, cell_verdicts
+from detaudit.engine.store import RunStore
 
 __all__ = ["StoredRun", "list_runs", "load_run", "merge_runs", "resolve_run"]
 

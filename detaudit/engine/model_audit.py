@@ -18,8 +18,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .errors import UsageError, one_line
-from .numerics import compare, digest
+from detaudit.errors import UsageError, one_line
+from detaudit.core.numerics import compare, digest
 
 __all__ = ["AuditResult", "audit_model", "environment_checks", "load_model"]
 
@@ -81,7 +81,7 @@ def environment_checks(model: keras.Model, settings: dict[str, Any]) -> list[dic
         config as tf_config,  # is_op_determinism_enabled is internal
     )
 
-    from .fingerprint import onednn_state
+    from detaudit.engine.fingerprint import onednn_state
 
     checks = [
         {"check": "op determinism", "state": "on" if tf_config.is_op_determinism_enabled() else "off",
@@ -249,7 +249,7 @@ def assert_deterministic(fn: Any, *args: Any, repeats: int = 3, **kwargs: Any) -
             greatest ULP and absolute differences with their index, in the manner of
             torch.testing.assert_close ("Mismatched elements: X / Y (Z%)").
     """
-    from .numerics import ulp_distance
+    from detaudit.core.numerics import ulp_distance
 
     def flat(value: Any) -> list[np.ndarray]:
         return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in tf.nest.flatten(value)]
@@ -276,7 +276,7 @@ def assert_deterministic(fn: Any, *args: Any, repeats: int = 3, **kwargs: Any) -
 
 def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker side of ``detaudit audit``: load, audit, and return plain data (or the bad-input message)."""
-    from .fingerprint import tensorflow_fingerprint
+    from detaudit.engine.fingerprint import tensorflow_fingerprint
 
     device = payload.get("device", "cpu")
     if device.startswith("gpu"):

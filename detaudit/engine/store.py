@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 import yaml
 
-from .errors import RunDirError
-from .numerics import FLOAT_DTYPES
+from detaudit.errors import RunDirError
+from detaudit.core.numerics import FLOAT_DTYPES
 
 __all__ = ["FORMAT_VERSION", "RunStore", "load_tensors", "new_run_id", "save_tensors"]
 

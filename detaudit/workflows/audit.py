@@ -12,11 +12,11 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Settings
-from .errors import UsageError
-from .fingerprint import host_fingerprint
-from .runner import run_probe
-from .store import RunStore
+from detaudit.core.config import Settings
+from detaudit.errors import UsageError
+from detaudit.engine.fingerprint import host_fingerprint
+from detaudit.engine.runner import run_probe
+from detaudit.engine.store import RunStore
 
 __all__ = ["run_audit"]
 

@@ -1,6 +1,6 @@
 """The worker subprocess: apply process-wide settings, then import TensorFlow and run cells.
 
-Launched by the runner as ``python -m detaudit.worker JOB.json`` with the
+Launched by the runner as ``python -m detaudit.engine.worker JOB.json`` with the
 environment variables of its group already set (TF_ENABLE_ONEDNN_OPTS and
 TF_DETERMINISTIC_OPS are read when TensorFlow is imported, so the parent sets
 them). The job file names the cells and the file descriptor of a pipe; the
@@ -26,10 +26,10 @@ import time
 from pathlib import Path
 from typing import Any, TextIO
 
-from .config import Cell, Settings
-from .errors import one_line
-from .numerics import Comparison, compare, digest, worst
-from .store import save_tensors
+from detaudit.core.config import Cell, Settings
+from detaudit.errors import one_line
+from detaudit.core.numerics import Comparison, compare, digest, worst
+from detaudit.engine.store import save_tensors
 
 # TF-FACTS: the two shapes of "no deterministic kernel" messages.
 _DETERMINISM_REFUSAL = re.compile(r"Determinism is not yet supported|deterministic GPU implementation", re.I)
@@ -46,7 +46,7 @@ def apply_settings(settings: Settings) -> dict[str, Any]:
         config as tf_config,  # is_op_determinism_enabled is internal
     )
 
-    from .fingerprint import onednn_state
+    from detaudit.engine.fingerprint import onednn_state
 
     for gpu in tf.config.list_physical_devices("GPU"):
         # Several workers share a GPU; without growth the first one takes all its memory.
@@ -104,7 +104,7 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
     """
     import tensorflow as tf
 
-    from .cases import build_case
+    from detaudit.engine.cases import build_case
 
     started = time.perf_counter()
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok",
@@ -158,11 +158,11 @@ def main(argv: list[str]) -> int:
     stream = os.fdopen(job["fd"], "w", encoding="utf-8")
     settings = Settings(**job["settings"])
     applied = apply_settings(settings)
-    from .fingerprint import tensorflow_fingerprint
+    from detaudit.engine.fingerprint import tensorflow_fingerprint
 
     _emit(stream, {"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
     if job.get("probe"):
-        from .probes import PROBES
+        from detaudit.engine.probes import PROBES
 
         _emit(stream, {"event": "probe", "result": PROBES[job["probe"]](job.get("items", []))})
         _emit(stream, {"event": "done"})

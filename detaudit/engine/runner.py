@@ -27,11 +27,11 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Cell, Config, Settings, iter_groups, load_config, parse_config
-from .errors import UsageError
-from .fingerprint import host_fingerprint
-from .results import build_table
-from .store import RunStore
+from detaudit.core.config import Cell, Config, Settings, iter_groups, load_config, parse_config
+from detaudit.errors import UsageError
+from detaudit.engine.fingerprint import host_fingerprint
+from detaudit.analysis.results import build_table
+from detaudit.engine.store import RunStore
 
 __all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_cells", "run_probe",
            "run_worker_job",
@@ -147,7 +147,7 @@ def _spawn_worker(job: dict[str, Any], settings: Settings, log_path: Path, timeo
     try:
         with log_path.open("ab") as log:
             proc = subprocess.Popen(
-                [sys.executable, "-m", "detaudit.worker", job_path],
+                [sys.executable, "-m", "detaudit.engine.worker", job_path],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,),
                 env=worker_environ(settings), start_new_session=True,  # Ctrl-C reaches the parent only
             )

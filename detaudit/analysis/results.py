@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .config import AXES, Cell, Config, Settings
-from .numerics import compare, narrower_dtype
-from .store import RunStore, load_tensors
+from detaudit.core.config import AXES, Cell, Config, Settings
+from detaudit.core.numerics import compare, narrower_dtype
+from detaudit.engine.store import RunStore, load_tensors
 
 __all__ = ["COLUMNS", "Finding", "TensorGap", "Verdict", "build_table", "cell_verdicts", "evaluate", "findings"]
 

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .compare import RunComparison
-from .config import AXES, Settings
-from .errors import UsageError
-from .results import Verdict, cell_verdicts, evaluate, findings
-from .runs import StoredRun
+from detaudit.analysis.compare import RunComparison
+from detaudit.core.config import AXES, Settings
+from detaudit.errors import UsageError
+from detaudit.analysis.results import Verdict, cell_verdicts, evaluate, findings
+from detaudit.analysis.runs import StoredRun
 
 __all__ = ["render_html"]
 
