@@ -1,14 +1,19 @@
 """Side-by-side benchmarks: every figure is a ratio measured in this one run.
 
     python benchmarks/bench.py            # all three, about two minutes on 2 cores
-    python benchmarks/bench.py --only compare
+    python benchmarks/bench.py --only compare   # seconds, no TensorFlow
+    TF_ENABLE_ONEDNN_OPTS=1 python benchmarks/bench.py --only compare
+
+The first lines name the machine: CPU model, the CPU flags that switch TensorFlow's
+oneDNN custom ops on by default (avx512_bf16, avx512_vnni, amx_*, avx_vnni), and the
+oneDNN state this environment gets, so that figures from different CPUs are not mixed up.
 
 1. harness: detaudit's per-pass cost (worker.run_cell: forward+backward, host copy,
    streaming compare against the first repeat) vs a minimal hand-written TensorFlow
    loop doing the same passes on the same layer. Target: at most 1.10x.
 2. compare: numerics.compare on 10 million float32 elements vs numpy.testing's
-   nulp_diff when they differ (target: at least 5x faster), and vs np.array_equal on
-   the raw bits when identical (target: within 2x).
+   nulp_diff when they differ (target: at least 8x faster, on every CPU), and vs
+   np.array_equal on the raw bits when identical (target: within 2x).
 3. memory: peak RSS of a worker process running one cell with 3 vs 30 repeats
    (target: independent of repeats).
 
@@ -20,6 +25,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
+import platform
 import resource
 import statistics
 import subprocess
@@ -34,6 +41,32 @@ sys.path.insert(0, str(ROOT))
 
 LAYER = {"kind": "Conv2DTranspose", "filters": 16, "kernel_size": 3, "strides": 2, "padding": "same",
          "input_shape": [8, 33, 33, 16]}  # the layer measured in TF-FACTS
+
+
+#: CPU flags that decide TensorFlow's oneDNN default on Linux x86 (see detaudit.engine.fingerprint).
+CPU_FLAGS = ("avx512_bf16", "avx512_vnni", "amx_tile", "amx_bf16", "amx_int8", "avx_vnni")
+
+
+def machine_header() -> list[str]:
+    """Lines naming the machine: CPU model and cores, the oneDNN-relevant flags, the oneDNN state, NumPy."""
+    from detaudit.engine.fingerprint import onednn_state  # reads the environment and /proc/cpuinfo, not TensorFlow
+
+    model, flags = None, None
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:  # the first processor's lines stand for all
+                key, _, value = (part.strip() for part in line.partition(":"))
+                if key == "model name" and model is None:
+                    model = value
+                elif key == "flags" and flags is None:
+                    flags = set(value.split())
+    except OSError:
+        pass
+    model = model or platform.processor() or platform.machine()
+    has = " ".join(f"{flag}={'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+    return [f"# cpu: {model}, {os.cpu_count()} cores, numpy {np.__version__}",
+            f"# cpu flags: {has}" if flags is not None else "# cpu flags: unknown (no /proc/cpuinfo)",
+            f"# oneDNN: {onednn_state()}"]
 
 
 def _best(fn, rounds: int = 5) -> float:
@@ -149,7 +182,7 @@ def bench_compare(n: int) -> None:
         ours = _best(lambda: compare(b, a, digest=False), 3)
         theirs = _best(lambda: nulp_diff(b, a), 3)
         print(f"compare  {label:10s} {ours * 1e3:8.1f} ms | nulp_diff {theirs * 1e3:8.1f} ms "
-              f"| {theirs / ours:5.1f}x faster  (target >= 5x; {n:,} float32)")
+              f"| {theirs / ours:5.1f}x faster  (target >= 8x; {n:,} float32)")
     ours = _best(lambda: compare(same, a, digest=False), 7)
     equal = _best(lambda: np.array_equal(same.view(np.uint32), a.view(np.uint32)), 7)
     hashed = _best(lambda: compare(same, a), 5)
@@ -192,10 +225,7 @@ def main() -> None:
     if args.child == "memory":
         print(json.dumps(memory_child(args.repeats)))
         return
-    import platform
-
-    print(f"# {platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores, "
-          f"numpy {np.__version__}")
+    print("\n".join(machine_header()))
     if args.only in (None, "compare"):
         bench_compare(args.elements)
     if args.only in (None, "harness"):

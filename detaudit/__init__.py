@@ -5,42 +5,62 @@ The parent process never imports TensorFlow: workers do (see :mod:`detaudit.engi
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
 from detaudit._version import __version__
 from detaudit.core import numerics
 from detaudit.core.config import Config, load_config
-from detaudit.errors import ConfigError, DetauditError, RunDirError, UsageError
+from detaudit.errors import ConfigError, DetauditError, DiskFullError, RunDirError, UsageError, WorkerError
+from detaudit.testing import assert_deterministic
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "Config",
     "ConfigError",
     "DetauditError",
+    "DiskFullError",
     "RunDirError",
     "UsageError",
+    "WorkerError",
     "__version__",
     "assert_deterministic",
     "audit_model",
     "load_config",
+    "load_runs",
     "numerics",
     "run",
 ]
 
 
-def run(config, **kwargs):  # noqa: ANN001, ANN201 - documented in runner.run
-    """Run a config and return the results table; see :func:`detaudit.runner.run`."""
+def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str] = "runs",
+        workers: int | None = None, on_event: Callable[[Any], None] | None = None, run_id: str | None = None,
+        shard: tuple[int, int] | None = None, resume: str | os.PathLike[str] | None = None,
+        retry_failed: bool = False) -> pd.DataFrame:
+    """Run every cell of ``config`` in TensorFlow workers and return the long results table.
+
+    See :func:`detaudit.engine.runner.run` for the arguments; ``table.attrs["run_dir"]`` is the run directory.
+    """
     from detaudit.engine.runner import run as _run
 
-    return _run(config, **kwargs)
+    return _run(config, out=out, workers=workers, on_event=on_event, run_id=run_id, shard=shard, resume=resume,
+                retry_failed=retry_failed)
 
 
-def assert_deterministic(fn, *args, repeats=3, **kwargs):  # noqa: ANN001, ANN201 - see model_audit
-    """Assert ``fn(*args)`` gives bit-identical outputs ``repeats`` times; see :func:`detaudit.model_audit.assert_deterministic`."""
-    from detaudit.engine.model_audit import assert_deterministic as _impl
+def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """One tidy table across stored runs; see :func:`detaudit.analysis.tidy.load_runs`."""
+    from detaudit.analysis.tidy import load_runs as _load_runs
 
-    return _impl(fn, *args, repeats=repeats, **kwargs)
+    return _load_runs(runs)
 
 
-def audit_model(model, inputs=None, targets=None, **kwargs):  # noqa: ANN001, ANN201 - see model_audit
-    """Audit a Keras model in this process; see :func:`detaudit.model_audit.audit_model`."""
+def audit_model(model: Any, inputs: Any = None, targets: Any = None, *, input_shape: list[int] | None = None,
+                loss: str = "mse", steps: int = 3, repeats: int = 3, seed: int = 0, xla: bool = False) -> Any:
+    """Audit a Keras model in this process (TensorFlow imported); see :func:`detaudit.engine.model_audit.audit_model`."""
     from detaudit.engine.model_audit import audit_model as _impl
 
-    return _impl(model, inputs, targets, **kwargs)
+    return _impl(model, inputs, targets, input_shape=input_shape, loss=loss, steps=steps, repeats=repeats, seed=seed,
+                 xla=xla)

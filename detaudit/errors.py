@@ -1,8 +1,11 @@
-"""User-facing errors.
+"""The errors detaudit raises on purpose, one hierarchy, each with its exit code.
 
 Every error a user can cause by what they typed or pointed detaudit at derives
-from :class:`DetauditError`. The CLI turns these into one line on stderr and
-exit code 2; anything else is a bug in detaudit and keeps its traceback.
+from :class:`DetauditError`; the CLI turns each into one line per problem on
+stderr and its ``exit_code``: 2 for bad input, 1 for a run that could not
+finish (a full disk), 3 for a TensorFlow worker that failed on its own
+(detaudit's or TensorFlow's fault, not the user's). Anything else is a bug in
+detaudit and keeps its traceback.
 """
 
 from __future__ import annotations
@@ -31,7 +34,22 @@ class UsageError(DetauditError):
 
 
 class RunDirError(DetauditError):
-    """Raised when a run directory is missing, corrupted, foreign or of an unknown format."""
+    """Raised when a run directory is missing, corrupted, foreign, locked or of an unknown format."""
+
+
+class DiskFullError(DetauditError):
+    """Raised when a run cannot be written for lack of space; the run is incomplete and can be resumed."""
+
+    exit_code = 1
+
+
+class WorkerError(DetauditError):
+    """Raised when a TensorFlow worker fails on its own (it could not start, or died outside any cell).
+
+    Not the user's mistake: the message carries the worker's last stderr lines.
+    """
+
+    exit_code = 3
 
 
 def did_you_mean(received: object, allowed: Iterable[object]) -> str:
@@ -54,3 +72,17 @@ def one_line(exc: BaseException, limit: int = 600) -> str:
     """``Type: message`` on one line, without the wrappers Keras and TensorFlow add."""
     text = _NOISE.sub(" ", str(getattr(exc, "message", None) or exc))
     return f"{type(exc).__name__}: {' '.join(text.split())}"[:limit]
+
+
+def install_hint(extra: str) -> str:
+    """The install command for an extra, as this detaudit was installed: from a clone (a local
+    directory, often editable) ``pip install ".[extra]"``, else ``pip install 'detaudit[extra]'``."""
+    import importlib.metadata
+    import json
+
+    try:
+        direct = importlib.metadata.distribution("detaudit").read_text("direct_url.json")
+        local = bool(direct) and json.loads(direct).get("url", "").startswith("file:")
+    except (importlib.metadata.PackageNotFoundError, ValueError):
+        local = True  # running from a source tree without an install
+    return f'pip install ".[{extra}]" (in your detaudit clone)' if local else f"pip install 'detaudit[{extra}]'"

@@ -12,7 +12,7 @@ from detaudit.errors import RunDirError
 from detaudit.render.junit import JUnitCase, write_junit
 from detaudit.analysis.runs import list_runs, load_run, merge_runs, resolve_run
 from detaudit.engine.store import RunStore, save_tensors
-from tests.test_results import CONFIG, _cell, _nudge, _record, _tensors
+from tests.test_summary import CONFIG, _cell, _nudge, _record, _tensors
 
 BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},
              "host": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}, "cpu_model": "X"}}
@@ -21,7 +21,8 @@ BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},
 def _make_run(root, run_id, started, cells, meta=None):
     """cells: list of (cell, first tensors, later tensors or None, status)."""
     store = RunStore.create(root, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
-    store.write_meta({"run_id": run_id, "started": started, **(meta or BASE_META)})
+    store.write_meta({"run_id": run_id, "started": started, "finished": started, "interrupted": False,
+                      **(meta or BASE_META)})
     for cell, first, later, status in cells:
         if status == "ok":
             store.append_record(_record(cell, first, later))
@@ -96,15 +97,16 @@ def test_history_resolves_latest_and_previous_and_skips_broken_runs(pair):
     assert [r.run_id for r in runs] == ["new", "base"] and skipped == ["broken"]
     assert resolve_run("latest", root) == new.path
     assert resolve_run("previous", root) == base.path
-    assert resolve_run("latest", root, exclude=new.path) == base.path
-    with pytest.raises(RunDirError, match="no previous run"):
-        resolve_run("previous", root, exclude=new.path)
+    assert resolve_run("latest", root, relative_to=new.path) == base.path
+    assert resolve_run("previous", root, relative_to=new.path) == base.path  # the run before it
+    with pytest.raises(RunDirError, match="no previous matrix run"):
+        resolve_run("previous", root, relative_to=base.path)
 
 
 def test_merge_refuses_different_configs_and_joins_shards(tmp_path, pair):
     root, base, new = pair
     other = RunStore.create(tmp_path / "other", {**CONFIG.to_dict(), "seeds": [5]}, "x", run_id="other")
-    other.write_meta({"run_id": "other"})
+    other.write_meta({"run_id": "other", "started": "0"})
     with pytest.raises(RunDirError, match="config differs"):
         merge_runs([base.path, other.path], tmp_path / "merged")
     t = _tensors(0)
@@ -143,7 +145,10 @@ def test_the_html_report_is_self_contained(pair):
     from detaudit.render.html import render_html
 
     _, base, new = pair
-    page = render_html(load_run(new.path), compare_runs(load_run(base.path), load_run(new.path)))
+    from detaudit.analysis.summary import build_summary
+
+    stored = load_run(new.path)
+    page = render_html(stored, build_summary(stored), compare_runs(load_run(base.path), stored))
     assert page.startswith("<!doctype html>") and "Drift against base" in page
     assert page.count("data:image/png;base64,") == 2  # heat map and histograms, inline
     assert "http" not in page and "<script" not in page  # nothing fetched at view time

@@ -103,7 +103,7 @@ def test_invalid_values_are_refused_with_their_path(changes, fragment):
 
 
 @pytest.mark.parametrize("layer_changes, fragment", [
-    ({"filters": -2}, "Expected a strictly positive integer. Received filters=-2."),
+    ({"filters": -2}, "Expected a strictly positive integer and at most 65,536. Received filters=-2."),
     ({"kind": "Conv2DTransposed"}, "Did you mean `Conv2DTranspose`?"),
     ({"kernel_size": [3, 3, 3]}, "`layers[0].kernel_size`"),
     ({"input_shape": [4, 4, 2]}, "`layers[0].input_shape`"),

@@ -254,3 +254,243 @@ def test_digest_is_sha256_of_the_bytes():
     import hashlib
     a = np.arange(5, dtype=np.float64)
     assert digest(a) == hashlib.sha256(a.tobytes()).hexdigest()
+
+
+# --- against a reference written the obvious way ------------------------------------------------
+#
+# compare() takes several paths (identical blocks, sparse blocks measured on their differing
+# elements, the dense same-sign fast path, the general path) and counts distances in layers, a
+# histogram or a kept list. These tests hold all of them to one reference that walks the elements
+# in Python ints and floats. Block size and thresholds are shrunk so that small arrays cross them.
+
+import math  # noqa: E402
+from contextlib import contextmanager  # noqa: E402
+
+import detaudit.core.numerics as numerics  # noqa: E402
+
+_TUNABLE = ("_CHUNK", "_SPARSE", "_LAYER", "_HIST")
+
+
+@contextmanager
+def _tuned(**values):
+    """Set numerics' block size and thresholds for the duration (hypothesis-friendly, unlike monkeypatch)."""
+    old = {name: getattr(numerics, name) for name in values}
+    for name, value in values.items():
+        setattr(numerics, name, value)
+    try:
+        yield
+    finally:
+        for name, value in old.items():
+            setattr(numerics, name, value)
+
+
+def _reference_spacing(magnitude: float, dtype) -> float:
+    """Gap from a representable ``magnitude`` >= 0 to its upper neighbour (lower one for the largest finite)."""
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    bits = np.array([magnitude], dtype=dtype).view(unsigned)
+    up = float((bits + 1).view(dtype).astype(np.float64)[0])
+    if math.isfinite(up):
+        return up - magnitude
+    return magnitude - float((bits - 1).view(dtype).astype(np.float64)[0])
+
+
+def _reference_compare(a: np.ndarray, b: np.ndarray) -> dict:
+    """Every Comparison field but the digest, one element at a time."""
+    width = 8 * a.dtype.itemsize
+    unsigned = f"u{a.dtype.itemsize}"
+
+    def key(bits: int) -> int:  # order-preserving: -0 and +0 are both 0
+        return bits if bits < 1 << (width - 1) else -(bits - (1 << (width - 1)))
+
+    bits_a, bits_b = a.view(unsigned).ravel().tolist(), b.view(unsigned).ravel().tolist()
+    with np.errstate(invalid="ignore"):  # ml_dtypes warns when it widens a NaN
+        values_a, values_b = a.astype(np.float64).ravel().tolist(), b.astype(np.float64).ravel().tolist()
+    population, n_mismatch, n_nan_mismatch, n_equal = [], 0, 0, 0
+    max_abs = max_rel = largest_b = 0.0
+    for ia, ib, va, vb in zip(bits_a, bits_b, values_a, values_b):
+        if math.isfinite(vb):
+            largest_b = max(largest_b, abs(vb))
+        if ia == ib:
+            n_equal += 1  # distance 0, NaN against the same NaN included
+            continue
+        n_mismatch += 1
+        nan_a, nan_b = math.isnan(va), math.isnan(vb)
+        if nan_a != nan_b:
+            n_nan_mismatch += 1
+            continue
+        population.append(0 if nan_a else abs(key(ia) - key(ib)))
+        if nan_a:
+            continue
+        gap = abs(va - vb)  # float64 rounding of the exact difference
+        max_abs = max(max_abs, gap)
+        if math.isinf(vb) or (vb == 0 and gap > 0):
+            max_rel = math.inf
+        elif vb != 0:
+            max_rel = max(max_rel, gap / abs(vb))
+    population = sorted(population + [0] * n_equal)
+
+    def nearest_rank(q: float) -> int:
+        return population[max(1, math.ceil(q * len(population))) - 1] if population else 0
+
+    return {
+        "n_elements": a.size,
+        "n_mismatch": n_mismatch,
+        "bitwise_equal": n_mismatch == 0,
+        "max_ulp": population[-1] if population else 0,
+        "p50_ulp": nearest_rank(0.50),
+        "p99_ulp": nearest_rank(0.99),
+        "mean_ulp": sum(population) / len(population) if population else 0.0,
+        "max_abs": max_abs,
+        "max_rel": max_rel,
+        "max_ulp_scaled": max_abs / _reference_spacing(largest_b, a.dtype),
+        "n_nan_mismatch": n_nan_mismatch,
+        "digest": None,
+    }
+
+
+def _assert_matches_reference(a: np.ndarray, b: np.ndarray) -> None:
+    result = compare(a, b, digest=False)
+    expected = _reference_compare(a, b)
+    assert result.to_dict() == expected
+    assert all(type(getattr(result, name)) is int for name in ("max_ulp", "p50_ulp", "p99_ulp", "n_mismatch"))
+    width = a.dtype.itemsize * 8
+    keys = [bits if bits < 1 << (width - 1) else (1 << (width - 1)) - bits
+            for bits in a.view(f"u{a.dtype.itemsize}").ravel().tolist()]
+    other = [bits if bits < 1 << (width - 1) else (1 << (width - 1)) - bits
+             for bits in b.view(f"u{a.dtype.itemsize}").ravel().tolist()]
+    with np.errstate(invalid="ignore"):
+        nan = np.isnan(a.astype(np.float64)).ravel() | np.isnan(b.astype(np.float64)).ravel()
+    assert ulp_distance(a, b).ravel().tolist() == [0 if n else abs(p - q) for p, q, n in zip(keys, other, nan)]
+
+
+def _special_bits(dtype) -> list[int]:
+    """Bit patterns of the values that need care: zeros, infinities, NaNs, the extremes, one."""
+    info = ml_dtypes.finfo(dtype)
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    with np.errstate(over="ignore", invalid="ignore"):
+        values = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, float(info.max), -float(info.max),
+                           float(info.smallest_subnormal), -float(info.smallest_subnormal),
+                           float(info.smallest_normal), 1.0, -1.0], dtype=np.float64).astype(dtype)
+    bits = {int(x) for x in values.view(unsigned)}
+    sign = 1 << (8 * dtype.itemsize - 1)
+    nan_bits = int(np.array([np.nan], dtype=dtype).view(unsigned)[0])
+    bits |= {nan_bits | sign, (sign - 1), (sign - 1) | sign}  # a negative NaN, the NaNs with all bits set
+    return sorted(bits)
+
+
+def _floats(dtype, n: int, finite_share: float = 0.0):
+    """Arrays of ``dtype`` from any bits, special values, and (often) ordinary numbers of mixed sign."""
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    width = 8 * dtype.itemsize
+    ordinary = st.floats(-1e4, 1e4, width=32).map(lambda v: int(np.array([v]).astype(dtype).view(unsigned)[0]))
+    element = st.one_of(st.integers(0, (1 << width) - 1), st.sampled_from(_special_bits(dtype)), ordinary, ordinary)
+    return hnp.arrays(unsigned, n, elements=element).map(lambda bits: bits.view(dtype))
+
+
+def _derive(data, a: np.ndarray, mode: str) -> np.ndarray:
+    """A second array from ``a``: what kernels under audit produce (nudges, sign flips, NaNs, sparse edits)."""
+    dtype, n = a.dtype, a.size
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    if mode == "any":
+        return data.draw(_floats(dtype, n))
+    if mode in ("nudge", "far"):
+        limit = 4 if mode == "nudge" else 1 << min(40, 8 * dtype.itemsize - 2)
+        steps = data.draw(hnp.arrays(np.int64, n, elements=st.integers(-limit, limit)))
+        return (a.view(unsigned).astype(np.int64) + steps).astype(unsigned).view(dtype)  # wraps: any bits
+    b = a.copy()
+    where = data.draw(hnp.arrays(bool, n, elements=st.booleans()))
+    if mode == "sparse":
+        replacement = data.draw(_floats(dtype, n))
+        b[where] = replacement[where]
+    else:  # "negate": sign flips, so +0/-0 pairs and opposite signs
+        b.view(unsigned)[where] ^= unsigned.type(1 << (8 * dtype.itemsize - 1))
+    return b
+
+
+_MODES = ("any", "nudge", "far", "sparse", "negate")
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.sampled_from(ALL_DTYPES), st.data())
+def test_compare_matches_the_reference_on_every_path(dtype, data):
+    a = data.draw(_floats(dtype, data.draw(st.integers(1, 120))), label="a")
+    b = _derive(data, a, data.draw(st.sampled_from(_MODES), label="mode"))
+    if data.draw(st.booleans(), label="swap"):
+        a, b = b, a
+    tuning = {
+        "_CHUNK": data.draw(st.sampled_from([1, 3, 8, 16, 64, 1 << 17]), label="chunk"),
+        "_SPARSE": data.draw(st.sampled_from([1, 4, 16, 1 << 30]), label="sparse"),
+        "_LAYER": data.draw(st.sampled_from([1, 2, 3, 8]), label="layer"),
+        "_HIST": data.draw(st.sampled_from([1, 2, 5, 1 << 16]), label="hist"),
+    }
+    with _tuned(**tuning):
+        _assert_matches_reference(a, b)
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.sampled_from(NATIVE), st.data())
+def test_dense_fast_path_matches_the_reference(dtype, data):
+    """Finite values nudged by a few ULPs in blocks that are all dense: the same-sign fast path,
+    with equal zeros (0/0 in its quotient), +0/-0 pairs and NaNs sprinkled in to knock it off."""
+    n = data.draw(st.integers(1, 300))
+    values = data.draw(hnp.arrays(dtype, n, elements=hnp.from_dtype(dtype, allow_nan=False, allow_infinity=False,
+                                                                    allow_subnormal=True)))
+    a = values.copy()
+    b = _derive(data, a, "nudge")
+    for special in data.draw(st.lists(st.sampled_from(["zeros", "signed zero", "nan", "inf", "negate"]),
+                                      max_size=2)):
+        i = data.draw(st.integers(0, n - 1))
+        if special == "zeros":
+            a[i] = b[i] = 0
+        elif special == "signed zero":
+            a[i], b[i] = 0.0, -0.0
+        elif special == "nan":
+            a[i] = np.nan
+        elif special == "inf":
+            b[i] = np.inf
+        else:
+            b[i] = -a[i]
+    with _tuned(_CHUNK=data.draw(st.sampled_from([4, 16, 64])), _SPARSE=1 << 30):
+        _assert_matches_reference(a, b)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from(ALL_DTYPES), st.data())
+def test_differences_at_block_edges(dtype, data):
+    """Arrays of several blocks plus a remainder, differing only next to block boundaries."""
+    chunk = data.draw(st.sampled_from([2, 5, 16, 32]), label="chunk")
+    n = chunk * data.draw(st.integers(1, 5)) + data.draw(st.integers(0, chunk - 1))
+    a = data.draw(_floats(dtype, n), label="a")
+    edges = sorted({i for j in range(0, n + 1, chunk) for i in (j - 1, j) if 0 <= i < n})
+    chosen = data.draw(st.lists(st.sampled_from(edges), min_size=1, unique=True), label="edges")
+    b = a.copy()
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    other = data.draw(_floats(dtype, n), label="other")
+    for i in chosen:
+        how = data.draw(st.sampled_from(["step", "flip sign", "replace"]))
+        if how == "step":
+            b.view(unsigned)[i] = (int(b.view(unsigned)[i]) + data.draw(st.integers(1, 3))) % (1 << 8 * dtype.itemsize)
+        elif how == "flip sign":
+            b.view(unsigned)[i] ^= unsigned.type(1 << (8 * dtype.itemsize - 1))
+        else:
+            b[i] = other[i]
+    with _tuned(_CHUNK=chunk, _SPARSE=data.draw(st.sampled_from([1, 16, 1 << 30]))):
+        _assert_matches_reference(a, b)
+
+
+@settings(max_examples=8, deadline=None)
+@given(st.sampled_from(ALL_DTYPES), st.data())
+def test_real_block_size_with_edges_and_a_dense_block(dtype, data):
+    """Longer than two real blocks: block 0 dense (nudged everywhere), the rest sparse, edges touched."""
+    chunk = numerics._CHUNK
+    n = 2 * chunk + data.draw(st.integers(1, 40))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    a = rng.standard_normal(n).astype(np.float32).astype(dtype)
+    unsigned = np.dtype(f"u{dtype.itemsize}")
+    b = a.copy()
+    b.view(unsigned)[:chunk] += rng.integers(0, 5, chunk).astype(unsigned)
+    for i in (chunk - 1, chunk, 2 * chunk - 1, 2 * chunk, n - 1):
+        b.view(unsigned)[i] ^= unsigned.type(data.draw(st.sampled_from([1, 3, 1 << (8 * dtype.itemsize - 1)])))
+    for i in data.draw(st.lists(st.integers(0, n - 1), max_size=5)):
+        b.view(unsigned)[i] = data.draw(st.sampled_from(_special_bits(dtype)))
+    _assert_matches_reference(a, b)

@@ -9,7 +9,9 @@ import pytest
 
 from detaudit.core.config import Settings, parse_config
 from detaudit.errors import UsageError
-from detaudit.analysis.results import cell_verdicts, evaluate
+from detaudit.analysis.summary import build_summary
+from detaudit.analysis.runs import load_run
+from detaudit.analysis.verdicts import cell_verdicts
 from detaudit.engine.runner import Event, run, worker_environ
 from detaudit.engine.store import RunStore
 

@@ -51,13 +51,16 @@ def test_out_must_be_a_directory(tmp_path):
 
 def test_records_append_and_a_torn_line_is_skipped_and_reported(tmp_path):
     store = _store(tmp_path)
-    store.append_record({"cell_id": "a", "status": "ok"})
-    store.append_record({"cell_id": "b", "status": "crash"})
+    store.append_record({"cell_id": "a-000000000001", "status": "ok"})
+    store.append_record({"cell_id": "b-000000000002", "status": "crash"})
     with store.cells_path.open("a") as f:
-        f.write('{"cell_id": "c", "stat')  # a write cut short by a kill
+        f.write('{"cell_id": "c-000000000003", "stat')  # a write cut short by a kill
     bad = []
     records = list(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))
-    assert [r["cell_id"] for r in records] == ["a", "b"] and bad == [3]
+    assert [r["cell_id"] for r in records] == ["a-000000000001", "b-000000000002"] and bad == [3]
+    RunStore.open(store.path).append_record({"cell_id": "d-000000000004", "status": "ok"})  # repairs the tail first
+    assert [r["cell_id"] for r in RunStore.open(store.path).iter_records()] == [
+        "a-000000000001", "b-000000000002", "d-000000000004"]
 
 
 def test_open_checks_the_directory(tmp_path):

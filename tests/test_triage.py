@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detaudit.core.config import Settings
-from detaudit.workflows.triage import explain
+from detaudit.analysis.knowledge import explain
 from tests.test_cli import detaudit
 
 RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 4, "kernel_size": 3,
@@ -19,12 +18,12 @@ RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "f
 
 
 def test_the_knowledge_table_picks_the_most_specific_cause():
-    assert explain(["determinism"], Settings(device="gpu"), "", "2.7.0")["id"] == "cudnn-algorithm-selection"
-    assert explain(["determinism"], Settings(device="gpu"), "", "2.21.0")["id"] == "gpu-nondeterministic-kernels"
-    assert explain(["threads"], Settings(), "", "2.21.0")["id"] == "intra-op-threads"
+    assert explain(["determinism"], "gpu", "", "2.7.0")["id"] == "cudnn-algorithm-selection"
+    assert explain(["determinism"], "gpu:1", "", "2.21.0")["id"] == "gpu-nondeterministic-kernels"
+    assert explain(["threads"], "cpu", "", "2.21.0")["id"] == "intra-op-threads"
     refusal = "Determinism is not yet supported in GPU implementation of DenseBincount."
-    assert explain([], Settings(device="gpu"), refusal, "2.21.0")["id"] == "unimplemented-deterministic-kernel"
-    assert explain([], Settings(), "", None)["id"] == "unknown"
+    assert explain([], "gpu", refusal, "2.21.0")["id"] == "unimplemented-deterministic-kernel"
+    assert explain([], "cpu", "", None)["id"] == "unknown"
 
 
 @pytest.mark.tf
@@ -35,7 +34,7 @@ def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp
     assert result.returncode == 0, result.stdout + result.stderr
     assert "determinism=on: removed" in result.stdout and "threads=1: persists" in result.stdout
     assert "Removed by: determinism" in result.stdout
-    triaged = next((tmp_path / "runs").glob("*-tri/triage/*"))
+    triaged = next((tmp_path / "runs").glob("*-triage-tri/*/report.md")).parent
     report = (triaged / "report.md").read_text()
     assert "| determinism=on | removed |" in report and "enable_op_determinism" in report
     minimal = next(line for line in report.splitlines() if line.startswith("tests.support_layers"))
@@ -77,7 +76,7 @@ def test_a_drifting_cell_is_triaged_by_the_toggle_that_removes_the_drift(tmp_pat
 
 def test_an_unknown_cell_is_bad_input(tmp_path):
     from tests.test_compare import _make_run
-    from tests.test_results import _cell, _tensors
+    from tests.test_summary import _cell, _tensors
 
     store = _make_run(tmp_path, "r", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
     result = detaudit("triage", str(store.path), "--cell", "nope-123")

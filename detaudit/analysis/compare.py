@@ -15,9 +15,10 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.core.config import AXES
-from detaudit.analysis.results import Verdict, cell_label, cell_verdicts, threshold_breaches
 from detaudit.analysis.runs import StoredRun
+from detaudit.analysis.verdicts import Verdict, cell_label, cell_verdicts, threshold_breaches
+from detaudit.core.axes import AXES
+from detaudit.errors import UsageError
 
 __all__ = ["Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
 
@@ -35,6 +36,10 @@ class Category(enum.Enum):
 
     def __init__(self, mark: str, regression: bool, description: str):
         self.mark, self.regression, self.description = mark, regression, description
+
+    @property
+    def label(self) -> str:
+        return self.name.lower().replace("_", " ")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,7 +69,7 @@ class RunComparison:
 
     def verdict(self) -> str:
         counts = {cat: sum(c.category is cat for c in self.changes) for cat in Category}
-        parts = [f"{n} {cat.name.lower().replace('_', ' ')}" for cat, n in counts.items() if n]
+        parts = [f"{n} {cat.label}" for cat, n in counts.items() if n]
         head = "REGRESSED" if self.regressions else "OK"
         return f"{head}: {self.matched} cells matched" + (f"; {', '.join(parts)}" if parts else "; no changes")
 
@@ -108,7 +113,13 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
     When one axis holds a single value in each run and the two differ (the
     same config rerun with ``threads: 1``, say), cells are matched ignoring it:
     that is the question "what did this change do to the bits?".
+
+    Raises:
+        UsageError: a run is not a matrix run, or the two runs share no cell.
     """
+    for run in (base, new):
+        if run.config is None:
+            raise UsageError(f"{run.path}: a {run.kind.value} run; compare takes runs of `detaudit run`.")
     base_axes, new_axes = base.config.axes, new.config.axes
     ignored = {axis: (base_axes[axis][0], new_axes[axis][0]) for axis in AXES
                if len(base_axes[axis]) == 1 and len(new_axes[axis]) == 1 and base_axes[axis] != new_axes[axis]}
@@ -140,6 +151,9 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
     order = list(Category)
     changes.sort(key=lambda c: (order.index(c.category), c.label))
     matched = len(set(base_cells) & set(new_cells))
+    if not matched and base_cells and new_cells:
+        raise UsageError(f"{base.run_id} and {new.run_id} share no cell (different layers, seeds or settings); "
+                         "compare runs of the same config, or of configs that differ in one axis.")
     return RunComparison(base.run_id, new.run_id, environment_diff(base.meta, new.meta), ignored, matched, changes)
 
 

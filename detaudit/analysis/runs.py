@@ -1,4 +1,5 @@
-"""Stored runs as a collection: open one with its table, resolve ``latest``/``previous``, list history.
+"""Stored runs: open one (any kind, any readable format), tell whether it is complete, resolve
+``latest``/``previous``, list history, merge shards.
 
 Pure pandas; no TensorFlow. A broken run directory met while listing is
 reported and skipped, never fatal; one named explicitly is a RunDirError.
@@ -8,146 +9,276 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import json
 import shutil
-from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
-from detaudit.core.config import Config, parse_config
+from detaudit.core.config import Cell, Config, parse_config
+from detaudit.engine.runner import expected_jobs, shard_cells
+from detaudit.engine.store import FORMAT_VERSION, RunKind, RunStore
+from detaudit.engine.table import build_table, latest_records, typed
 from detaudit.errors import ConfigError, RunDirError
-from detaudit.analysis.results import build_table, cell_verdicts
-from detaudit.engine.store import RunStore
 
-__all__ = ["StoredRun", "list_runs", "load_run", "merge_runs", "resolve_run"]
+__all__ = ["ALIASES", "Completeness", "StoredRun", "list_runs", "load_run", "merge_runs", "resolve_run"]
 
 ALIASES = ("latest", "previous")
 
 
+@dataclasses.dataclass(frozen=True)
+class Completeness:
+    """Whether every cell a run should have recorded has a record; what is missing and how to finish it."""
+
+    expected: int
+    recorded: int
+    missing: tuple[str, ...]  # cell ids (with "(replay)" for a missing replay)
+    bad_lines: tuple[int, ...]  # cells.jsonl lines that hold no readable record
+    interrupted: bool
+    resume_command: str | None
+
+    @property
+    def complete(self) -> bool:
+        return not self.missing
+
+
 @dataclasses.dataclass
 class StoredRun:
-    """A run directory opened for reading: its config, meta and results table."""
+    """A run directory opened for reading.
+
+    ``config``, ``table``, ``cells`` and ``completeness`` are those of a matrix
+    (or triage measurement) run; an audit or triage run has its own ``result``
+    (the stored JSON of the audit or of the triage).
+    """
 
     store: RunStore
-    config: Config
+    kind: RunKind
     meta: dict[str, Any]
-    table: pd.DataFrame
+    config: Config | None = None
+    table: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
+    cells: list[Cell] = dataclasses.field(default_factory=list)
+    completeness: Completeness | None = None
+    result: dict[str, Any] | None = None
+    upgraded_from: int | None = None  # the format this run was written in, when older than this detaudit's
 
     @property
     def run_id(self) -> str:
         return self.store.run_id
 
-    def verdict_counts(self) -> dict[str, int]:
-        return dict(Counter(cell_verdicts(self.table)["verdict"])) if len(self.table) else {}
+    @property
+    def path(self) -> Path:
+        return self.store.path
+
+
+def _config_of(store: RunStore) -> Config:
+    try:
+        return parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+    except ConfigError as exc:
+        raise RunDirError(f"{store.path}: its config.yaml does not validate: {str(exc).splitlines()[0]}") from None
+
+
+def expected_cells(config: Config, meta: dict[str, Any]) -> list[Cell]:
+    """The cells a run of ``config`` with this meta.json is made of (its shard, or its explicit list)."""
+    if meta.get("explicit_cells"):
+        cells = []
+        for data in meta["explicit_cells"]:
+            try:
+                cells.append(Cell.from_dict(data))
+            except ConfigError:
+                raise RunDirError(f"meta.json lists a malformed cell ({str(data)[:80]}).") from None
+        return cells
+    shard = meta.get("shard")
+    return shard_cells(config.cells(), tuple(shard) if shard else None)
+
+
+def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any]) -> Completeness:
+    bad: list[int] = []
+    records, replays = latest_records(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))
+    missing = []
+    expected = expected_jobs(config, cells)
+    for cell, replay in expected:
+        if cell.cell_id not in (replays if replay else records):
+            missing.append(cell.cell_id + (" (replay)" if replay else ""))
+    resumable = store.kind is RunKind.MATRIX and not meta.get("explicit_cells")
+    return Completeness(len(expected), len(expected) - len(missing), tuple(missing), tuple(bad),
+                        bool(meta.get("interrupted")) or meta.get("finished") is None,
+                        f"detaudit run --resume {store.path}" if missing and resumable else None)
+
+
+def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any]) -> pd.DataFrame:
+    """results.parquet when it is the final table of a finished run of this format, else rebuilt from cells.jsonl."""
+    final = (store.format_version == FORMAT_VERSION and meta.get("finished") and not meta.get("interrupted")
+             and store.results_path.is_file())
+    if final:
+        try:
+            return typed(pd.read_parquet(store.results_path))
+        except Exception:  # noqa: BLE001 - an unreadable parquet is rebuilt like a missing one
+            pass
+    return build_table(store, config, cells)
 
 
 def load_run(path: str | Path) -> StoredRun:
-    """Open a run directory: validate it, read its config and its table.
+    """Open a run directory of any kind and any readable format.
 
-    The table comes from results.parquet, or is rebuilt from cells.jsonl and
-    tensors/ when the run was killed before writing it.
+    A matrix run's table comes from results.parquet, or is rebuilt from
+    cells.jsonl and tensors/ when the run was killed, is incomplete or was
+    written by an older format (upgraded on the fly; the directory is not changed).
 
     Raises:
         RunDirError: missing, foreign, corrupted, or of a newer format.
     """
     store = RunStore.open(path)
-    try:
-        config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
-    except ConfigError as exc:
-        raise RunDirError(f"{store.path}: its config.yaml does not validate: {exc}") from None
-    if store.results_path.is_file():
-        try:
-            table = pd.read_parquet(store.results_path)
-        except Exception as exc:  # noqa: BLE001 - any unreadable parquet is the same problem for the user
-            raise RunDirError(f"{store.results_path}: unreadable ({exc.__class__.__name__}).") from None
-    else:
-        table = build_table(store, config)
+    meta = store.read_meta()
+    kind = store.kind
+    upgraded = store.format_version if store.format_version < FORMAT_VERSION else None
+    if kind is RunKind.AUDIT:
+        return StoredRun(store, kind, meta, result=_audit_result(store, meta), upgraded_from=upgraded)
+    if kind is RunKind.TRIAGE:
+        result = _read_json(store, "triage.json")
+        return StoredRun(store, kind, meta, result=result, upgraded_from=upgraded)
+    config = _config_of(store)
+    cells = expected_cells(config, meta)
+    table = _table(store, config, cells, meta)
     table.attrs["run_dir"] = str(store.path)
-    return StoredRun(store, config, store.read_meta(), table)
+    return StoredRun(store, kind, meta, config, table, cells, _completeness(store, config, cells, meta),
+                     upgraded_from=upgraded)
 
 
-def list_runs(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | None = None) -> list[RunStore]:
-    """The run directories under ``runs_dir``, newest first (by start time, then name)."""
+def _read_json(store: RunStore, name: str) -> dict[str, Any]:
+    path = store.inside(name)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected a JSON object.")
+    return data
+
+
+def _audit_result(store: RunStore, meta: dict[str, Any]) -> dict[str, Any]:
+    """The stored audit; format 1 kept only the layer table and the verdict, so that is what it shows."""
+    if (store.path / "audit.json").is_file():
+        return _read_json(store, "audit.json")
+    try:
+        layers = pd.read_parquet(store.results_path).to_dict("records")
+    except Exception as exc:  # noqa: BLE001 - any unreadable parquet is the same problem for the user
+        raise RunDirError(f"{store.results_path}: unreadable ({exc.__class__.__name__}).") from None
+    for row in layers:
+        row["max_ulp"] = int(row.get("max_ulp") or 0)
+        row["first_step"] = None if pd.isna(row.get("first_step")) else int(row["first_step"])
+    model = layers[0]["model"] if layers else meta.get("config_name", "?")
+    return {"model": model, "verdict": meta.get("verdict", "?"), "culprit": meta.get("culprit"), "layers": layers,
+            "losses": [], "checks": [], "restart": None, "tensorflow": meta.get("tensorflow"),
+            "note": "written by detaudit format 1: losses, restart and checks were not stored"}
+
+
+def list_runs(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | None = None,
+              kinds: Sequence[RunKind] | None = None) -> list[RunStore]:
+    """The run directories under ``runs_dir`` (of ``kinds``, default all), newest first (start time, then name)."""
     root = Path(runs_dir)
     if not root.is_dir():
         raise RunDirError(f"{root}: no such runs directory.")
     found = []
     for child in root.iterdir():
-        if not child.is_dir():
+        if not child.is_dir() or child.is_symlink():
             continue
         try:
             store = RunStore.open(child)
             started = str(store.read_meta().get("started") or "")
+            kind = store.kind
         except RunDirError as exc:
             if on_skip and (child / "meta.json").exists():
                 on_skip(child, str(exc))
             continue
-        found.append((started, child.name, store))
+        if kinds is None or kind in kinds:
+            found.append((started, child.name, store))
     return [store for _, _, store in sorted(found, key=lambda item: (item[0], item[1]), reverse=True)]
 
 
-def resolve_run(spec: str | Path, runs_dir: str | Path = "runs", exclude: Path | None = None) -> Path:
-    """A run directory from a path, or from ``latest``/``previous`` in ``runs_dir``.
+def resolve_run(spec: str | Path, runs_dir: str | Path = "runs", relative_to: Path | None = None,
+                kinds: Sequence[RunKind] | None = (RunKind.MATRIX,)) -> Path:
+    """A run directory from a path, or from ``latest``/``previous`` among the runs of ``kinds`` in ``runs_dir``.
 
-    ``exclude`` drops one run from the candidates (the run being compared).
+    ``latest`` is the newest run other than ``relative_to``; ``previous`` is the
+    run just before ``relative_to`` when it is one of them, else the second newest.
+
+    Raises:
+        RunDirError: no such run.
     """
     if str(spec) not in ALIASES:
         return Path(spec)
-    runs = [s.path for s in list_runs(runs_dir)
-            if (exclude is None or s.path.resolve() != Path(exclude).resolve())
-            and s.read_meta().get("kind") != "audit"]  # model audits are not matrix runs
-    index = ALIASES.index(str(spec))
-    if len(runs) <= index:
-        raise RunDirError(f"{runs_dir}: no {spec} run (found {len(runs)} run(s)).")
+    runs = [s.path for s in list_runs(runs_dir, kinds=kinds)]
+    resolved = [p.resolve() for p in runs]
+    what = "/".join(k.value for k in kinds) + " " if kinds else ""
+    if str(spec) == "latest":
+        candidates = [p for p, r in zip(runs, resolved) if relative_to is None or r != Path(relative_to).resolve()]
+        if not candidates:
+            raise RunDirError(f"{runs_dir}: no {what}run to take as latest (found {len(runs)}).")
+        return candidates[0]
+    if relative_to is not None and Path(relative_to).resolve() in resolved:
+        index = resolved.index(Path(relative_to).resolve()) + 1
+    else:
+        index = 1
+    if index >= len(runs):
+        raise RunDirError(f"{runs_dir}: no previous {what}run (found {len(runs)}).")
     return runs[index]
 
 
-def merge_runs(paths: list[str | Path], out: str | Path, run_id: str | None = None) -> StoredRun:
+def merge_runs(paths: Sequence[str | Path], out: str | Path, run_id: str | None = None) -> StoredRun:
     """Join shard runs of one config into a new run directory under ``out``.
 
-    Records and kept tensors are copied; the table is rebuilt, so the baseline
-    comparisons that cross shards are computed here. Merging the n shards of a
-    matrix gives the table of the whole run (the same cells and digests).
+    Records and kept tensors are copied (regular files only: a symbolic link
+    is never followed, and every path stays inside its run directory); the
+    table is rebuilt, so baseline comparisons that cross shards are computed
+    here. Merging the n shards of a matrix gives the table of the whole run.
 
     Raises:
-        RunDirError: a directory is not a run, or the runs have different configs.
+        RunDirError: a directory is not a matrix run, or the runs have different configs.
     """
     if len(paths) < 2:
         raise RunDirError("merge needs at least two run directories.")
     runs = [RunStore.open(p) for p in paths]
+    for store in runs:
+        if store.kind is not RunKind.MATRIX:
+            raise RunDirError(f"{store.path}: a {store.kind.value} run; only runs of `detaudit run` merge.")
     configs = [r.read_config() for r in runs]
     for store, config in zip(runs[1:], configs[1:]):
         if config != configs[0]:
             raise RunDirError(f"{store.path}: its config differs from {runs[0].path}'s; only shards of one config merge.")
-    first = load_run(runs[0].path)
-    merged = RunStore.create(out, configs[0], first.config.name, run_id)
-    seen: set[tuple[str, bool]] = set()
+    config = _config_of(runs[0])
+    merged = RunStore.create(out, configs[0], config.name, run_id)
     metas = [r.read_meta() for r in runs]
-    for store in runs:
-        for record in store.iter_records():
-            key = (record["cell_id"], bool(record.get("replay")))
-            if key in seen:
-                continue
-            seen.add(key)
-            merged.append_record(record)
-            source = store.tensor_path(record["cell_id"], key[1])
-            if source.is_file():
-                target = merged.tensor_path(record["cell_id"], key[1])
-                target.parent.mkdir(parents=True, exist_ok=True)
-                shutil.copyfile(source, target)
-        for log in store.logs_dir.glob("*.log"):
-            shutil.copyfile(log, merged.logs_dir / f"{store.run_id}-{log.name}")
-    meta = {**metas[0], "run_id": merged.run_id, "shard": None, "merged_from": [r.run_id for r in runs],
-            # The merged run is new: `latest` should find it, not the last shard.
-            "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-            "shards_started": min(str(m.get("started") or "") for m in metas),
-            "finished": max(str(m.get("finished") or "") for m in metas),
-            "interrupted": any(m.get("interrupted") for m in metas)}
-    meta["groups"] = {f"{r.run_id}:{g}": v for r, m in zip(runs, metas) for g, v in (m.get("groups") or {}).items()}
-    merged.write_meta(meta)
-    table = build_table(merged, first.config)
-    table.to_parquet(merged.results_path, index=False)
-    table.attrs["run_dir"] = str(merged.path)
-    return StoredRun(merged, first.config, meta, table)
+    with merged.lock():
+        seen: set[tuple[str, bool]] = set()
+        for store in runs:
+            for record in store.iter_records():
+                key = (record["cell_id"], bool(record.get("replay")))
+                if key in seen:
+                    continue
+                seen.add(key)
+                merged.append_record(record)
+                _copy_regular(store.tensor_path(record["cell_id"], key[1]), merged.tensor_path(record["cell_id"], key[1]))
+            for log in store.logs_dir.glob("*.log"):
+                _copy_regular(log, merged.logs_dir / f"{store.run_id}-{log.name}")
+        meta = {**metas[0], "run_id": merged.run_id, "kind": RunKind.MATRIX.value, "shard": None,
+                "merged_from": [r.run_id for r in runs],
+                # The merged run is new: `latest` should find it, not the last shard.
+                "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
+                "shards_started": min(str(m.get("started") or "") for m in metas),
+                "finished": max(str(m.get("finished") or "") for m in metas),
+                "interrupted": any(m.get("interrupted") for m in metas)}
+        meta["groups"] = {f"{r.run_id}:{g}": v for r, m in zip(runs, metas) for g, v in (m.get("groups") or {}).items()}
+        merged.write_meta(meta)
+        table = build_table(merged, config)
+        table.to_parquet(merged.results_path, index=False)
+    return load_run(merged.path)
+
+
+def _copy_regular(source: Path, target: Path) -> None:
+    """Copy ``source`` if it is a regular file (not a symbolic link) to ``target``."""
+    if source.is_symlink() or not source.is_file():
+        return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(source, target, follow_symlinks=False)

@@ -1,9 +1,11 @@
 """YAML config -> validated, frozen config objects, and matrix expansion into cells.
 
 No TensorFlow, pandas or rich here: this module runs in the parent process and
-in the fast unit tests. Every validator either returns the normalized value or
-raises :class:`~detaudit.errors.ConfigError` naming the file, the YAML key path,
-the value received, what is allowed and, for a typo, the nearest valid choice.
+in the fast unit tests. Axes come from :mod:`detaudit.core.axes`, layer kinds
+from :mod:`detaudit.core.kinds`, comparisons from
+:mod:`detaudit.core.comparisons`; this module only walks the document. Every
+error names the file, the YAML key path, the value received, what is allowed
+and, for a typo, the nearest valid choice; a file's errors are reported all at once.
 """
 
 from __future__ import annotations
@@ -13,6 +15,8 @@ import functools
 import hashlib
 import itertools
 import json
+import math
+import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -20,57 +24,49 @@ from typing import Any
 
 import yaml
 
+from detaudit.core.axes import AXES, process_axes
+from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.kinds import IMPORT_PATH, KINDS, USER_LAYER, LayerKind, canonical_params, kind_of
+from detaudit.core.validation import INVALID, Context, as_list, boolean, int_tuple, integer, mapping
 from detaudit.errors import ConfigError, did_you_mean
 
 __all__ = [
-    "AXES",
-    "AXIS_DEFAULTS",
+    "CELL_ID",
     "Cell",
     "Config",
     "Expectations",
     "LayerSpec",
     "Settings",
     "bundled_config_path",
+    "cell_memory_bytes",
     "expand_matrix",
+    "iter_groups",
     "load_config",
     "parse_config",
+    "parse_settings",
 ]
 
-#: The allowed values of each matrix axis; `threads` takes any integer >= 0.
-AXES: dict[str, tuple[str, ...] | None] = {
-    "device": None,  # cpu, gpu, gpu:N
-    "precision": ("float32", "float64", "float16", "bfloat16", "mixed_float16", "mixed_bfloat16"),
-    "determinism": ("off", "on", "env"),
-    "xla": ("off", "on"),
-    "onednn": ("default", "off", "on"),
-    "threads": None,  # integer >= 0, 0 = TensorFlow's default
-    "tf32": ("default", "off"),
-}
-AXIS_DEFAULTS: dict[str, Any] = {
-    "device": "cpu",
-    "precision": "float32",
-    "determinism": "off",
-    "xla": "off",
-    "onednn": "default",
-    "threads": 0,
-    "tf32": "default",
-}
-BASELINE_DEFAULTS: dict[str, Any] = {**AXIS_DEFAULTS, "determinism": "on"}
-#: Axes whose setting is process-wide: cells differing in them never share a worker.
-PROCESS_AXES = ("precision", "determinism", "onednn", "threads", "tf32")
-
-KERAS_KINDS = {"Conv1DTranspose": 1, "Conv2DTranspose": 2, "Conv3DTranspose": 3}
-RAW_KINDS = {"conv1d_transpose": 1, "conv2d_transpose": 2, "conv3d_transpose": 3}
-RESIZE_KINDS = {"resize_conv2d": 2}
-BUILTIN_KINDS = {**KERAS_KINDS, **RAW_KINDS, **RESIZE_KINDS}
-_IMPORT_PATH = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*:[A-Za-z_]\w*(\.[A-Za-z_]\w*)*$")
-_DEVICE = re.compile(r"^(cpu|gpu)(:\d+)?$")
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-
-TOP_KEYS = (
-    "name", "seeds", "repeats", "timeout_s", "layers", "matrix", "baseline",
-    "replay_process", "keep_tensors", "expect", "description",
-)
+#: Every cell id: a slug of the kind, a dash, 12 hex digits. Ids name files, so nothing else is accepted.
+CELL_ID = re.compile(r"^[a-z0-9._-]{1,24}-[0-9a-f]{12}$")
+MAX_SEED = (1 << 32) - 1
+MAX_REPEATS = 100_000
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "layers",
+            "matrix", "baseline", "expect")
+_DESCRIPTIONS = {
+    "name": "a name of letters, digits, '.', '_' or '-'; the run id ends with it",
+    "description": "free text",
+    "seeds": "each seed builds its own weights, input and upstream gradient",
+    "repeats": "forward+backward passes per cell, each compared with the first",
+    "timeout_s": "seconds a worker may spend on one environment group before it is killed",
+    "replay_process": "replay every cell in a second fresh worker (the `process` comparison)",
+    "keep_tensors": "keep each cell's first-repeat tensors in tensors/ (baseline and process ULPs need them)",
+    "layers": "the layers under test",
+    "matrix": "axis -> values; every combination is a cell",
+    "baseline": "the settings every cell is compared with (run even when the matrix lacks them)",
+    "expect": "what must hold for exit code 0",
+}
 
 
 # ---------------------------------------------------------------------------
@@ -78,29 +74,28 @@ TOP_KEYS = (
 # ---------------------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
-class Settings:
-    """One point of the matrix: the settings a cell runs under."""
-
-    device: str = "cpu"
-    precision: str = "float32"
-    determinism: str = "off"
-    xla: str = "off"
-    onednn: str = "default"
-    threads: int = 0
-    tf32: str = "default"
-
-    def process_key(self) -> tuple[Any, ...]:
+def _settings_methods() -> dict[str, Any]:
+    def process_key(self: Any) -> tuple[Any, ...]:
         """The process-wide part: cells with equal keys can share one worker."""
-        return tuple(getattr(self, axis) for axis in PROCESS_AXES)
+        return tuple(getattr(self, axis) for axis in process_axes())
 
-    def as_dict(self) -> dict[str, Any]:
+    def as_dict(self: Any) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-    def label(self) -> str:
+    def label(self: Any) -> str:
         """A short human label listing the settings that differ from the defaults."""
-        parts = [f"{k}={v}" for k, v in self.as_dict().items() if v != AXIS_DEFAULTS[k]]
+        parts = [f"{name}={getattr(self, name)}" for name, axis in AXES.items() if getattr(self, name) != axis.default]
         return ", ".join(parts) or "defaults"
+
+    return {"process_key": process_key, "as_dict": as_dict, "label": label,
+            "__doc__": "One point of the matrix: the settings a cell runs under (one field per axis)."}
+
+
+#: One point of the matrix. Its fields and defaults are the axes of detaudit.core.axes, in their order.
+Settings = dataclasses.make_dataclass(
+    "Settings", [(name, Any, dataclasses.field(default=axis.default)) for name, axis in AXES.items()],
+    frozen=True, namespace=_settings_methods())
+Settings.__module__ = __name__
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,14 +111,23 @@ class LayerSpec:
         return json.loads(self.params_json)
 
     @property
+    def declaration(self) -> LayerKind:
+        return kind_of(self.kind)
+
+    @property
     def rank(self) -> int | None:
         """Spatial rank for built-in kinds, None for a user layer."""
-        return BUILTIN_KINDS.get(self.kind)
+        return self.declaration.rank
+
+    @property
+    def short_kind(self) -> str:
+        """The class name alone for a user layer (``pkg.mod:Up`` -> ``Up``)."""
+        return self.kind.rpartition(":")[2]
 
     def describe(self) -> str:
         p = self.params
         bits = [f"{k}={p[k]}" for k in ("filters", "kernel_size", "strides", "padding") if k in p]
-        return f"{self.kind}({', '.join(bits)}) on {list(self.input_shape)}"
+        return f"{self.short_kind}({', '.join(bits)}) on {list(self.input_shape)}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -131,7 +135,7 @@ class Cell:
     """One measurement: a layer spec under one point of the matrix with one seed."""
 
     layer: LayerSpec
-    settings: Settings
+    settings: Any  # Settings
     seed: int
     repeats: int
 
@@ -143,11 +147,11 @@ class Cell:
              self.settings.as_dict(), self.seed],
             sort_keys=True,
         )
-        slug = _SAFE_NAME.sub("", self.layer.kind.split(":")[-1]).lower()[:24]
+        slug = _SAFE_NAME.sub("", self.layer.short_kind).lower()[:24] or "layer"
         return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data for the worker's job file and cells.jsonl."""
+        """Plain data for the worker's job and cells.jsonl."""
         return {
             "cell_id": self.cell_id,
             "kind": self.layer.kind,
@@ -160,26 +164,39 @@ class Cell:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Cell:
-        layer = LayerSpec(data["kind"], json.dumps(data["params"], sort_keys=True), tuple(data["input_shape"]))
-        return cls(layer, Settings(**data["settings"]), data["seed"], data["repeats"])
+        """Inverse of :meth:`to_dict`, validated: a stored record cannot smuggle in a value a config could not hold.
+
+        Raises:
+            ConfigError: a malformed cell (e.g. a hand-edited cells.jsonl line).
+        """
+        ctx = Context("cell record")
+        try:
+            settings = parse_settings(data["settings"], ctx.at("settings"))
+            layer = _layer({"kind": data["kind"], **data["params"], "input_shape": data["input_shape"]}, ctx)
+            seed = integer(data["seed"], ctx.at("seed"), 0, MAX_SEED)
+            repeats = integer(data["repeats"], ctx.at("repeats"), 1, MAX_REPEATS)
+        except (KeyError, TypeError, AttributeError) as exc:
+            raise ConfigError(f"cell record: missing or malformed field ({exc}).") from None
+        ctx.raise_errors()
+        return cls(layer, settings, seed, repeats)
 
 
 @dataclasses.dataclass(frozen=True)
 class Expectations:
     """What must hold for exit code 0.
 
-    ``deterministic`` selects the cells whose ``repeat`` and ``process``
-    comparisons must be bitwise equal: None means every cell, an empty mapping
-    none, otherwise the cells whose settings match every listed axis.
-    ``max_ulp`` / ``max_ulp_scaled`` map a comparison (``baseline``, ...) to a
-    threshold per precision (key ``"*"`` for any precision).
+    ``deterministic`` selects the cells whose run-to-run comparisons must be
+    bitwise equal: None means every cell, an empty tuple none, otherwise the
+    cells whose settings match every listed axis. ``max_ulp`` /
+    ``max_ulp_scaled`` map a comparison (``baseline``, ...) to a threshold per
+    precision (key ``"*"`` for any precision).
     """
 
     deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
     max_ulp: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     max_ulp_scaled: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
 
-    def must_be_deterministic(self, settings: Settings) -> bool:
+    def must_be_deterministic(self, settings: Any) -> bool:
         if self.deterministic is None:
             return True
         if not self.deterministic:
@@ -201,7 +218,7 @@ class Config:
     timeout_s: float
     layers: tuple[LayerSpec, ...]
     matrix: tuple[tuple[str, tuple[Any, ...]], ...]
-    baseline: Settings
+    baseline: Any  # Settings
     replay_process: bool = False
     keep_tensors: bool = True
     expect: Expectations = Expectations()
@@ -224,9 +241,7 @@ class Config:
             "seeds": list(self.seeds),
             "repeats": self.repeats,
             "timeout_s": self.timeout_s,
-            "layers": [
-                {"kind": s.kind, **s.params, "input_shape": list(s.input_shape)} for s in self.layers
-            ],
+            "layers": [{"kind": s.kind, **s.params, "input_shape": list(s.input_shape)} for s in self.layers],
             "matrix": {a: list(v) for a, v in self.matrix},
             "baseline": self.baseline.as_dict(),
             "replay_process": self.replay_process,
@@ -240,188 +255,129 @@ class Config:
         """Every cell of the run: see :func:`expand_matrix`."""
         return expand_matrix(self)
 
-
-# ---------------------------------------------------------------------------
-# Validation helpers
-# ---------------------------------------------------------------------------
-
-
-class _Ctx:
-    """Where we are in the document, for error messages."""
-
-    def __init__(self, source: str, path: str = ""):
-        self.source, self.path = source, path
-
-    def at(self, key: str | int) -> _Ctx:
-        if isinstance(key, int):
-            return _Ctx(self.source, f"{self.path}[{key}]")
-        return _Ctx(self.source, f"{self.path}.{key}" if self.path else key)
-
-    def fail(self, expected: str, received: Any, hint: str = "") -> ConfigError:
-        where = f"`{self.path}`" if self.path else "the top level"
-        return ConfigError(
-            f"{self.source}: invalid value for {where}. Expected {expected}. "
-            f"Received {self.path.rsplit('.', 1)[-1] or 'value'}={received!r}.{hint}"
-        )
-
-    def unknown_key(self, key: Any, allowed: Sequence[str]) -> ConfigError:
-        where = f"`{self.path}`" if self.path else "the top level"
-        return ConfigError(
-            f"{self.source}: unknown key `{key}` in {where}.{did_you_mean(key, allowed)} "
-            f"Allowed keys: {', '.join(allowed)}."
-        )
-
-
-def _mapping(value: Any, ctx: _Ctx, allowed: Sequence[str] | None = None) -> dict[str, Any]:
-    if not isinstance(value, Mapping):
-        raise ctx.fail("a mapping", value)
-    if allowed is not None:
-        for key in value:
-            if key not in allowed:
-                raise ctx.unknown_key(key, allowed)
-    return dict(value)
-
-
-def _as_list(value: Any) -> list[Any]:
-    """A scalar where a list is expected means a one-element list."""
-    return list(value) if isinstance(value, (list, tuple)) else [value]
-
-
-def _int(value: Any, ctx: _Ctx, minimum: int = 0) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        what = "a strictly positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ctx.fail(what, value)
-    return value
-
-
-def _bool(value: Any, ctx: _Ctx) -> bool:
-    if not isinstance(value, bool):
-        raise ctx.fail("true or false", value)
-    return value
-
-
-def _choice(value: Any, ctx: _Ctx, allowed: Sequence[str]) -> str:
-    # YAML 1.1 reads bare on/off as booleans: accept them for the on/off axes.
-    if isinstance(value, bool) and {"on", "off"} & set(allowed):
-        value = "on" if value else "off"
-    if value not in allowed:
-        raise ctx.fail(f"one of {', '.join(allowed)}", value, did_you_mean(value, allowed))
-    return value
-
-
-def _axis_value(axis: str, value: Any, ctx: _Ctx) -> Any:
-    if axis == "threads":
-        return _int(value, ctx, 0)
-    if axis == "device":
-        if not isinstance(value, str) or not _DEVICE.match(value.lower()):
-            raise ctx.fail("cpu, gpu or gpu:N", value, did_you_mean(value, ("cpu", "gpu")))
-        return value.lower()
-    allowed = AXES[axis]
-    assert allowed is not None
-    return _choice(value, ctx, allowed)
-
-
-def _int_tuple(value: Any, ctx: _Ctx, length: int | None, minimum: int = 1) -> tuple[int, ...]:
-    """An int or a list of ints; a single int is broadcast to ``length``."""
-    if isinstance(value, int) and not isinstance(value, bool) and length is not None:
-        return (_int(value, ctx, minimum),) * length
-    if not isinstance(value, (list, tuple)) or (length is not None and len(value) != length):
-        n = f"{length} " if length is not None else ""
-        raise ctx.fail(f"an integer or a list of {n}integers >= {minimum}", value)
-    return tuple(_int(v, ctx.at(i), minimum) for i, v in enumerate(value))
+    def user_modules(self) -> list[tuple[int, str]]:
+        """(layer index, module) of every ``package.module:Class`` layer: the code this config imports."""
+        return [(i, spec.kind.partition(":")[0]) for i, spec in enumerate(self.layers)
+                if spec.declaration is USER_LAYER]
 
 
 # ---------------------------------------------------------------------------
-# Layer specs
+# Settings and layers
 # ---------------------------------------------------------------------------
 
-_COMMON = ("filters", "kernel_size", "strides", "padding", "dilation_rate", "data_format", "use_bias")
-LAYER_KEYS: dict[str, tuple[str, ...]] = {
-    "keras": _COMMON + ("output_padding",),
-    "raw": _COMMON + ("output_shape",),
-    "resize": ("filters", "kernel_size", "size", "interpolation", "padding", "data_format", "use_bias"),
-}
-LAYER_DEFAULTS: dict[str, dict[str, Any]] = {
-    "keras": {"strides": 1, "padding": "valid", "dilation_rate": 1, "data_format": "channels_last",
-              "use_bias": True, "output_padding": None},
-    "raw": {"strides": 1, "padding": "valid", "dilation_rate": 1, "data_format": "channels_last",
-            "use_bias": False, "output_shape": None},
-    "resize": {"size": 2, "interpolation": "nearest", "padding": "same",
-               "data_format": "channels_last", "use_bias": True},
-}
+
+def _axis_value(axis: str, value: Any, ctx: Context) -> Any:
+    try:
+        return AXES[axis].validate(value)
+    except ValueError as exc:
+        raise ctx.fail(str(exc), value, did_you_mean(value, AXES[axis].suggestions)) from None
 
 
-def _family(kind: str) -> str:
-    if kind in KERAS_KINDS:
-        return "keras"
-    if kind in RAW_KINDS:
-        return "raw"
-    if kind in RESIZE_KINDS:
-        return "resize"
-    return "custom"
+def parse_settings(data: Any, ctx: Context, defaults: Mapping[str, Any] | None = None) -> Any:
+    """A :class:`Settings` from a mapping of axis -> one value (missing axes: ``defaults``, else each axis' default)."""
+    raw = mapping(data or {}, ctx, tuple(AXES))
+    values = {}
+    for name, axis in AXES.items():
+        default = axis.default if defaults is None else defaults[name]
+        values[name] = ctx.attempt(_axis_value, name, raw.get(name, default), ctx.at(name))
+    if any(v is INVALID for v in values.values()):
+        ctx.raise_errors()
+    return Settings(**values)
 
 
-def _layer(raw: Any, ctx: _Ctx) -> LayerSpec:
-    data = _mapping(raw, ctx)
+def _layer(raw: Any, ctx: Context) -> LayerSpec:
+    data = mapping(raw, ctx)
     if "kind" not in data:
         raise ctx.fail("a mapping with a `kind` key", raw)
-    kind = data.pop("kind")
+    kind_name = data.pop("kind")
     kctx = ctx.at("kind")
-    if not isinstance(kind, str) or (kind not in BUILTIN_KINDS and not _IMPORT_PATH.match(kind)):
-        raise kctx.fail(
-            f"one of {', '.join(BUILTIN_KINDS)} or an import path 'package.module:Class'",
-            kind, did_you_mean(kind, BUILTIN_KINDS),
-        )
+    if not isinstance(kind_name, str) or (kind_name not in KINDS and not IMPORT_PATH.match(kind_name)):
+        raise kctx.fail(f"one of {', '.join(KINDS)} or an import path 'package.module:Class' (a Keras Layer "
+                        "subclass)", kind_name, did_you_mean(kind_name, KINDS))
     if "input_shape" not in data:
         raise ctx.fail("an `input_shape` key (batch included)", raw)
-    family = _family(kind)
-    rank = BUILTIN_KINDS.get(kind)
-    input_shape = _int_tuple(data.pop("input_shape"), ctx.at("input_shape"),
-                             None if rank is None else rank + 2)
-    if family == "custom":
+    declaration = kind_of(kind_name)
+    rank = declaration.rank
+    input_shape = int_tuple(data.pop("input_shape"), ctx.at("input_shape"), None if rank is None else rank + 2,
+                            1, 1 << 31)
+    if declaration is USER_LAYER:
         try:
-            params_json = json.dumps(data, sort_keys=True)
-        except TypeError:
+            params_json = json.dumps(data, sort_keys=True, allow_nan=False)
+        except (TypeError, ValueError):
             raise ctx.fail("constructor arguments that are plain YAML data", data) from None
-        return LayerSpec(kind, params_json, input_shape)
+        return LayerSpec(kind_name, params_json, input_shape)
 
-    allowed = LAYER_KEYS[family]
-    for key in data:
-        if key not in allowed:
-            raise ctx.unknown_key(key, allowed + ("kind", "input_shape"))
-    params = {**LAYER_DEFAULTS[family], **data}
-    for required in ("filters", "kernel_size"):
-        if required not in params:
-            raise ctx.fail(f"a `{required}` key for kind {kind}", raw)
     assert rank is not None
-    params["filters"] = _int(params["filters"], ctx.at("filters"), 1)
-    params["kernel_size"] = _int_tuple(params["kernel_size"], ctx.at("kernel_size"), rank)
-    params["padding"] = _choice(str(params["padding"]).lower(), ctx.at("padding"), ("same", "valid"))
-    params["data_format"] = _choice(params["data_format"], ctx.at("data_format"),
-                                    ("channels_last", "channels_first"))
-    params["use_bias"] = _bool(params["use_bias"], ctx.at("use_bias"))
-    if family == "resize":
-        params["size"] = _int_tuple(params["size"], ctx.at("size"), rank)
-        params["interpolation"] = _choice(params["interpolation"], ctx.at("interpolation"),
-                                          ("nearest", "bilinear"))
-    else:
-        params["strides"] = _int_tuple(params["strides"], ctx.at("strides"), rank)
-        params["dilation_rate"] = _int_tuple(params["dilation_rate"], ctx.at("dilation_rate"), rank)
-        if any(s > 1 for s in params["strides"]) and any(d > 1 for d in params["dilation_rate"]):
-            raise ctx.at("dilation_rate").fail(
-                "1 when any stride is greater than 1 (Keras and tf.nn refuse both at once)",
-                list(params["dilation_rate"]))
-    if family == "keras" and params["output_padding"] is not None:
-        octx = ctx.at("output_padding")
-        params["output_padding"] = _int_tuple(params["output_padding"], octx, rank, 0)
+    for key in data:
+        if key not in declaration.keys:
+            raise ctx.unknown_key(key, declaration.keys + ("kind", "input_shape"))
+    params: dict[str, Any] = {}
+    for param in declaration.params:
+        if param.name not in data and param.required:
+            raise ctx.fail(f"a `{param.name}` key for kind {kind_name}", raw)
+        value = data.get(param.name, param.default)
+        params[param.name] = param.parse(value, ctx.at(param.name), rank) if param.name in data else value
+        if isinstance(params[param.name], int) and not isinstance(params[param.name], bool) and \
+                param.name in ("kernel_size", "strides", "dilation_rate", "size"):
+            params[param.name] = (params[param.name],) * rank  # a default of 1 broadcast to the rank
+    strides, dilation = params.get("strides"), params.get("dilation_rate")
+    if strides and dilation and any(s > 1 for s in strides) and any(d > 1 for d in dilation):
+        raise ctx.at("dilation_rate").fail(
+            "1 when any stride is greater than 1 (Keras and tf.nn refuse both at once)", list(dilation))
+    if params.get("output_padding") is not None:
         for p, s in zip(params["output_padding"], params["strides"]):
             if p >= s:
-                raise octx.fail(f"values smaller than the stride {list(params['strides'])}",
-                                list(params["output_padding"]))
-    if family == "raw" and params["output_shape"] is not None:
-        params["output_shape"] = _int_tuple(params["output_shape"], ctx.at("output_shape"), rank + 2)
-    params = {k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}
-    return LayerSpec(kind, json.dumps(params, sort_keys=True), input_shape)
+                raise ctx.at("output_padding").fail(f"values smaller than the stride {list(params['strides'])}",
+                                                    list(params["output_padding"]))
+    return LayerSpec(kind_name, canonical_params(params), input_shape)
+
+
+def cell_memory_bytes(spec: LayerSpec) -> int:
+    """A generous estimate of a worker's memory for one cell of ``spec`` (bytes), before anything runs.
+
+    Counts the input, the output and the kernel in float64 (the reference
+    computes in float64) about six times over: TensorFlow's tensors and
+    gradients, the first repeat kept for comparison, the current repeat and
+    the reference's canvas. A user layer's output is unknown: its input counts.
+    """
+    x = math.prod(spec.input_shape)
+    params = spec.params
+    declaration = spec.declaration
+    if declaration.rank is None or "kernel_size" not in params:
+        return 6 * 8 * x
+    from detaudit.core.reference import output_length
+
+    channels_first = params.get("data_format") == "channels_first"
+    spatial = spec.input_shape[2:] if channels_first else spec.input_shape[1:-1]
+    channels = spec.input_shape[1] if channels_first else spec.input_shape[-1]
+    if declaration.transposed:
+        lengths = [output_length(n, k, s, params["padding"], d)
+                   for n, k, s, d in zip(spatial, params["kernel_size"], params["strides"], params["dilation_rate"])]
+    else:
+        lengths = [n * s for n, s in zip(spatial, params.get("size", [1] * len(spatial)))]
+    out = spec.input_shape[0] * params["filters"] * math.prod(lengths)
+    kernel = math.prod(params["kernel_size"]) * params["filters"] * channels
+    return 6 * 8 * (x + out + kernel)
+
+
+def machine_memory_bytes() -> int | None:
+    """This machine's physical memory, or None where the OS does not say."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_memory(spec: LayerSpec, ctx: Context) -> None:
+    need, have = cell_memory_bytes(spec), machine_memory_bytes()
+    if have is not None and need > have:
+        raise ctx.at("input_shape").fail(
+            f"a layer whose cell fits this machine's memory ({_gib(have)}); this one needs about {_gib(need)}",
+            list(spec.input_shape))
+
+
+def _gib(n: int) -> str:
+    return f"{n / (1 << 30):,.1f} GiB"
 
 
 # ---------------------------------------------------------------------------
@@ -429,8 +385,8 @@ def _layer(raw: Any, ctx: _Ctx) -> LayerSpec:
 # ---------------------------------------------------------------------------
 
 
-def _expectations(raw: Any, ctx: _Ctx) -> Expectations:
-    data = _mapping(raw, ctx, ("deterministic", "max_ulp", "max_ulp_scaled"))
+def _expectations(raw: Any, ctx: Context) -> Expectations:
+    data = mapping(raw, ctx, ("deterministic", "max_ulp", "max_ulp_scaled"))
     deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
     if "deterministic" in data:
         dctx = ctx.at("deterministic")
@@ -440,27 +396,26 @@ def _expectations(raw: Any, ctx: _Ctx) -> Expectations:
         elif value in ("none", False):
             deterministic = ()
         else:
-            selector = _mapping(value, dctx, tuple(AXES))
+            selector = mapping(value, dctx, tuple(AXES))
             deterministic = tuple(
-                (axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i))
-                             for i, v in enumerate(_as_list(vals))))
-                for axis, vals in selector.items()
-            )
+                (axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
+                for axis, vals in selector.items())
             if not deterministic:
                 raise dctx.fail("all, none, or a mapping of axis to values", value)
     thresholds = {}
+    precisions = tuple(AXES["precision"].choices or ()) + ("*",)
     for kind in ("max_ulp", "max_ulp_scaled"):
         kctx = ctx.at(kind)
-        table = _mapping(data.get(kind, {}), kctx, ("repeat", "process", "baseline", "reference"))
+        table = mapping(data.get(kind, {}), kctx, ComparisonKind.with_thresholds())
         parsed = []
         for comparison, per_precision in table.items():
             cctx = kctx.at(comparison)
             if isinstance(per_precision, (int, float)) and not isinstance(per_precision, bool):
                 per_precision = {"*": per_precision}
-            per = _mapping(per_precision, cctx, AXES["precision"] + ("*",))  # type: ignore[operator]
+            per = mapping(per_precision, cctx, precisions)
             for precision, limit in per.items():
-                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or limit < 0:
-                    raise cctx.at(precision).fail("a number >= 0", limit)
+                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit < math.inf:
+                    raise cctx.at(precision).fail("a finite number >= 0", limit)
             parsed.append((comparison, tuple(sorted(per.items()))))
         thresholds[kind] = tuple(parsed)
     return Expectations(deterministic, thresholds["max_ulp"], thresholds["max_ulp_scaled"])
@@ -471,58 +426,76 @@ def _expectations(raw: Any, ctx: _Ctx) -> Expectations:
 # ---------------------------------------------------------------------------
 
 
+def _name(data: dict[str, Any], ctx: Context, source: str) -> str:
+    name = data.get("name", Path(source).stem if source != "<dict>" else "config")
+    if not isinstance(name, str) or not name or len(name) > 64 or _SAFE_NAME.search(name):
+        raise ctx.at("name").fail("a non-empty name of at most 64 letters, digits, '.', '_' or '-'", name)
+    return name
+
+
+def _seeds(data: dict[str, Any], ctx: Context) -> tuple[int, ...]:
+    raw = as_list(data.get("seeds", [0]))
+    if not raw:
+        raise ctx.at("seeds").fail("at least one seed", data.get("seeds"))
+    return tuple(dict.fromkeys(integer(s, ctx.at("seeds").at(i), 0, MAX_SEED) for i, s in enumerate(raw)))
+
+
+def _timeout(data: dict[str, Any], ctx: Context) -> float:
+    value = data.get("timeout_s", 300)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= MAX_TIMEOUT_S:
+        raise ctx.at("timeout_s").fail(f"a number of seconds > 0 and at most {MAX_TIMEOUT_S:,.0f} (a week)", value)
+    return float(value)
+
+
+def _layers(data: dict[str, Any], ctx: Context) -> tuple[LayerSpec, ...]:
+    raw = data.get("layers")
+    if not isinstance(raw, list) or not raw:
+        raise ctx.at("layers").fail("a non-empty list of layer specs", raw)
+    specs = [ctx.attempt(_layer, item, ctx.at("layers").at(i)) for i, item in enumerate(raw)]
+    for i, spec in enumerate(specs):
+        if spec is not INVALID:
+            ctx.attempt(_check_memory, spec, ctx.at("layers").at(i))
+    return tuple(specs)
+
+
+def _matrix(data: dict[str, Any], ctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...]:
+    mctx = ctx.at("matrix")
+    raw = mapping(data.get("matrix") or {}, mctx, tuple(AXES))
+    matrix = []
+    for name, axis in AXES.items():
+        values = as_list(raw.get(name, axis.default))
+        if not values:
+            raise mctx.at(name).fail("at least one value", raw.get(name))
+        parsed = [ctx.attempt(_axis_value, name, v, mctx.at(name).at(i)) for i, v in enumerate(values)]
+        matrix.append((name, tuple(dict.fromkeys(parsed))))
+    return tuple(matrix)
+
+
 def parse_config(data: Any, source: str = "<dict>") -> Config:
     """Validate a config mapping (as read from YAML) and return a frozen :class:`Config`.
+
+    Every error of the document is reported, one line each.
 
     Raises:
         ConfigError: naming the key path, the value received and what is allowed.
     """
-    ctx = _Ctx(source)
-    data = _mapping(data, ctx, TOP_KEYS)
-    name = data.get("name", Path(source).stem if source != "<dict>" else "config")
-    if not isinstance(name, str) or not name or _SAFE_NAME.search(name):
-        raise ctx.at("name").fail("a non-empty name of letters, digits, '.', '_' or '-'", name)
-    seeds = tuple(_int(s, ctx.at("seeds").at(i), 0) for i, s in enumerate(_as_list(data.get("seeds", [0]))))
-    if not seeds:
-        raise ctx.at("seeds").fail("at least one seed", data.get("seeds"))
-    repeats = _int(data.get("repeats", 3), ctx.at("repeats"), 2)
-    timeout_s = data.get("timeout_s", 300)
-    if isinstance(timeout_s, bool) or not isinstance(timeout_s, (int, float)) or timeout_s <= 0:
-        raise ctx.at("timeout_s").fail("a number of seconds > 0", timeout_s)
-    layers_raw = data.get("layers")
-    if not isinstance(layers_raw, list) or not layers_raw:
-        raise ctx.at("layers").fail("a non-empty list of layer specs", layers_raw)
-    layers = tuple(_layer(item, ctx.at("layers").at(i)) for i, item in enumerate(layers_raw))
-
-    mctx = ctx.at("matrix")
-    matrix_raw = _mapping(data.get("matrix") or {}, mctx, tuple(AXES))
-    matrix = []
-    for axis in AXES:
-        values = _as_list(matrix_raw.get(axis, AXIS_DEFAULTS[axis]))
-        if not values:
-            raise mctx.at(axis).fail("at least one value", matrix_raw.get(axis))
-        parsed = tuple(dict.fromkeys(_axis_value(axis, v, mctx.at(axis).at(i)) for i, v in enumerate(values)))
-        matrix.append((axis, parsed))
-
-    bctx = ctx.at("baseline")
-    baseline_raw = _mapping(data.get("baseline") or {}, bctx, tuple(AXES))
-    baseline = Settings(**{
-        axis: _axis_value(axis, baseline_raw.get(axis, BASELINE_DEFAULTS[axis]), bctx.at(axis))
-        for axis in AXES
-    })
-    return Config(
-        name=name,
-        seeds=tuple(dict.fromkeys(seeds)),
-        repeats=repeats,
-        timeout_s=float(timeout_s),
-        layers=layers,
-        matrix=tuple(matrix),
-        baseline=baseline,
-        replay_process=_bool(data.get("replay_process", False), ctx.at("replay_process")),
-        keep_tensors=_bool(data.get("keep_tensors", True), ctx.at("keep_tensors")),
-        expect=_expectations(data.get("expect") or {}, ctx.at("expect")),
-        source=source,
-    )
+    ctx = Context(source)
+    data = mapping(data, ctx, TOP_KEYS)
+    fields = {
+        "name": ctx.attempt(_name, data, ctx, source),
+        "seeds": ctx.attempt(_seeds, data, ctx),
+        "repeats": ctx.attempt(lambda: integer(data.get("repeats", 3), ctx.at("repeats"), 2, MAX_REPEATS)),
+        "timeout_s": ctx.attempt(_timeout, data, ctx),
+        "layers": ctx.attempt(_layers, data, ctx),
+        "matrix": ctx.attempt(_matrix, data, ctx),
+        "baseline": ctx.attempt(parse_settings, data.get("baseline"), ctx.at("baseline"),
+                                {n: a.baseline_default for n, a in AXES.items()}),
+        "replay_process": ctx.attempt(boolean, data.get("replay_process", False), ctx.at("replay_process")),
+        "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
+        "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
+    }
+    ctx.raise_errors()
+    return Config(source=source, **fields)
 
 
 def load_config(path: str | Path) -> Config:
@@ -536,7 +509,7 @@ def load_config(path: str | Path) -> Config:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise ConfigError(f"{path}: config file not found.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError) as exc:
+    except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__}).") from None
     try:
         data = yaml.safe_load(text)
@@ -570,12 +543,8 @@ def expand_matrix(config: Config) -> list[Cell]:
     points = [Settings(**dict(zip(AXES, combo))) for combo in itertools.product(*(axes[a] for a in AXES))]
     if config.baseline not in points:
         points.append(config.baseline)
-    return [
-        Cell(layer, settings, seed, config.repeats)
-        for layer in config.layers
-        for settings in points
-        for seed in config.seeds
-    ]
+    return [Cell(layer, settings, seed, config.repeats)
+            for layer in config.layers for settings in points for seed in config.seeds]
 
 
 def iter_groups(cells: Sequence[Cell]) -> Iterator[tuple[tuple[Any, ...], list[Cell]]]:
@@ -584,4 +553,3 @@ def iter_groups(cells: Sequence[Cell]) -> Iterator[tuple[tuple[Any, ...], list[C
     for cell in cells:
         groups.setdefault(cell.settings.process_key(), []).append(cell)
     yield from groups.items()
-

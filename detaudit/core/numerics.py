@@ -1,11 +1,15 @@
 """Bitwise and ULP comparison of floating-point tensors. Pure NumPy (+ ml_dtypes).
 
-ULP distances are exact integers: floats are mapped onto an ordered unsigned
-64-bit key (sign-magnitude bits folded around 2**63) so that the distance is a
-plain unsigned subtraction, with no wraparound even for float64 -inf vs +inf.
-numpy.testing's ``nulp_diff`` subtracts at the dtype's own integer width and
-returns floats, so float32 -inf vs +inf comes out as 16,777,216 instead of
-4,278,190,080; this module exists partly to not do that.
+ULP distances are exact integers: floats are mapped onto an order-preserving
+integer key (the bits when the sign is clear, minus the magnitude when it is
+set, so that +0 and -0 coincide) and the distance is the difference of keys,
+taken so that it cannot wrap even for float64 -inf vs +inf. numpy.testing's
+``nulp_diff`` subtracts at the dtype's own integer width and returns floats, so
+float32 -inf vs +inf comes out as 16,777,216 instead of 4,278,190,080; this
+module exists partly to not do that.
+
+:func:`compare` runs at a few passes over cache-resident blocks per element:
+see its docstring for the paths, and ``benchmarks/bench.py`` for the figures.
 """
 
 from __future__ import annotations
@@ -102,10 +106,18 @@ class _Format:
     signed: np.dtype
     unsigned: np.dtype
     magnitude_mask: Any  # all bits but the sign, as a signed scalar
+    sign_shift: int  # bits - 1: an arithmetic shift by this gives 0 or -1
+    lowest: int  # the most negative signed integer: a difference of +0 and -0, and nothing else of one sign
     nan_above: int  # a magnitude above this is NaN
     inf_bits: int | None  # magnitude of +inf, None where the format has none (float8_e4m3fn)
+    finite_below: int  # a magnitude below this is finite
     nmant: int  # explicit mantissa bits: 1 << nmant ULPs span one binade
     work: np.dtype  # float dtype that NumPy arithmetic runs in (float32 for the narrow formats)
+
+    @property
+    def native(self) -> bool:
+        """Whether NumPy computes in this dtype directly (float32, float64)."""
+        return self.work == self.dtype
 
 
 @functools.lru_cache(maxsize=None)
@@ -119,59 +131,71 @@ def _format(dtype: np.dtype) -> _Format:
     has_inf = bool(np.isinf(inf.astype(np.float64))[0])
     largest = np.array([inf[0] if has_inf else info.max], dtype=dtype)
     bits = int(largest.view(unsigned)[0])
-    return _Format(dtype, signed, unsigned, mask, bits, bits if has_inf else None, int(info.nmant),
+    return _Format(dtype, signed, unsigned, mask, 8 * width - 1, -(1 << (8 * width - 1)), bits,
+                   bits if has_inf else None, bits if has_inf else bits + 1, int(info.nmant),
                    np.dtype(np.float32) if width < 4 else dtype)
 
 
-_CHUNK = 1 << 16  # elements per block: temporaries stay in cache and are reused, never reallocated
+_CHUNK = 1 << 17  # elements per block: temporaries stay in cache and are reused, never reallocated
+_SPARSE = 16  # a block with at most 1/_SPARSE of its elements differing is measured on those elements only
+_LAYER = 8  # blocks with distances up to this are counted with comparisons, larger ones with bincount
+_HIST = 1 << 16  # distances up to this are counted in a histogram, larger ones kept for a sort
+
+_max, _min = np.maximum.reduce, np.minimum.reduce  # bound once: a block makes a dozen of these calls
+_fmax, _fmin = np.fmax.reduce, np.fmin.reduce
+_count = np.count_nonzero
 
 
 class _Scratch:
-    """Preallocated per-chunk buffers; slicing the last, shorter chunk reuses them."""
+    """Per-block buffers, allocated once per call; slicing the last, shorter block reuses them."""
 
     def __init__(self, fmt: _Format, size: int):
-        self.mag_a = np.empty(size, fmt.signed)
-        self.mag_b = np.empty(size, fmt.signed)
-        self.dist = np.empty(size, fmt.signed)
-        self.opposite_sum = np.empty(size, fmt.unsigned)
-        self.xor = np.empty(size, fmt.signed)
+        self.fmt, self.size = fmt, size
+        self.diff = np.empty(size, fmt.signed)
         self.mask = np.empty(size, bool)
-        self.work_a = np.empty(size, np.float64)
-        self.work_b = np.empty(size, np.float64)
-        self.native_a = np.empty(size, fmt.work)
-        self.native_b = np.empty(size, fmt.work)
-        self.any_opposite = False
+        self._general: tuple[np.ndarray, ...] | None = None
+
+    def general(self, m: int) -> tuple[np.ndarray, ...]:
+        """Buffers for the general path (keys, distances, float64 gaps), made on first use."""
+        if self._general is None:
+            self._general = (np.empty(self.size, self.fmt.signed), np.empty(self.size, self.fmt.signed),
+                             np.empty(self.size, self.fmt.signed), np.empty(self.size, np.float64),
+                             np.empty(self.size, np.float64))
+        return tuple(buffer[:m] for buffer in self._general)
 
 
-def _chunk_distance(x: np.ndarray, y: np.ndarray, fmt: _Format, s: _Scratch, m: int) -> np.ndarray:
-    """ULP distance of signed-int views ``x``, ``y`` (one chunk), as an unsigned view, NaNs not handled.
+def _distance(x: np.ndarray, y: np.ndarray, fmt: _Format,
+              key_a: np.ndarray, key_b: np.ndarray, out: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """ULP distances of the signed-int bit views ``x``, ``y``, NaN pairs set to 0.
 
-    Same sign: |mag_a - mag_b|. Opposite signs: mag_a + mag_b, which counts +0 and -0
-    as one point. Both fit the format's own unsigned width, so nothing wraps.
+    Each side becomes an order-preserving key: the bits when the sign is clear,
+    minus the magnitude when it is set, so that +0 and -0 coincide. The
+    distance |key_a - key_b| is at most 2 * magnitude_mask, which fits the
+    format's own unsigned width: max - min computed with wraparound is exact
+    there, even for float64 -inf vs +inf.
+
+    Returns:
+        (the distances, an unsigned view of ``out``; the number of elements
+        where exactly one side is NaN; the largest magnitude of ``y``, as bits).
     """
-    mag_a, mag_b, dist = s.mag_a[:m], s.mag_b[:m], s.dist[:m]
-    np.bitwise_and(x, fmt.magnitude_mask, out=mag_a)
-    np.bitwise_and(y, fmt.magnitude_mask, out=mag_b)
-    np.subtract(mag_a, mag_b, out=dist)
-    np.abs(dist, out=dist)
-    udist = dist.view(fmt.unsigned)
-    s.any_opposite = int(np.bitwise_xor(x, y, out=s.xor[:m]).min()) < 0  # sign bits differ somewhere
-    if s.any_opposite:
-        opposite_sum, mask = s.opposite_sum[:m], s.mask[:m]
-        np.add(mag_a.view(fmt.unsigned), mag_b.view(fmt.unsigned), out=opposite_sum)
-        np.less(s.xor[:m], 0, out=mask)
-        np.copyto(udist, opposite_sum, where=mask)
-    return udist
-
-
-def _nan_masks(fmt: _Format, s: _Scratch, m: int, largest: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """(nan_a, nan_b) for the chunk just measured, or None when it holds no NaN (the usual case).
-
-    ``largest`` is the largest magnitude of either side, already known to the caller.
-    """
-    if largest <= fmt.nan_above:
-        return None
-    return s.mag_a[:m] > fmt.nan_above, s.mag_b[:m] > fmt.nan_above
+    np.bitwise_and(x, fmt.magnitude_mask, out=key_a)
+    np.bitwise_and(y, fmt.magnitude_mask, out=key_b)
+    top_b = int(_max(key_b))
+    nans = None
+    if max(int(_max(key_a)), top_b) > fmt.nan_above:
+        nans = key_a > fmt.nan_above, key_b > fmt.nan_above
+    for bits, key in ((x, key_a), (y, key_b)):
+        np.right_shift(bits, fmt.sign_shift, out=out)  # 0 or -1
+        np.bitwise_xor(key, out, out=key)
+        np.subtract(key, out, out=key)  # conditional negation
+    np.maximum(key_a, key_b, out=out)
+    np.minimum(key_a, key_b, out=key_a)
+    np.subtract(out, key_a, out=out)
+    dist = out.view(fmt.unsigned)
+    if nans is None:
+        return dist, 0, top_b
+    dist[nans[0] | nans[1]] = 0
+    return dist, int(_count(nans[0] ^ nans[1])), top_b
 
 
 def _chunks(n: int) -> Iterator[tuple[int, int]]:
@@ -203,12 +227,8 @@ def ulp_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     out = np.empty(xa.size, np.uint64)
     scratch = _Scratch(fmt, min(_CHUNK, max(xa.size, 1)))
     for start, stop in _chunks(xa.size):
-        m = stop - start
-        dist = _chunk_distance(xa[start:stop], xb[start:stop], fmt, scratch, m)
-        nans = _nan_masks(fmt, scratch, m, max(int(scratch.mag_a[:m].max()), int(scratch.mag_b[:m].max())))
-        if nans is not None:
-            dist[nans[0] | nans[1]] = 0
-        out[start:stop] = dist
+        key_a, key_b, dist, _, _ = scratch.general(stop - start)
+        out[start:stop] = _distance(xa[start:stop], xb[start:stop], fmt, key_a, key_b, dist)[0]
     return out.reshape(a.shape)
 
 
@@ -266,50 +286,19 @@ def _spacing_at(magnitude: float, dtype: np.dtype) -> float:
     return math.ldexp(1.0, max(exponent, info.minexp) - info.nmant)
 
 
-def _nearest_rank(sorted_values: np.ndarray, n_zeros: int, population: int, q: float) -> int:
-    """The q-quantile (nearest rank) of ``n_zeros`` zeros plus the sorted nonzero ``sorted_values``."""
-    if population == 0:
-        return 0
-    rank = max(1, math.ceil(q * population))  # 1-based
-    return 0 if rank <= n_zeros else int(sorted_values[rank - n_zeros - 1])
-
-
-def _float_gaps_native(a: np.ndarray, b: np.ndarray, s: _Scratch, m: int) -> tuple[float, float]:
-    """As :func:`_float_gaps`, in the tensors' own float32/float64, for pairs within a factor of 2.
-
-    The caller guarantees same signs, finite values and distances below one
-    binade of ULPs, so Sterbenz' lemma makes ``a - b`` exact. The quotient is
-    rounded, but rounding is monotone, so the true maximum is among the
-    elements tied at the rounded maximum; those are recomputed in float64.
-    """
-    diff, ratio = s.native_a[:m], s.native_b[:m]
-    np.subtract(a, b, out=diff)
-    np.abs(diff, out=diff)
-    max_abs = float(diff.max())
-    np.abs(b, out=ratio)
-    np.divide(diff, ratio, out=ratio)
-    top = np.fmax.reduce(ratio)  # 0/0 (equal zeros) is NaN and skipped
-    if not top > 0:
-        return max_abs, 0.0
-    ties = np.flatnonzero(ratio == top)
-    wa, wb = a[ties].astype(np.float64), b[ties].astype(np.float64)
-    return max_abs, float(np.max(np.abs(wa - wb) / np.abs(wb)))
-
-
-def _float_gaps(a: np.ndarray, b: np.ndarray, fmt: _Format, s: _Scratch, m: int,
+def _float_gaps(a: np.ndarray, b: np.ndarray, fmt: _Format, work_a: np.ndarray, work_b: np.ndarray,
                 b_has_special: bool) -> tuple[float, float]:
-    """(max |a - b|, max |a - b| / |b|) over one chunk, in float64; NaN elements are ignored."""
-    work_a, work_b = s.work_a[:m], s.work_b[:m]
-    if fmt.work != fmt.dtype:  # ml_dtypes and float16: widen to float32 first, exactly
+    """(max |a - b|, max |a - b| / |b|) over one block, in float64; NaN elements are ignored."""
+    if not fmt.native:  # ml_dtypes and float16: widen to float32 first, exactly
         a, b = a.astype(np.float32), b.astype(np.float32)
     np.subtract(a, b, out=work_a, dtype=np.float64)
     np.abs(work_a, out=work_a)
     np.abs(b, out=work_b, dtype=np.float64)
-    max_abs = float(np.fmax.reduce(work_a))  # fmax skips NaN: NaN pairs are counted apart
+    max_abs = float(_fmax(work_a))  # fmax skips NaN: NaN pairs are counted apart
     np.divide(work_a, work_b, out=work_b)  # x/0 -> inf (as torch does); 0/0 -> NaN, skipped
     if b_has_special:  # a finite value against an infinite reference is infinitely far, not NaN
         np.copyto(work_b, np.inf, where=np.isinf(b) & (a != b) & ~np.isnan(a))
-    return max_abs, float(np.fmax.reduce(work_b))
+    return max_abs, float(_fmax(work_b))
 
 
 _LOCAL = threading.local()
@@ -323,12 +312,243 @@ def _kept_buffer(n: int, dtype: np.dtype) -> np.ndarray:
     return buffer[: n * dtype.itemsize].view(dtype)
 
 
+def _exact_sum(values: np.ndarray) -> int:
+    """The sum of unsigned integers as a Python int, without wraparound."""
+    if values.dtype.itemsize < 8:
+        return int(np.add.reduce(values, dtype=np.uint64))
+    return (int(np.add.reduce(values >> np.uint64(32))) << 32) + int(np.add.reduce(values & np.uint64(0xFFFFFFFF)))
+
+
+class _Tally:
+    """Running statistics of one comparison, fed block by block.
+
+    Nonzero ULP distances up to ``_HIST`` are counted in a histogram; larger
+    ones are kept, and moved to the histogram or sorted at the end. Everything
+    here is an exact integer or a maximum, so the blocks may come in any order.
+    """
+
+    def __init__(self, fmt: _Format, n: int):
+        self.fmt = fmt
+        self.scratch = _Scratch(fmt, min(_CHUNK, n))
+        self.hist = np.zeros(_HIST + 1, np.int64)
+        self.hist_top = 0  # highest index of hist that may be nonzero
+        self.kept = _kept_buffer(n, fmt.unsigned)
+        self.n_kept = 0
+        self.n_mismatch = self.n_nan_mismatch = 0
+        self.max_abs = self.max_rel = 0.0
+        self.rel32 = -1.0  # float32 blocks: the largest ratio rounded to float32 so far ...
+        self.rel64 = 0.0  # ... and the largest float64 ratio among the elements at that rounded value
+        self.max_b_bits = 0
+        self.sparse = False  # whether the last block had few differences
+
+    # -- per block ---------------------------------------------------------------------------------
+
+    def block(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Fold in one block of signed-int bit views."""
+        m, s = x.size, self.scratch
+        self._largest_finite_b(y)
+        diff, differ = s.diff[:m], None
+        if self.sparse:  # the last block was sparse: a boolean mask is the cheaper first pass
+            differ = np.not_equal(x, y, out=s.mask[:m])
+            k = int(_count(differ))
+        else:
+            np.subtract(x, y, out=diff)  # wraps; zero exactly where the bits are equal
+            k = int(_count(diff))
+        if k == 0:
+            return
+        self.n_mismatch += k
+        self.sparse = k * _SPARSE <= m
+        if self.sparse:  # a few differences: measure those elements only
+            if differ is None:
+                differ = np.not_equal(diff, 0, out=s.mask[:m])
+            where = np.flatnonzero(differ)  # nonzero() of a bool array: 10x faster than of ints
+            self._general(x[where], y[where])
+            return
+        if differ is not None:
+            np.subtract(x, y, out=diff)
+        if not (self.fmt.native and self._dense(x, y, diff, k)):
+            self._general(x, y)
+
+    def _largest_finite_b(self, y: np.ndarray) -> None:
+        """Fold in the largest finite magnitude of ``b``, from two reductions and no temporary.
+
+        The signed maximum is the largest non-negative value, the unsigned one
+        the largest negative value (if any) with its sign bit set.
+        """
+        fmt = self.fmt
+        signed_top, unsigned_top = int(_max(y)), int(_max(y.view(fmt.unsigned)))
+        largest = max(signed_top, 0, unsigned_top + fmt.lowest)
+        if largest >= fmt.finite_below:  # inf or NaN in this block: mask them out
+            magnitude = y & fmt.magnitude_mask
+            largest = int(_max(magnitude, initial=0, where=magnitude < fmt.finite_below))
+        self.max_b_bits = max(self.max_b_bits, largest)
+
+    def _dense(self, x: np.ndarray, y: np.ndarray, diff: np.ndarray, k: int) -> bool:
+        """The usual block: finite, same signs, within a factor of 2. False (nothing folded in) otherwise.
+
+        One float subtraction and one division, four float and two integer
+        reductions decide it and measure it:
+
+        * min of the integer difference is not the lowest integer: no +0 against -0;
+        * max and min of a - b are finite (NaN propagates): no NaN or inf on either side;
+        * every (a - b) / b lies in (-1/2, 1) (0/0 of two equal zeros is skipped):
+          same signs and b/2 < a < 2b, so by Sterbenz' lemma a - b is exact in
+          the format itself and the integer difference is the ULP distance,
+          which is then below two binades of ULPs.
+
+        The distances are counted first, so that the float work reuses their
+        buffer (the block's working set stays in L2). The quotient is rounded,
+        but rounding is monotone, so the largest float64 ratio is among the
+        elements tied at the largest rounded one; only those are recomputed in
+        float64, and only when they could win.
+        """
+        fmt = self.fmt
+        diff_top, diff_bottom = int(_max(diff)), int(_min(diff))
+        top = max(diff_top, -diff_bottom)
+        if diff_bottom == fmt.lowest or top >> (fmt.nmant + 1):  # +0 against -0, or too far apart
+            return False
+        counted = self._count(diff, k, top)
+        a, b = x.view(fmt.dtype), y.view(fmt.dtype)
+        gaps = diff.view(fmt.dtype)
+        np.subtract(a, b, out=gaps)
+        gap_top, gap_bottom = float(_max(gaps)), float(_min(gaps))
+        if not (math.isfinite(gap_top) and math.isfinite(gap_bottom)):
+            return False
+        np.divide(gaps, b, out=gaps)
+        ratio_top, ratio_bottom = float(_fmax(gaps)), float(_fmin(gaps))
+        if not (ratio_bottom > -0.5 and ratio_top < 1.0):  # NaN fails too
+            return False
+        self.max_abs = max(self.max_abs, gap_top, -gap_bottom)
+        self._ratio(max(ratio_top, -ratio_bottom), gaps, a, b)
+        self._fold(counted)
+        return True
+
+    def _ratio(self, top: float, ratios: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+        if self.fmt.dtype.itemsize == 8:  # float64: the quotient of an exact difference is the float64 ratio
+            self.max_rel = max(self.max_rel, top)
+            return
+        if top < self.rel32:
+            return
+        np.abs(ratios, out=ratios)
+        ties = np.flatnonzero(np.equal(ratios, ratios.dtype.type(top), out=self.scratch.mask[:ratios.size]))
+        wa, wb = a[ties].astype(np.float64), b[ties].astype(np.float64)
+        exact = float(_max(np.abs(wa - wb) / np.abs(wb)))
+        self.rel64 = exact if top > self.rel32 else max(self.rel64, exact)
+        self.rel32 = top
+
+    def _count(self, diff: np.ndarray, k: int, top: int) -> tuple[str, Any]:
+        """Count the distances |diff| of a dense block (``k`` nonzero, the largest ``top``), for :meth:`_fold`.
+
+        ``diff`` is free for other use afterwards.
+        """
+        if top == 1:  # the commonest dense block: nothing to count beyond k
+            return "layers", [k]
+        dist = np.abs(diff, out=diff).view(self.fmt.unsigned)  # same signs: |diff| < 2**(bits-1)
+        if top > min(_LAYER, _HIST):
+            return self._histogram(dist, top)
+        # Layer cake: at_least[v] = #(dist >= v); their sum over v >= 1 is the sum of the distances.
+        total = int(np.add.reduce(dist, dtype=np.uint64 if dist.size * top >> 31 else dist.dtype))
+        at_least = [k, 0] + [int(_count(np.greater_equal(dist, v, out=self.scratch.mask[:dist.size])))
+                             for v in range(3, top + 1)]
+        at_least[1] = total - sum(at_least)
+        return "layers", at_least
+
+    def _histogram(self, dist: np.ndarray, top: int) -> tuple[str, Any]:
+        """Count unsigned distances (zeros allowed, the largest ``top`` > 0), for :meth:`_fold`."""
+        if top <= _HIST:
+            return "counts", np.bincount(dist.view(self.fmt.signed) if dist.dtype.itemsize == 8 else dist)
+        return "values", dist[dist != 0]
+
+    def _fold(self, counted: tuple[str, Any]) -> None:
+        kind, data = counted
+        if kind == "layers":  # counts of distances >= 1, >= 2, ...
+            for value, (here, above) in enumerate(zip(data, [*data[1:], 0]), start=1):
+                self.hist[value] += here - above
+            self.hist_top = max(self.hist_top, len(data))
+        elif kind == "counts":  # counts of distances 0, 1, 2, ...
+            self.hist[1:data.size] += data[1:]
+            self.hist_top = max(self.hist_top, data.size - 1)
+        else:  # nonzero distances
+            self.kept[self.n_kept:self.n_kept + data.size] = data
+            self.n_kept += data.size
+
+    def _general(self, x: np.ndarray, y: np.ndarray) -> None:
+        """Any block, or the differing elements of a sparse one: NaN, inf, signed zeros, any dtype."""
+        fmt = self.fmt
+        key_a, key_b, out, work_a, work_b = self.scratch.general(x.size)
+        dist, nan_mismatches, top_b = _distance(x, y, fmt, key_a, key_b, out)
+        self.n_nan_mismatch += nan_mismatches
+        top = int(_max(dist))
+        if top:
+            self._fold(self._histogram(dist, top))
+        special_b = fmt.inf_bits is not None and top_b >= fmt.inf_bits  # inf or NaN in b
+        gap, rel = _float_gaps(x.view(fmt.dtype), y.view(fmt.dtype), fmt, work_a, work_b, special_b)
+        self.max_abs, self.max_rel = max(self.max_abs, gap), max(self.max_rel, rel)
+
+    # -- at the end ----------------------------------------------------------------------------------
+
+    def result(self, n: int, hexdigest: str | None) -> Comparison:
+        kept = self.kept[:self.n_kept]
+        hist = self.hist
+        if kept.size:  # distances the histogram can hold after all go there; the rest are sorted
+            small = kept <= _HIST
+            if small.any():
+                counts = np.bincount(kept[small].astype(np.int64))
+                hist[1:counts.size] += counts[1:]
+                self.hist_top = max(self.hist_top, counts.size - 1)
+                kept = kept[~small]
+            kept.sort()  # exact order statistics; NumPy's SIMD sort beats partition
+        counts = hist[1:self.hist_top + 1]
+        cumulative = np.cumsum(counts)
+        in_hist = int(cumulative[-1]) if cumulative.size else 0
+        n_nonzero = in_hist + int(kept.size)
+        population = n - self.n_nan_mismatch
+        n_zeros = population - n_nonzero  # matching bits, +0/-0 and NaN/NaN pairs
+
+        def nearest_rank(q: float) -> int:
+            if population == 0:
+                return 0
+            rank = max(1, math.ceil(q * population)) - n_zeros  # 1-based among the nonzero distances
+            if rank <= 0:
+                return 0
+            if rank <= in_hist:
+                return int(np.searchsorted(cumulative, rank)) + 1
+            return int(kept[rank - in_hist - 1])
+
+        total = int(np.dot(counts, np.arange(1, counts.size + 1, dtype=np.int64))) + _exact_sum(kept)
+        if kept.size:
+            max_ulp = int(kept[-1])
+        else:
+            max_ulp = int(np.flatnonzero(counts)[-1]) + 1 if in_hist else 0
+        max_rel = max(self.max_rel, self.rel64)
+        max_b = float(np.array([self.max_b_bits], self.fmt.unsigned).view(self.fmt.dtype)[0])
+        return Comparison(
+            n_elements=n,
+            n_mismatch=self.n_mismatch,
+            bitwise_equal=False,
+            max_ulp=max_ulp,
+            p50_ulp=nearest_rank(0.50),
+            p99_ulp=nearest_rank(0.99),
+            mean_ulp=total / population if population else 0.0,
+            max_abs=self.max_abs,
+            max_rel=max_rel,
+            max_ulp_scaled=self.max_abs / _spacing_at(max_b, self.fmt.dtype),
+            n_nan_mismatch=self.n_nan_mismatch,
+            digest=hexdigest,
+        )
+
+
 def compare(a: np.ndarray, b: np.ndarray, *, digest: bool = True) -> Comparison:
     """Compare tensor ``a`` against the reference ``b``, bitwise and in ULPs.
 
     Identical tensors take a fast path that only checks the bits. Otherwise
-    the work runs in cache-sized chunks with preallocated buffers; only the
-    nonzero ULP distances are kept, for the exact percentiles.
+    the work runs in cache-sized blocks with preallocated buffers: one integer
+    subtraction per block finds the differing elements; a block with few of
+    them measures only those, a dense block of finite same-sign values near
+    each other (the usual case) takes a path of two float operations and a few
+    reductions, and anything else (NaN, inf, signed zeros, narrow dtypes) the
+    general path. ULP distances are counted in a histogram, not sorted, so the
+    percentiles are exact at little cost.
 
     Args:
         a: the tensor under test.
@@ -348,71 +568,11 @@ def compare(a: np.ndarray, b: np.ndarray, *, digest: bool = True) -> Comparison:
         return Comparison(n, 0, True, 0, 0, 0, 0.0, 0.0, 0.0, 0.0, 0, hexdigest)
 
     xa, xb = bits_a.view(fmt.signed), bits_b.view(fmt.signed)
-    va, vb = a.reshape(-1), b.reshape(-1)
-    scratch = _Scratch(fmt, min(_CHUNK, n))
-    kept = _kept_buffer(n, fmt.unsigned)  # distances, filled front to back
-    n_kept = n_mismatch = n_nan_mismatch = 0
-    max_abs = max_rel = 0.0
-    max_b_bits = 0
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # x/0, 0/0, inf-inf are handled
+    tally = _Tally(fmt, n)
+    with np.errstate(all="ignore"):  # wraparound, x/0, 0/0 and inf-inf are all accounted for
         for start, stop in _chunks(n):
-            m = stop - start
-            x, y = xa[start:stop], xb[start:stop]
-            dist = _chunk_distance(x, y, fmt, scratch, m)
-            mag_b = scratch.mag_b[:m]
-            largest_b = int(mag_b.max())
-            nans = _nan_masks(fmt, scratch, m, max(int(scratch.mag_a[:m].max()), largest_b))
-            special_b = fmt.inf_bits is not None and largest_b >= fmt.inf_bits  # inf or NaN in b
-            if nans is not None or special_b:  # the largest finite magnitude, for the scaled ULP
-                limit = fmt.inf_bits if fmt.inf_bits is not None else fmt.nan_above + 1
-                largest_b = int(mag_b.max(initial=0, where=mag_b < limit))
-            max_b_bits = max(max_b_bits, largest_b)
-            if nans is not None:
-                n_nan_mismatch += int(np.count_nonzero(nans[0] ^ nans[1]))
-                dist[nans[0] | nans[1]] = 0
-            largest_dist = int(dist.max())
-            if largest_dist == 0 and nans is None and not scratch.any_opposite:
-                continue  # identical chunk
-            if nans is not None or scratch.any_opposite:
-                # Bits can differ at distance 0 only for +0/-0 (opposite signs) and NaN payloads.
-                n_mismatch += int(np.count_nonzero(np.not_equal(x, y, out=scratch.mask[:m])))
-                n_mismatch -= int(np.count_nonzero(dist))  # counted again from the kept distances
-            kept[n_kept:n_kept + m] = dist  # zeros too: sorting them costs less than compressing
-            n_kept += m
-            if largest_dist == 0:
-                continue
-            # Same signs, finite, within one binade of ULPs: the cheap exact path (the usual case).
-            within_factor_two = (not scratch.any_opposite and nans is None and not special_b
-                                 and fmt.work == fmt.dtype and largest_dist < 1 << fmt.nmant)
-            if within_factor_two:
-                chunk_abs, chunk_rel = _float_gaps_native(va[start:stop], vb[start:stop], scratch, m)
-            else:
-                chunk_abs, chunk_rel = _float_gaps(va[start:stop], vb[start:stop], fmt, scratch, m, special_b)
-            max_abs, max_rel = max(max_abs, chunk_abs), max(max_rel, chunk_rel)
-
-    ulps = kept[:n_kept]
-    ulps.sort()  # in place: exact percentiles; NumPy's SIMD sort beats partition here
-    ulps = ulps[int(np.searchsorted(ulps, ulps.dtype.type(1))):]  # the nonzero distances (a Python 1 would copy)
-    n_nonzero = int(ulps.size)
-    n_mismatch += n_nonzero
-    population = n - n_nan_mismatch
-    n_zeros = population - n_nonzero  # matching bits, +0/-0 and NaN/NaN pairs
-    total = float(ulps.sum(dtype=np.float64 if fmt.dtype.itemsize == 8 else np.uint64))
-    max_b = float(np.array([max_b_bits], fmt.unsigned).view(fmt.dtype)[0])
-    return Comparison(
-        n_elements=n,
-        n_mismatch=n_mismatch,
-        bitwise_equal=False,
-        max_ulp=int(ulps[-1]) if ulps.size else 0,
-        p50_ulp=_nearest_rank(ulps, n_zeros, population, 0.50),
-        p99_ulp=_nearest_rank(ulps, n_zeros, population, 0.99),
-        mean_ulp=total / population if population else 0.0,
-        max_abs=max_abs,
-        max_rel=max_rel,
-        max_ulp_scaled=max_abs / _spacing_at(max_b, fmt.dtype),
-        n_nan_mismatch=n_nan_mismatch,
-        digest=hexdigest,
-    )
+            tally.block(xa[start:stop], xb[start:stop])
+    return tally.result(n, hexdigest)
 
 
 def worst(first: Comparison, second: Comparison) -> Comparison:

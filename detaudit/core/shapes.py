@@ -61,7 +61,9 @@ class ShapeRow:
     dilation: int
     output_padding: int | None
     output: int | None  # what Keras computes; None when the configuration is rejected
-    rejected: str | None  # why TensorFlow will refuse it, in plain words
+    rejected: str | None  # why TensorFlow will refuse it on this row's execution path, in plain words
+    onednn: bool  # the execution path this row predicts: oneDNN on (True) or TensorFlow's own kernels
+    rejected_other_path: str | None  # the prediction for the other path
     conv: int  # Conv with the same kernel, stride and padding: n -> conv
     round_trip: int  # then the transpose (output_padding None): conv -> round_trip
     fixing_output_padding: int | None  # the output_padding that brings conv back to n, if one exists
@@ -74,21 +76,25 @@ class ShapeRow:
         return {**dataclasses.asdict(self), "round_trip_ok": self.round_trip_ok}
 
 
-def _rejection(n: int, k: int, s: int, padding: str, d: int, p: int | None) -> str | None:
+def _rejection(n: int, k: int, s: int, padding: str, d: int, p: int | None, onednn: bool = False) -> str | None:
+    """Why TensorFlow refuses this configuration at run time, on the oneDNN path or not (None: it runs)."""
     if p is not None and p >= s:
         return f"output_padding {p} must be smaller than the stride {s} (Keras raises ValueError)"
     if s > 1 and d > 1:
         return "strides > 1 together with dilation_rate > 1 is not supported"
     length = output_length(n, k, s, padding, d, p)
     if length <= 0:
+        if onednn and length == 0:
+            return None  # TF-FACTS: oneDNN returns an empty tensor where TensorFlow's own kernels raise
         return f"the output length would be {length}"
     # TensorFlow computes the transpose as the gradient of a Conv from the output back to
     # the input; that Conv must give n again, or it fails at run time with
     # "Conv2DCustomBackpropInput: Size of out_backprop doesn't match computed".
     back = conv_length(length, k, s, padding, d)
     if back != n:
-        return (f"Conv of the {length}-long output gives {back}, not {n}: TensorFlow fails at run time "
-                "(\"Size of out_backprop doesn't match computed\")")
+        text = ("oneDNN: \"could not create a primitive descriptor\"" if onednn
+                else "\"Size of out_backprop doesn't match computed\"")
+        return f"Conv of the {length}-long output gives {back}, not {n}: TensorFlow fails at run time ({text})"
     return None
 
 
@@ -102,11 +108,17 @@ def _fixing_output_padding(n: int, m: int, k: int, s: int, padding: str, d: int)
 
 
 def shape_row(n: int, kernel: int, stride: int, padding: str, dilation: int = 1,
-              output_padding: int | None = None) -> ShapeRow:
-    """The shape audit of one input length (one spatial axis)."""
-    rejected = _rejection(n, kernel, stride, padding, dilation, output_padding)
+              output_padding: int | None = None, onednn: bool = False) -> ShapeRow:
+    """The shape audit of one input length (one spatial axis), predicted for one execution path.
+
+    ``onednn`` says which path: TensorFlow turns oneDNN on by default on CPUs
+    with AVX512_VNNI/BF16 or AMX, and the two paths disagree on some shapes.
+    """
+    rejected = _rejection(n, kernel, stride, padding, dilation, output_padding, onednn)
+    other = _rejection(n, kernel, stride, padding, dilation, output_padding, not onednn)
     output = None if rejected else output_length(n, kernel, stride, padding, dilation, output_padding)
     conv = conv_length(n, kernel, stride, padding, dilation)
     round_trip = output_length(conv, kernel, stride, padding, dilation) if conv > 0 else 0
     fix = _fixing_output_padding(n, conv, kernel, stride, padding, dilation) if conv > 0 else None
-    return ShapeRow(n, kernel, stride, padding, dilation, output_padding, output, rejected, conv, round_trip, fix)
+    return ShapeRow(n, kernel, stride, padding, dilation, output_padding, output, rejected, onednn, other, conv,
+                    round_trip, fix)

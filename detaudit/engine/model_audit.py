@@ -1,16 +1,21 @@
 """Pre-training determinism audit of a user's Keras model (imports TensorFlow: workers and the Python API).
 
-``audit_model`` runs ``repeats`` executions of ``steps`` training steps from
-the same initial weights and data, compares every layer's forward output,
-every upstream gradient and every variable's gradient bitwise and in ULPs
-against the first execution, and localizes the first layer that diverges.
+:func:`audit_model` runs ``repeats`` executions of ``steps`` training steps
+from the same initial weights and data through the one repeat-and-compare
+routine (:func:`detaudit.core.repeat.repeat_and_compare`: one "step" of it is
+a whole training execution), compares every layer's forward output, every
+upstream gradient and every variable's gradient bitwise and in ULPs, finds the
+first training step where each layer differs, and localizes the first layer
+that diverges.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import importlib
 import os
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +23,11 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from detaudit.core.axes import AXES
+from detaudit.core.repeat import TensorOutcome, repeat_and_compare
+from detaudit.core.numerics import digest
+from detaudit.engine import channel
 from detaudit.errors import UsageError, one_line
-from detaudit.core.numerics import compare, digest
 
 __all__ = ["AuditResult", "audit_model", "environment_checks", "load_model"]
 
@@ -44,10 +52,10 @@ class AuditResult:
 
 
 def load_model(spec: str, unsafe: bool = False) -> keras.Model:
-    """A .keras file, a SavedModel directory, or a ``module:function`` factory returning a Keras model.
+    """A .keras file or a ``module:function`` factory returning a Keras model.
 
     Raises:
-        UsageError: missing file, unloadable model, or unsafe deserialization without ``unsafe``.
+        UsageError: missing file, not a .keras archive, unloadable model, or code in the file without ``unsafe``.
     """
     path = Path(spec)
     if ":" in spec and not path.exists():
@@ -65,6 +73,9 @@ def load_model(spec: str, unsafe: bool = False) -> keras.Model:
     if path.is_dir():
         raise UsageError(f"{spec}: a SavedModel directory cannot be trained as a Keras 3 model; save it as .keras "
                          "(model.save('model.keras')) or pass a module:function factory.")
+    if not zipfile.is_zipfile(path):
+        raise UsageError(f"{spec}: not a .keras model archive (a .keras file is a zip archive; this file is not). "
+                         "Save the model with model.save('model.keras').")
     try:
         return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
     except Exception as exc:  # noqa: BLE001 - every loading failure is the user's file
@@ -75,38 +86,40 @@ def load_model(spec: str, unsafe: bool = False) -> keras.Model:
         raise UsageError(f"{spec}: cannot load the model: {text}") from None
 
 
-def environment_checks(model: keras.Model, settings: dict[str, Any]) -> list[dict[str, str]]:
-    """The settings that decide reproducibility, each with its state, risk and fix."""
-    from tensorflow.python.framework import (
-        config as tf_config,  # is_op_determinism_enabled is internal
-    )
+def _axis_state(name: str, xla: bool) -> str:
+    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled is internal
 
     from detaudit.engine.fingerprint import onednn_state
 
-    checks = [
-        {"check": "op determinism", "state": "on" if tf_config.is_op_determinism_enabled() else "off",
-         "risk": "GPU kernels (cuDNN backprop, atomics) may sum in a different order each run",
-         "fix": "tf.config.experimental.enable_op_determinism()"},
-        {"check": "TF_DETERMINISTIC_OPS", "state": os.environ.get("TF_DETERMINISTIC_OPS", "unset"),
-         "risk": "legacy switch; enable_op_determinism() replaces it", "fix": "use enable_op_determinism()"},
-        {"check": "oneDNN", "state": onednn_state(),
-         "risk": "CPU results differ from machines with the other oneDNN state",
-         "fix": "set TF_ENABLE_ONEDNN_OPTS to one value on every machine"},
-        {"check": "intra-op threads", "state": str(tf.config.threading.get_intra_op_parallelism_threads() or "default"),
-         "risk": "the thread count changes CPU reduction order", "fix": "pin set_intra_op_parallelism_threads(N)"},
-        {"check": "XLA / jit_compile", "state": settings["xla"],
-         "risk": "XLA bits differ from the graph executor's", "fix": "use one jit_compile setting everywhere"},
-        {"check": "TF32", "state": "on" if tf.config.experimental.tensor_float_32_execution_enabled() else "off",
-         "risk": "on Ampere+ GPUs float32 convolutions round inputs to 10 bits",
-         "fix": "tf.config.experimental.enable_tensor_float_32_execution(False)"},
-        {"check": "dtype policy", "state": keras.config.dtype_policy().name,
-         "risk": "mixed precision rounding dominates other effects", "fix": "compare at the policy's precision"},
-    ]
+    if name == "determinism":
+        on = tf_config.is_op_determinism_enabled()
+        return "on" if on else ("env" if os.environ.get("TF_DETERMINISTIC_OPS") else "off")
+    if name == "onednn":
+        return onednn_state()
+    if name == "threads":
+        return str(tf.config.threading.get_intra_op_parallelism_threads() or "default")
+    if name == "xla":
+        return "on" if xla else "off"
+    if name == "tf32":
+        return "on" if tf.config.experimental.tensor_float_32_execution_enabled() else "off"
+    if name == "precision":
+        return keras.config.dtype_policy().name
+    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+
+
+def environment_checks(model: keras.Model, xla: bool) -> list[dict[str, str]]:
+    """The settings that decide reproducibility (one per axis), each with its state, risk, fix and where it applies.
+
+    ``applies`` is cpu, gpu or any; renderers show a row only where it applies
+    to the devices present. Unseeded random layers of the model are added.
+    """
+    checks = [{"check": axis.check.title, "state": _axis_state(name, xla), "risk": axis.check.risk,
+               "fix": axis.check.fix, "applies": axis.check.applies} for name, axis in AXES.items()]
     for layer in model.layers:
         if type(layer).__name__ in _RANDOM_LAYERS and getattr(layer, "seed", None) is None:
             checks.append({"check": f"unseeded random layer {layer.name}", "state": type(layer).__name__,
                            "risk": "a different random mask or noise on every call",
-                           "fix": f"pass seed=... to {type(layer).__name__}"})
+                           "fix": f"pass seed=... to {type(layer).__name__}", "applies": "any"})
     return checks
 
 
@@ -114,8 +127,8 @@ def _loss(name: str) -> Any:
     try:
         return keras.losses.get(name)
     except ValueError:
-        raise UsageError(f"Invalid value for argument `--loss`. Received {name!r}; expected a Keras loss name "
-                         "such as mse or categorical_crossentropy.") from None
+        raise UsageError(f"Invalid value for argument `--loss`. Expected a Keras loss name such as mse or "
+                         f"categorical_crossentropy. Received loss={name!r}.") from None
 
 
 def _inputs(model: keras.Model, input_shape: list[int] | None, inputs: np.ndarray | None, seed: int) -> np.ndarray:
@@ -130,9 +143,24 @@ def _inputs(model: keras.Model, input_shape: list[int] | None, inputs: np.ndarra
     if expected is not None:
         received = tuple(inputs.shape)
         if len(received) != len(expected) or any(e is not None and e != r for e, r in zip(expected[1:], received[1:])):
-            raise UsageError(f"input shape {list(received)} does not fit the model: expected "
-                             f"{[d if d is not None else 'any' for d in expected]}.")
+            raise UsageError(f"Invalid value for argument `--input-shape`. The input shape {list(received)} does "
+                             f"not fit the model: expected {[d if d is not None else 'any' for d in expected]}.")
     return inputs
+
+
+def _tap(model: keras.Model, layers: list[Any], x: np.ndarray) -> keras.Model:
+    """A model with every layer's output as an output (to compare each layer's forward pass)."""
+    inputs = getattr(model, "inputs", None)
+    if not inputs:  # a subclassed model has no symbolic graph until called
+        model(x)
+        inputs = model.inputs
+    # One input is passed as a tensor, not a list of one: Keras warns when the structures differ.
+    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, [layer.output for layer in layers])
+
+
+def _hash64(array: np.ndarray) -> np.uint64:
+    """A 64-bit fingerprint of an array's bytes: one per training step, so the first differing step shows."""
+    return np.frombuffer(hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).digest(), np.uint64)[0]
 
 
 def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: np.ndarray | None = None, *,
@@ -141,17 +169,20 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
     """Audit ``model`` in this process (TensorFlow already imported). See the module docstring.
 
     Raises:
-        UsageError: inputs that do not fit the model, an unknown loss.
+        UsageError: inputs that do not fit the model, an unknown loss, bad counts.
     """
+    for name, value, minimum in (("steps", steps, 1), ("repeats", repeats, 2)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise UsageError(f"Invalid value for argument `{name}`. Expected an integer >= {minimum}. "
+                             f"Received {name}={value!r}.")
     keras.utils.set_random_seed(seed)
     x = _inputs(model, input_shape, inputs, seed)
+    if x.shape[0] == 0:
+        raise UsageError("Invalid value for argument `--input-shape`. Expected a batch of at least 1. "
+                         f"Received {list(x.shape)}.")
     loss_fn = _loss(loss)
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    try:
-        tap = keras.Model(model.inputs, [layer.output for layer in layers])
-    except Exception:  # noqa: BLE001 - subclassed models have no symbolic graph: build one by calling
-        model(x)
-        tap = keras.Model(model.inputs, [layer.output for layer in layers])
+    tap = _tap(model, layers, x)
     if targets is None:
         y = tap(x)[-1]
         targets = np.random.default_rng([seed, 1]).standard_normal(tuple(y.shape)).astype(y.dtype.name)
@@ -159,7 +190,7 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
     variables = model.trainable_variables
 
     @tf.function(jit_compile=xla)
-    def train_step(x: tf.Tensor, t: tf.Tensor):
+    def train_step(x: tf.Tensor, t: tf.Tensor) -> Any:
         with tf.GradientTape(persistent=True) as tape:
             outputs = tap(x, training=True)
             value = tf.reduce_mean(loss_fn(t, outputs[-1]))
@@ -169,122 +200,104 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
         return value, outputs, upstream, grads
 
     xt, tt = tf.constant(x), tf.constant(targets)
-    records: list[dict[str, Any]] = []
-    for _ in range(repeats):
+    names = ([f"loss[{s + 1}]" for s in range(steps)] + [f"out:{layer.name}" for layer in layers]
+             + [f"up:{layer.name}" for layer in layers] + [f"grad:{v.path}" for v in variables]
+             + [f"final:{v.path}" for v in variables] + [f"steps:{layer.name}" for layer in layers])
+    executions = [0]
+
+    def execute() -> list[np.ndarray]:
+        """One whole training execution from the initial weights: the repeat routine's "step"."""
+        executions[0] += 1
         for v, value in zip(model.weights, initial):
             v.assign(value)
-        optimizer = keras.optimizers.SGD(learning_rate=0.01)  # fresh state each repeat
-        run: dict[str, Any] = {"loss": [], "outputs": None, "upstream": None, "grads": None}
+        optimizer = keras.optimizers.SGD(learning_rate=0.01)  # fresh state each execution
+        losses, first, per_step = [], None, [[] for _ in layers]
         for s in range(steps):
+            channel.progress(f"execution {executions[0]}/{repeats}", s + 1, steps)
             value, outputs, upstream, grads = train_step(xt, tt)
             optimizer.apply_gradients(zip(grads, variables))
-            run["loss"].append(value.numpy())
+            losses.append(np.asarray(value.numpy()))
+            host_outputs = [o.numpy() for o in outputs]
+            for i, out in enumerate(host_outputs):
+                per_step[i].append(_hash64(out))
             if s == 0:
-                run["outputs"] = [o.numpy() for o in outputs]
-                run["upstream"] = [u.numpy() for u in upstream]
-                run["grads"] = [g.numpy() for g in grads]
-        run["final"] = [v.numpy() for v in variables]
-        records.append(run)
-    return _summarize(model, layers, records, variables, initial, xla)
+                first = (host_outputs, [u.numpy() for u in upstream], [g.numpy() for g in grads])
+        assert first is not None
+        return [*losses, *first[0], *first[1], *first[2], *(v.numpy() for v in variables),
+                *(np.array(h, dtype=np.uint64) for h in per_step)]
+
+    outcome = repeat_and_compare(execute, repeats, names=names, keep_first_difference=True)
+    return _summarize(model, layers, variables, outcome.tensors, steps, initial, xla)
 
 
-def _worst(first: list[np.ndarray], others: list[list[np.ndarray]]) -> list[dict[str, Any]]:
-    out = []
-    for i, reference in enumerate(first):
-        results = [compare(other[i], reference, digest=False) for other in others]
-        out.append({"equal": all(r.bitwise_equal for r in results), "max_ulp": max((r.max_ulp for r in results), default=0),
-                    "n_mismatch": max((r.n_mismatch for r in results), default=0), "n_elements": int(reference.size)})
-    return out
+def _first_step(hashes: TensorOutcome) -> int | None:
+    if hashes.first_difference is None:
+        return None
+    _, later = hashes.first_difference
+    return int(np.flatnonzero(later != hashes.first)[0]) + 1
 
 
-def _summarize(model: keras.Model, layers: list[Any], records: list[dict[str, Any]], variables: list[Any],
-               initial: list[np.ndarray], xla: bool) -> AuditResult:
-    first, rest = records[0], records[1:]
-    forward = _worst(first["outputs"], [r["outputs"] for r in rest])
-    upstream = _worst(first["upstream"], [r["upstream"] for r in rest])
-    grads = _worst(first["grads"], [r["grads"] for r in rest])
-    losses = _worst([np.asarray(v) for v in first["loss"]], [[np.asarray(v) for v in r["loss"]] for r in rest])
+def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tensors: list[TensorOutcome],
+               steps: int, initial: list[np.ndarray], xla: bool) -> AuditResult:
+    n_layers, n_vars = len(layers), len(variables)
+    losses = tensors[:steps]
+    forward = tensors[steps:steps + n_layers]
+    upstream = tensors[steps + n_layers:steps + 2 * n_layers]
+    grads = tensors[steps + 2 * n_layers:steps + 2 * n_layers + n_vars]
+    final = tensors[steps + 2 * n_layers + n_vars:steps + 2 * n_layers + 2 * n_vars]
+    per_step = tensors[steps + 2 * n_layers + 2 * n_vars:]
     owner = {id(v): layer for layer in layers for v in layer.trainable_variables}
     rows, culprit = [], None
     for index, layer in enumerate(layers):
         mine = [(v, grads[i]) for i, v in enumerate(variables) if owner.get(id(v)) is layer]
-        forward_ok = forward[index]["equal"]
-        backward_ok = all(g["equal"] for _, g in mine)
-        input_ok = index == 0 or forward[index - 1]["equal"]
-        upstream_ok = upstream[index]["equal"]
-        max_ulp = max([forward[index]["max_ulp"], *(g["max_ulp"] for _, g in mine)])
-        row = {"layer": layer.name, "class": type(layer).__name__, "forward": "ok" if forward_ok else "DIFFERS",
-               "backward": "ok" if backward_ok else "DIFFERS", "max_ulp": max_ulp,
-               "first_step": None if forward_ok and backward_ok else 1}
-        rows.append(row)
+        forward_ok = forward[index].bitwise_equal and per_step[index].bitwise_equal
+        backward_ok = all(g.bitwise_equal for _, g in mine)
+        input_ok = index == 0 or forward[index - 1].bitwise_equal
+        upstream_ok = upstream[index].bitwise_equal
+        ulps = [t.comparison.max_ulp for t in (forward[index], *(g for _, g in mine)) if t.comparison]
+        first_step = _first_step(per_step[index])
+        if first_step is None and not (forward[index].bitwise_equal and backward_ok):
+            first_step = 1  # the first step's tensors differ
+        rows.append({"layer": layer.name, "class": type(layer).__name__, "forward": "ok" if forward_ok else "DIFFERS",
+                     "backward": "ok" if backward_ok else "DIFFERS", "max_ulp": max(ulps, default=0),
+                     "first_step": first_step})
         if culprit is None and not forward_ok and input_ok:
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "forward output"}
         if culprit is None and forward_ok and input_ok and upstream_ok and not backward_ok:
-            tensor = next(v.name for v, g in mine if not g["equal"])
+            tensor = next(v.name for v, g in mine if not g.bitwise_equal)
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": f"{tensor} gradient"}
-        if culprit is None and upstream_ok and index > 0 and not upstream[index - 1]["equal"] and forward_ok:
+        if culprit is None and upstream_ok and index > 0 and not upstream[index - 1].bitwise_equal and forward_ok:
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "input gradient"}
-    reproducible = all(item["equal"] for group in (forward, upstream, grads, losses) for item in group) and \
-        all(_worst(first["final"], [r["final"] for r in rest])[i]["equal"] for i in range(len(first["final"])))
+    reproducible = all(t.bitwise_equal for t in tensors)
+    first_outputs = [t.first for t in forward]
+    flat = lambda arrays: np.concatenate([a.reshape(-1).astype(np.float64) for a in arrays]) if arrays \
+        else np.zeros(0)  # noqa: E731
     return AuditResult(
         verdict="REPRODUCIBLE" if reproducible else "NONDETERMINISTIC",
         layers=rows,
-        losses=[{"step": i + 1, **item} for i, item in enumerate(losses)],
+        losses=[{"step": i + 1, "equal": t.bitwise_equal, "max_ulp": t.comparison.max_ulp if t.comparison else 0,
+                 "value": float(t.first)} for i, t in enumerate(losses)],
         culprit=None if reproducible else culprit,
-        checks=environment_checks(model, {"xla": "on" if xla else "off"}),
-        digests={"initial_weights": digest(np.concatenate([w.reshape(-1).astype(np.float64) for w in initial])
-                                           if initial else np.zeros(0)),
-                 "first_step_outputs": digest(np.concatenate([o.reshape(-1).astype(np.float64)
-                                                              for o in first["outputs"]])),
-                 "final_weights": digest(np.concatenate([w.reshape(-1).astype(np.float64) for w in first["final"]])
-                                         if first["final"] else np.zeros(0))},
+        checks=environment_checks(model, xla),
+        digests={"initial_weights": digest(flat(initial)), "first_step_outputs": digest(flat(first_outputs)),
+                 "final_weights": digest(flat([t.first for t in final]))},
     )
-
-
-def assert_deterministic(fn: Any, *args: Any, repeats: int = 3, **kwargs: Any) -> None:
-    """Call ``fn(*args, **kwargs)`` ``repeats`` times and assert every output is bit-identical.
-
-    Raises:
-        AssertionError: naming the output that differs, how many elements, and the
-            greatest ULP and absolute differences with their index, in the manner of
-            torch.testing.assert_close ("Mismatched elements: X / Y (Z%)").
-    """
-    from detaudit.core.numerics import ulp_distance
-
-    def flat(value: Any) -> list[np.ndarray]:
-        return [np.asarray(v.numpy() if hasattr(v, "numpy") else v) for v in tf.nest.flatten(value)]
-
-    first = flat(fn(*args, **kwargs))
-    for call in range(2, repeats + 1):
-        again = flat(fn(*args, **kwargs))
-        for index, (a, b) in enumerate(zip(first, again)):
-            result = compare(b, a, digest=False)
-            if result.bitwise_equal:
-                continue
-            ulps = ulp_distance(b, a)
-            where = np.unravel_index(int(np.argmax(ulps)), a.shape) if a.ndim else ()
-            gaps = np.abs(b.astype(np.float64) - a.astype(np.float64))
-            where_abs = np.unravel_index(int(np.nanargmax(gaps)), a.shape) if a.ndim else ()
-            raise AssertionError(
-                f"Output {index} of {len(first)} (shape {tuple(a.shape)}, {a.dtype}) differs between call 1 "
-                f"and call {call}.\n"
-                f"Mismatched elements: {result.n_mismatch} / {result.n_elements} "
-                f"({100 * result.n_mismatch / max(result.n_elements, 1):.1f}%)\n"
-                f"Greatest ULP difference: {result.max_ulp} at index {tuple(int(i) for i in where)}\n"
-                f"Greatest absolute difference: {result.max_abs:.6g} at index {tuple(int(i) for i in where_abs)}")
 
 
 def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
     """The worker side of ``detaudit audit``: load, audit, and return plain data (or the bad-input message)."""
     from detaudit.engine.fingerprint import tensorflow_fingerprint
+    from detaudit.engine.standalone import device_name
 
     device = payload.get("device", "cpu")
     if device.startswith("gpu"):
         index = int(device.partition(":")[2] or 0)
         if index >= len(tf.config.list_logical_devices("GPU")):
-            return {"bad_input": f"--device {device}: no such GPU visible to TensorFlow on this machine."}
+            return {"bad_input": f"Invalid value for argument `--device`. Received {device!r}: no such GPU visible "
+                                 "to TensorFlow on this machine."}
     try:
-        with tf.device("/CPU:0" if device == "cpu" else f"/GPU:{device.partition(':')[2] or 0}"):
+        with tf.device(device_name(device)):
+            channel.progress("loading the model")
             keras.utils.set_random_seed(payload.get("seed", 0))  # a factory's initial weights come from the seed
             model = load_model(payload["model"], payload.get("unsafe", False))
             inputs = np.load(payload["inputs"]) if payload.get("inputs") else None
@@ -297,4 +310,5 @@ def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
         return {"bad_input": str(exc)}
     except (OSError, ValueError) as exc:
         return {"bad_input": one_line(exc)}
-    return {**result.to_dict(), "tensorflow": tensorflow_fingerprint()}
+    return {**result.to_dict(), "tensorflow": tensorflow_fingerprint(),
+            "gpus_visible": len(tf.config.list_logical_devices("GPU"))}

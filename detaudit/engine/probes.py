@@ -13,22 +13,32 @@ import ml_dtypes
 import numpy as np
 import tensorflow as tf
 
-from detaudit.errors import one_line
+from detaudit.core.kinds import KINDS
 from detaudit.core.reference import output_length
+from detaudit.engine import channel, standalone
+from detaudit.errors import one_line
 
-__all__ = ["PROBES"]
+__all__ = ["PROBES", "adjoint_gap"]
 
-_KERAS = {1: keras.layers.Conv1DTranspose, 2: keras.layers.Conv2DTranspose, 3: keras.layers.Conv3DTranspose}
+
+def _keras_transpose(rank: int, item: dict[str, Any]) -> Any:
+    """The Keras kind of this rank, built the way cells build it."""
+    kind = KINDS[f"Conv{rank}DTranspose"]
+    params = {**kind.defaults(), "filters": 1, "kernel_size": [item["kernel"]] * rank,
+              "strides": [item["stride"]] * rank, "padding": item["padding"],
+              "dilation_rate": [item["dilation"]] * rank,
+              "output_padding": None if item["output_padding"] is None else [item["output_padding"]] * rank}
+    return standalone.BUILDERS[kind.builder](kind.name, params)
 
 
 def measured_lengths(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The output length TensorFlow returns for each (rank, n, kernel, stride, padding, dilation, output_padding)."""
     out = []
-    for item in items:
+    for i, item in enumerate(items):
+        channel.progress("output lengths", i + 1, len(items))
         rank = item["rank"]
-        layer = _KERAS[rank](1, item["kernel"], strides=item["stride"], padding=item["padding"],
-                             dilation_rate=item["dilation"], output_padding=item["output_padding"])
         try:
+            layer = _keras_transpose(rank, item)
             y = layer(tf.zeros((1, *(item["n"],) * rank, 1)))
             out.append({"length": int(y.shape[1]), "error": None})
         except Exception as exc:  # noqa: BLE001 - a refusal is the measurement
@@ -45,7 +55,8 @@ def measured_checkerboard(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out = []
     for item in items:
         k, s = item["kernel"], item["stride"]
-        n = 4 * (k + s) + 4
+        # Room for the border margin on both sides and at least two whole periods in between.
+        n = -(-(2 * (k + s) + 4 * s) // s) + 2
         ones = tf.ones((1, n, n, 1))
         transpose = tf.nn.conv2d_transpose(ones, tf.ones((k, k, 1, 1)), output_shape=[1, n * s, n * s, 1],
                                            strides=s, padding="SAME")[0, :, :, 0].numpy()
@@ -83,10 +94,13 @@ def adjoint_gap(x: tf.Tensor, kernel: tf.Tensor, z: tf.Tensor, output_shape: lis
             "reconstruction": float(np.linalg.norm(back64 - z64) / max(np.linalg.norm(z64), 1e-300))}
 
 
-def adjoint(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """:func:`adjoint_gap` per spec, in float32 and float64, from seeded random data."""
+def adjoint(items: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`adjoint_gap` per spec, in float32 and float64, from seeded random data, and the oneDNN path."""
+    from detaudit.engine.fingerprint import onednn_state
+
     out = []
-    for item in items:
+    for i, item in enumerate(items):
+        channel.progress("adjoint tests", i + 1, len(items))
         rank, k, s, padding = item["rank"], item["kernel"], item["stride"], item["padding"]
         n, channels, filters = item["n"], item["channels"], item["filters"]
         row = {**item, "results": {}}
@@ -101,18 +115,20 @@ def adjoint(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
             except Exception as exc:  # noqa: BLE001 - a refusal is the result
                 row["results"][dtype] = {"error": one_line(exc, 300)}
         out.append(row)
-    return out
+    return {"specs": out, "onednn": onednn_state(), "tensorflow": tf.__version__}
 
 
 def shapes(payload: dict[str, list[dict[str, Any]]]) -> dict[str, list[dict[str, Any]]]:
     """Lengths and checkerboards in one worker: one TensorFlow start for ``detaudit shapes``."""
+    from detaudit.engine.fingerprint import onednn_state
+
     return {"lengths": measured_lengths(payload["lengths"]),
-            "checkerboard": measured_checkerboard(payload["checkerboard"])}
+            "checkerboard": measured_checkerboard(payload["checkerboard"]), "onednn": onednn_state()}
 
 
 def audit(payload: dict[str, Any]) -> dict[str, Any]:
     """``detaudit audit``: see :func:`detaudit.model_audit.audit_probe`."""
-    from detaudit.engine.model_audit import audit_probe
+    from detaudit.engine.model_audit import audit_probe  # noqa: I001 - TensorFlow-heavy, loaded on demand
 
     return audit_probe(payload)
 

@@ -1,43 +1,52 @@
 """Plan environment groups, spawn workers, enforce time-outs, capture crashes, report progress.
 
 Never imports TensorFlow. One worker process runs all cells of one environment
-group (one TensorFlow import per group); groups run in parallel up to
-``workers``. A worker that dies or hangs costs only the cell it was running:
-that cell becomes a ``crash`` or ``timeout`` record with the tail of the
-worker's stderr, and a fresh worker takes the cells that remain.
+group (cells that differ only in per-cell axes share it: one TensorFlow start);
+groups run in parallel up to ``workers``. A worker that dies or hangs costs
+only the cell it was running: that cell becomes a ``crash`` or ``timeout``
+record with the tail of the worker's stderr, and a fresh worker takes the cells
+that remain (also when a worker dies before its first cell). Records are
+appended to the run directory as each cell finishes, by this process alone.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import datetime as _dt
 import importlib.util
 import json
 import os
 import queue
+import shutil
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from detaudit.core.axes import environment_changes
 from detaudit.core.config import Cell, Config, Settings, iter_groups, load_config, parse_config
-from detaudit.errors import UsageError
+from detaudit.core.kinds import USER_LAYER, module_exists
 from detaudit.engine.fingerprint import host_fingerprint
-from detaudit.analysis.results import build_table
-from detaudit.engine.store import RunStore
+from detaudit.engine.store import RunKind, RunStore
+from detaudit.errors import ConfigError, DetauditError, DiskFullError, UsageError, WorkerError
 
-__all__ = ["Event", "RunInterrupted", "parse_shard", "require_tensorflow", "run", "run_cells", "run_probe",
-           "run_worker_job",
-           "shard_cells", "spawn_env_probe", "worker_environ"]
+__all__ = ["Event", "RunInterrupted", "check_user_modules", "parse_shard", "require_tensorflow", "run",
+           "run_cells", "run_probe", "run_worker_job", "shard_cells", "spawn_env_probe", "worker_environ"]
 
 _STDERR_TAIL = 1500
+#: A worker that dies before finishing a cell is replaced this many times in a row before the
+#: remaining cells of its group are recorded as crashes (a broken TensorFlow install, say).
+START_RETRIES = 2
+FAILED_STATUSES = ("crash", "timeout")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,30 +60,30 @@ class Event:
     message: str = ""
 
 
-class RunInterrupted(KeyboardInterrupt):
-    """Raised after Ctrl-C once workers are stopped and partial results are saved."""
+class RunInterrupted(Exception):  # noqa: N818 - the name says what happened
+    """Raised after Ctrl-C (or a full disk) once workers are stopped and what finished is saved.
 
-    def __init__(self, run_dir: Path, table: pd.DataFrame):
+    ``reason`` is None for Ctrl-C, else the error that stopped the run.
+    """
+
+    def __init__(self, run_dir: Path, table: pd.DataFrame, reason: DetauditError | None = None):
         super().__init__(str(run_dir))
-        self.run_dir, self.table = run_dir, table
+        self.run_dir, self.table, self.reason = run_dir, table, reason
 
 
-def worker_environ(settings: Settings, base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment a worker of this group starts with.
+def worker_environ(settings: Any, base: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment a worker of this group starts with: the axes' environment changes applied.
 
-    Settings read at TensorFlow import are applied here. ``determinism: off``
-    removes an inherited TF_DETERMINISTIC_OPS/TF_CUDNN_DETERMINISTIC, so off
+    ``determinism: off`` removes an inherited TF_DETERMINISTIC_OPS, so off
     means off; ``onednn: default`` leaves TF_ENABLE_ONEDNN_OPTS as this
-    environment has it (a nightly run then shows what an exported value
-    changes), ``off``/``on`` set it. meta.json records what each group got.
+    environment has it. meta.json records what each group got.
     """
     env = dict(os.environ if base is None else base)
-    for name in ("TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC"):
-        env.pop(name, None)
-    if settings.determinism == "env":
-        env["TF_DETERMINISTIC_OPS"] = "1"
-    if settings.onednn in ("off", "on"):
-        env["TF_ENABLE_ONEDNN_OPTS"] = "0" if settings.onednn == "off" else "1"
+    for name, value in environment_changes(settings.as_dict()).items():
+        if value is None:
+            env.pop(name, None)
+        else:
+            env[name] = value
     env["PYTHONHASHSEED"] = "0"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     # User layers are imported by path relative to where detaudit was started, as `python -m` would.
@@ -90,6 +99,8 @@ class _WorkerOutcome:
     timed_out: bool
     stderr_tail: str
     hello: dict[str, Any] | None
+    refused: list[dict[str, str]] | None = None
+    disk_full: str | None = None
 
 
 class _Processes:
@@ -118,50 +129,57 @@ class _Processes:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
-def _tail(path: Path) -> str:
+def _tail(log: Any) -> str:
     try:
-        with path.open("rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - 8 * _STDERR_TAIL))
-            text = f.read().decode("utf-8", "replace")
-    except OSError:
+        log.flush()
+        log.seek(0, os.SEEK_END)
+        log.seek(max(0, log.tell() - 8 * _STDERR_TAIL))
+        text = log.read().decode("utf-8", "replace")
+    except (OSError, ValueError):
         return ""
     lines = [line for line in text.splitlines() if line.strip()]
     return "\n".join(lines)[-_STDERR_TAIL:]
 
 
-def _spawn_worker(job: dict[str, Any], settings: Settings, log_path: Path, timeout_s: float,
+def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s: float,
                   on_message: Callable[[dict[str, Any]], None], processes: _Processes | None) -> _WorkerOutcome:
-    """Run one worker process to completion, death or time-out, forwarding its messages."""
+    """Run one worker process to completion, death or time-out, forwarding its messages.
+
+    ``timeout_s`` bounds the start-up and each cell separately. The job goes in
+    on stdin, which stays open as the worker's lifeline.
+    """
     read_fd, write_fd = os.pipe()
-    with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False, encoding="utf-8") as f:
-        json.dump({**job, "fd": write_fd}, f)
-        job_path = f.name
     outcome = _WorkerOutcome(set(), None, None, False, "", None)
+    proc = None
     try:
-        with log_path.open("ab") as log:
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "detaudit.engine.worker", job_path],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=log, pass_fds=(write_fd,),
-                env=worker_environ(settings), start_new_session=True,  # Ctrl-C reaches the parent only
-            )
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "detaudit.engine.worker", str(write_fd)],
+            stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), env=env,
+            start_new_session=True,  # Ctrl-C reaches the parent only
+        )
         os.close(write_fd)
         write_fd = -1
         if processes:
             processes.add(proc)
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write((json.dumps(job) + "\n").encode())
+            proc.stdin.flush()
+        deadline = [time.monotonic() + timeout_s]
+        finished = threading.Event()
 
-        def expire() -> None:
-            outcome.timed_out = True
-            _kill(proc)
+        def watchdog() -> None:
+            while not finished.wait(0.5):
+                if time.monotonic() > deadline[0]:
+                    outcome.timed_out = True
+                    _kill(proc)
+                    return
 
-        timer = threading.Timer(timeout_s, expire)
-        timer.start()
+        threading.Thread(target=watchdog, name="worker-timeout", daemon=True).start()
         try:
             with os.fdopen(read_fd, encoding="utf-8", errors="replace") as stream:
                 read_fd = -1
@@ -171,6 +189,8 @@ def _spawn_worker(job: dict[str, Any], settings: Settings, log_path: Path, timeo
                     except json.JSONDecodeError:
                         continue
                     event = message.get("event")
+                    if event in ("hello", "start", "progress"):
+                        deadline[0] = time.monotonic() + timeout_s
                     if event == "hello":
                         outcome.hello = message
                     elif event == "start":
@@ -178,24 +198,30 @@ def _spawn_worker(job: dict[str, Any], settings: Settings, log_path: Path, timeo
                     elif event == "cell":
                         outcome.finished.add(message["cell_id"])
                         outcome.in_flight = None
+                    elif event == "refused":
+                        outcome.refused = message["refused"]
+                    elif event == "disk_full":
+                        outcome.disk_full = message["message"]
                     on_message(message)
             outcome.returncode = proc.wait()
         finally:
-            timer.cancel()
+            finished.set()
             if processes:
                 processes.discard(proc)
     finally:
         for fd in (read_fd, write_fd):
             if fd >= 0:
                 os.close(fd)
-        os.unlink(job_path)
-    outcome.stderr_tail = _tail(log_path)
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+    outcome.stderr_tail = _tail(log)
     return outcome
 
 
-def _failure_record(cell_id: str, status: str, message: str, log_path: Path) -> dict[str, Any]:
+def _failure_record(cell_id: str, status: str, message: str, log_name: str) -> dict[str, Any]:
     return {"event": "cell", "cell_id": cell_id, "status": status, "message": message,
-            "tensors": [], "seconds": None, "log": log_path.name}
+            "tensors": [], "seconds": None, "log": log_name}
 
 
 def _describe_death(outcome: _WorkerOutcome, timeout_s: float) -> tuple[str, str]:
@@ -216,85 +242,149 @@ def _describe_death(outcome: _WorkerOutcome, timeout_s: float) -> tuple[str, str
     return "crash", why + detail
 
 
-def run_worker_job(cells: Sequence[Cell], settings: Settings, *, timeout_s: float, log_stem: Path,
+def _refusal_error(refused: list[dict[str, str]], config_source: str | None = None) -> ConfigError:
+    where = f"{config_source}: " if config_source else ""
+    return ConfigError("\n".join(f"{where}invalid value for a layer `kind`. Expected a Keras Layer subclass "
+                                 f"('package.module:Class'). Received kind={r['kind']!r}: {r['message']}"
+                                 for r in refused))
+
+
+def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, log_stem: Path,
                    tensor_dir: Path | None, on_record: Callable[[dict[str, Any]], None],
                    on_event: Callable[[Event], None] | None = None,
                    on_hello: Callable[[dict[str, Any]], None] | None = None,
-                   processes: _Processes | None = None) -> None:
+                   processes: _Processes | None = None, cache_dir: Path | None = None,
+                   user_kinds: Sequence[str] = ()) -> None:
     """Run ``cells`` (one environment group) in worker processes until each has a record.
 
-    A worker that crashes or times out turns its in-flight cell into a
-    ``crash``/``timeout`` record and a fresh worker continues with the rest, so
-    each failure costs exactly one cell. A worker that dies before its first
-    cell (a broken TensorFlow install, say) fails the remaining cells at once.
+    A worker that crashes or times out in a cell turns that cell into a
+    ``crash``/``timeout`` record; a fresh worker continues with the rest. A
+    worker that dies outside any cell (while TensorFlow starts, say) costs no
+    cell: a fresh one is started, up to :data:`START_RETRIES` times in a row,
+    before the remaining cells are recorded as crashes.
+
+    Raises:
+        ConfigError: a user kind is not a Keras Layer subclass (nothing ran).
+        DiskFullError: a worker could not write for lack of space.
     """
     remaining = list(cells)
-    attempt = 0
+    attempt, starts_failed = 0, 0
     while remaining:
         attempt += 1
         log_path = log_stem.with_name(f"{log_stem.name}{'' if attempt == 1 else f'.{attempt}'}.log")
         job = {"settings": settings.as_dict(), "cells": [c.to_dict() for c in remaining],
-               "tensor_dir": str(tensor_dir) if tensor_dir else None}
+               "tensor_dir": str(tensor_dir) if tensor_dir else None,
+               "cache_dir": str(cache_dir) if cache_dir else None, "user_kinds": list(user_kinds)}
 
-        def forward(message: dict[str, Any], log_path: Path = log_path) -> None:
+        def forward(message: dict[str, Any], log_name: str = log_path.name) -> None:
             if message["event"] == "cell":
-                message = {**message, "log": log_path.name}
-                on_record(message)
+                on_record({**message, "log": log_name})
             elif message["event"] == "start" and on_event:
                 on_event(Event("cell_started", cell_id=message["cell_id"]))
             elif message["event"] == "hello" and on_hello:
                 on_hello(message)
 
-        outcome = _spawn_worker(job, settings, log_path, timeout_s, forward, processes)
+        try:
+            log = log_path.open("ab+")
+        except OSError as exc:
+            from detaudit.engine.store import disk_full
+
+            raise disk_full(exc, log_path) or exc from None
+        with log:
+            outcome = _spawn_worker(job, worker_environ(settings), log, timeout_s, forward, processes)
+        if outcome.refused:
+            raise _refusal_error(outcome.refused)
+        if outcome.disk_full:
+            raise DiskFullError(outcome.disk_full)
         if processes and processes.stopping:
             return
         remaining = [c for c in remaining if c.cell_id not in outcome.finished]
         if not remaining:
             return
         status, message = _describe_death(outcome, timeout_s)
-        if outcome.in_flight is None:
-            # Died outside any cell: nothing to blame, so nothing to retry.
+        if outcome.in_flight is not None:
+            on_record(_failure_record(outcome.in_flight, status, message, log_path.name))
+            remaining = [c for c in remaining if c.cell_id != outcome.in_flight]
+            starts_failed = 0
+            continue
+        # Died outside any cell: nothing to blame, so the cells go to a fresh worker.
+        starts_failed = 0 if outcome.finished else starts_failed + 1
+        if starts_failed > START_RETRIES:
             for cell in remaining:
-                on_record(_failure_record(cell.cell_id, status, message, log_path))
+                on_record(_failure_record(cell.cell_id, status, f"worker could not start ({START_RETRIES + 1} "
+                                          f"attempts): {message}", log_path.name))
             return
-        on_record(_failure_record(outcome.in_flight, status, message, log_path))
-        remaining = [c for c in remaining if c.cell_id != outcome.in_flight]
 
 
 def require_tensorflow() -> None:
     """Fail early, with the fix, when workers could not import TensorFlow (checked without importing it)."""
     if importlib.util.find_spec("tensorflow") is None:
-        raise UsageError(f"TensorFlow is not installed for {sys.executable}. "
-                         "Install it with: pip install 'detaudit[cpu]' (or [gpu], or your own TensorFlow >= 2.16)")
+        from detaudit.errors import install_hint
+
+        raise UsageError(f"TensorFlow is not installed for {sys.executable}. Install it with: "
+                         f"{install_hint('cpu')} (or gpu, or your own TensorFlow >= 2.16)")
 
 
-def run_probe(name: str, items: Any, timeout_s: float = 300, settings: Settings | None = None) -> Any:
-    """Run one of :data:`detaudit.probes.PROBES` on plain JSON data in a fresh worker; return its result.
+def check_user_modules(config: Config) -> None:
+    """Refuse, before any worker starts, a ``package.module:Class`` kind whose module cannot be found.
 
-    ``settings`` are applied in the worker before TensorFlow starts, as for cells.
+    Found without importing anything; whether the attribute is a Keras Layer
+    subclass is checked in the worker before anything of it is called.
+
+    Raises:
+        ConfigError: naming the layer's key path and the missing module.
+    """
+    problems = [f"{config.source}: invalid value for `layers[{i}].kind`. Expected 'package.module:Class' naming a "
+                f"module importable from {os.getcwd()} or sys.path. Received kind={config.layers[i].kind!r}: "
+                f"no module named {module!r}."
+                for i, module in config.user_modules() if not module_exists(module)]
+    if problems:
+        raise ConfigError("\n".join(problems))
+
+
+def _probe_job(name: str, items: Any, settings: Any, timeout_s: float,
+               on_progress: Callable[[dict[str, Any]], None] | None = None) -> tuple[list[Any], _WorkerOutcome]:
+    result: list[Any] = []
+
+    def on_message(message: dict[str, Any]) -> None:
+        if message.get("event") == "probe":
+            result.append(message["result"])
+        elif message.get("event") == "progress" and on_progress:
+            on_progress(message)
+
+    with tempfile.TemporaryFile() as log:  # unnamed: nothing is left behind, even after kill -9
+        outcome = _spawn_worker({"settings": settings.as_dict(), "probe": name, "items": items},
+                                worker_environ(settings), log, timeout_s, on_message, None)
+    return result, outcome
+
+
+def run_probe(name: str, items: Any, timeout_s: float = 600, settings: Any = None,
+              on_progress: Callable[[dict[str, Any]], None] | None = None) -> Any:
+    """Run one of :data:`detaudit.engine.probes.PROBES` on plain JSON data in a fresh worker; return its result.
+
+    ``settings`` are applied in the worker before TensorFlow starts, as for
+    cells; ``on_progress`` receives the probe's progress events
+    (``{"stage", "done", "total"}``).
+
+    Raises:
+        WorkerError: the worker failed (its last stderr lines are in the message).
     """
     require_tensorflow()
     settings = settings or Settings()
-    result: list[Any] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = _spawn_worker({"settings": settings.as_dict(), "probe": name, "items": items}, settings,
-                                Path(tmp) / "probe.log", timeout_s,
-                                lambda m: result.append(m["result"]) if m.get("event") == "probe" else None, None)
+    result, outcome = _probe_job(name, items, settings, timeout_s, on_progress)
     if not result:
         _, message = _describe_death(outcome, timeout_s)
-        raise UsageError(f"the TensorFlow worker for `{name}` failed ({message}).")
+        raise WorkerError(f"the TensorFlow worker for `{name}` failed ({message}).")
     return result[0]
 
 
 def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:
     """Start one worker with no cells and return its TensorFlow fingerprint (for ``detaudit env``)."""
     require_tensorflow()
-    with tempfile.TemporaryDirectory() as tmp:
-        outcome = _spawn_worker({"settings": Settings().as_dict(), "cells": []}, Settings(),
-                                Path(tmp) / "probe.log", timeout_s, lambda m: None, None)
+    _, outcome = _probe_job("", [], Settings(), timeout_s)
     if outcome.hello is None:
         _, message = _describe_death(outcome, timeout_s)
-        raise UsageError(f"could not start a TensorFlow worker ({message}).")
+        raise WorkerError(f"could not start a TensorFlow worker ({message}).")
     return {**outcome.hello.get("env", {}), "applied_defaults": outcome.hello.get("applied", {})}
 
 
@@ -303,30 +393,35 @@ def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Ce
     if shard is None:
         return list(cells)
     index, count = shard
-    keep = {cell_id for cell_id in sorted(c.cell_id for c in cells)[index - 1::count]}
+    keep = set(sorted(c.cell_id for c in cells)[index - 1::count])
     return [c for c in cells if c.cell_id in keep]
 
 
 def parse_shard(text: str) -> tuple[int, int]:
-    """``"i/n"`` -> (i, n), with 1 <= i <= n."""
+    """``"i/n"`` -> (i, n), with 1 <= i <= n <= 10000."""
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
         raise UsageError(f"Invalid value for argument `--shard`. Expected i/n such as 1/4. Received {text!r}.") from None
-    if not 1 <= index <= count:
-        raise UsageError(f"Invalid value for argument `--shard`. Expected 1 <= i <= n. Received {text!r}.")
+    if not 1 <= index <= count <= 10_000:
+        raise UsageError(f"Invalid value for argument `--shard`. Expected 1 <= i <= n <= 10000. Received {text!r}.")
     return index, count
+
+
+def expected_jobs(config: Config, cells: Sequence[Cell]) -> list[tuple[Cell, bool]]:
+    """Every (cell, replay) pair a complete run of these cells records."""
+    return [(c, replay) for c in cells for replay in ((False, True) if config.replay_process else (False,))]
 
 
 def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str] = "runs",
         workers: int | None = None, on_event: Callable[[Event], None] | None = None,
         run_id: str | None = None, shard: tuple[int, int] | None = None,
-        resume: str | os.PathLike[str] | None = None) -> pd.DataFrame:
+        resume: str | os.PathLike[str] | None = None, retry_failed: bool = False) -> pd.DataFrame:
     """Run every cell of ``config`` and return the long results table.
 
     Args:
-        config: a :class:`~detaudit.config.Config` or the path of a YAML config
-            (not with ``resume``, which reads the run's own config).
+        config: a :class:`~detaudit.core.config.Config` or the path of a YAML
+            config (not with ``resume``, which reads the run's own config).
         out: directory under which ``<run-id>/`` is created.
         workers: environment groups run in parallel (default: number of cores).
         on_event: progress callback; the engine itself never prints.
@@ -334,45 +429,55 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         shard: ``(i, n)``: run only shard i of n (see :func:`shard_cells`); ``merge`` joins them.
         resume: an interrupted run directory to finish: cells already in its
             cells.jsonl are not run again.
+        retry_failed: with ``resume``, also run again the cells recorded as crash or timeout.
 
     Returns:
         The results table (see README for the columns); ``table.attrs["run_dir"]``
         is the run directory.
 
     Raises:
-        ConfigError, UsageError, RunDirError: bad input.
-        RunInterrupted: on Ctrl-C, after stopping workers and saving what finished.
+        ConfigError, UsageError, RunDirError: bad input (nothing ran).
+        RunInterrupted: on Ctrl-C or a full disk, after stopping workers and saving what finished.
     """
-    workers = (os.cpu_count() or 1) if workers is None else workers
-    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
-        raise UsageError(f"Invalid value for argument `workers`. Expected an integer >= 1. Received workers={workers!r}.")
+    workers = _workers(workers)
     if config is not None and not isinstance(config, Config):
         config = load_config(config)
+    if retry_failed and resume is None:
+        raise UsageError("--retry-failed goes with --resume RUN_DIR: it runs a stored run's crashed and "
+                         "timed-out cells again.")
     require_tensorflow()
     if resume is not None:
         if config is not None:
             raise UsageError("Give either a config or --resume RUN_DIR, not both: a resumed run keeps its own config.")
         store = RunStore.open(resume)
+        if store.kind is not RunKind.MATRIX:
+            raise UsageError(f"{store.path}: a {store.kind.value} run cannot be resumed; only `detaudit run` runs can.")
         config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
-        meta = store.read_meta()
-        shard = tuple(meta["shard"]) if meta.get("shard") else None  # type: ignore[assignment]
-        meta.setdefault("resumed", []).append(_now())
-        done = {(r["cell_id"], bool(r.get("replay"))) for r in store.iter_records()}
-    else:
-        if config is None:
-            raise UsageError("No config given.")
-        store = RunStore.create(out, config.to_dict(), config.name, run_id)
-        meta = _new_meta(store, config, shard=list(shard) if shard else None)
-        done = set()
-    store.write_meta(meta)
-    cells = shard_cells(config.cells(), shard)
-    jobs = []
-    for i, (_, group_cells) in enumerate(iter_groups(cells)):
-        for replay in ((False, True) if config.replay_process else (False,)):
-            todo = [c for c in group_cells if (c.cell_id, replay) not in done]
-            if todo:
-                jobs.append((f"g{i:02d}", todo, replay))
-    return _execute(store, config, meta, cells, jobs, workers, on_event or (lambda event: None))
+        check_user_modules(config)
+        with store.lock():
+            meta = store.read_meta()
+            shard = tuple(meta["shard"]) if meta.get("shard") else None  # type: ignore[assignment]
+            meta.setdefault("resumed", []).append(_now())
+            latest = {}
+            for record in store.iter_records():
+                latest[(record["cell_id"], bool(record.get("replay")))] = record["status"]
+            done = {key for key, status in latest.items() if not (retry_failed and status in FAILED_STATUSES)}
+            return _run_in(store, config, meta, shard_cells(config.cells(), shard), done, workers, on_event,
+                           fresh=False)
+    if config is None:
+        raise UsageError("No config given.")
+    check_user_modules(config)
+    store = RunStore.create(out, config.to_dict(), config.name, run_id)
+    meta = _new_meta(store, config, shard=list(shard) if shard else None)
+    with store.lock():
+        return _run_in(store, config, meta, shard_cells(config.cells(), shard), set(), workers, on_event, fresh=True)
+
+
+def _workers(workers: int | None) -> int:
+    workers = (os.cpu_count() or 1) if workers is None else workers
+    if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
+        raise UsageError(f"Invalid value for argument `workers`. Expected an integer >= 1. Received workers={workers!r}.")
+    return workers
 
 
 def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[str], run_id: str | None = None,
@@ -380,24 +485,41 @@ def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[s
     """Run an explicit list of cells (no matrix expansion, no added baseline) as a run of ``config``.
 
     Triage uses this for its toggles and shrink candidates: the same workers,
-    records, store and table as :func:`run`.
+    records, store and table as :func:`run`. The cells are listed in meta.json,
+    so the run knows when it is complete.
     """
     require_tensorflow()
+    check_user_modules(config)
+    cells = list({c.cell_id: c for c in cells}.values())
     store = RunStore.create(out, config.to_dict(), config.name, run_id)
-    meta = _new_meta(store, config, explicit_cells=True)
+    meta = _new_meta(store, config, explicit_cells=[c.to_dict() for c in cells])
+    with store.lock():
+        return _run_in(store, config, meta, cells, set(), _workers(workers), on_event, fresh=True)
+
+
+def _run_in(store: RunStore, config: Config, meta: dict[str, Any], cells: list[Cell], done: set[tuple[str, bool]],
+            workers: int, on_event: Callable[[Event], None] | None, fresh: bool) -> pd.DataFrame:
     store.write_meta(meta)
-    jobs = [(f"g{i:02d}", group_cells, replay)
-            for i, (_, group_cells) in enumerate(iter_groups(list(cells)))
-            for replay in ((False, True) if config.replay_process else (False,))]
-    return _execute(store, config, meta, list(cells), jobs, workers or (os.cpu_count() or 1),
-                    on_event or (lambda event: None))
+    user_kinds = sorted({spec.kind for spec in config.layers if spec.declaration is USER_LAYER})
+    jobs = []
+    for i, (_, group_cells) in enumerate(iter_groups(cells)):
+        for replay in ((False, True) if config.replay_process else (False,)):
+            todo = [c for c in group_cells if (c.cell_id, replay) not in done]
+            if todo:
+                jobs.append((f"g{i:02d}", todo, replay))
+    try:
+        return _execute(store, config, meta, cells, jobs, workers, on_event or (lambda event: None), user_kinds)
+    except ConfigError:
+        if fresh and not any(True for _ in store.iter_records()):
+            shutil.rmtree(store.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
+        raise
 
 
 def _new_meta(store: RunStore, config: Config, **extra: Any) -> dict[str, Any]:
     """meta.json of a new run; TensorFlow facts and per-group settings arrive with the workers."""
-    return {"run_id": store.run_id, "config_name": config.name, "config_source": config.source,
-            "started": _now(), "finished": None, "host": host_fingerprint(), "tensorflow": None, "groups": {},
-            **extra}
+    return {"run_id": store.run_id, "kind": RunKind.MATRIX.value, "config_name": config.name,
+            "config_source": config.source, "started": _now(), "finished": None, "host": host_fingerprint(),
+            "tensorflow": None, "groups": {}, **extra}
 
 
 def _now() -> str:
@@ -405,7 +527,8 @@ def _now() -> str:
 
 
 def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[Cell],
-             jobs: list[tuple[str, list[Cell], bool]], workers: int, emit: Callable[[Event], None]) -> pd.DataFrame:
+             jobs: list[tuple[str, list[Cell], bool]], workers: int, emit: Callable[[Event], None],
+             user_kinds: list[str]) -> pd.DataFrame:
     """Run the jobs (group, cells, replay) in parallel worker threads; append each record as it arrives."""
     total = sum(len(c) for _, c, _ in jobs)
     n_groups = len({group for group, _, _ in jobs})
@@ -413,6 +536,8 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
     messages: queue.Queue[tuple[str, Any]] = queue.Queue()
     processes = _Processes()
     attempt = f"-r{len(meta.get('resumed', []))}" if meta.get("resumed") else ""
+    cache_dir = store.cache_dir
+    cache_dir.mkdir(exist_ok=True)
 
     def run_job(group: str, group_cells: list[Cell], replay: bool) -> None:
         tensor_dir = None
@@ -421,42 +546,54 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
         suffix = ("-replay" if replay else "") + attempt
         run_worker_job(
             group_cells, group_cells[0].settings, timeout_s=config.timeout_s,
-            log_stem=store.logs_dir / f"{group}{suffix}", tensor_dir=tensor_dir,
+            log_stem=store.logs_dir / f"{group}{suffix}", tensor_dir=tensor_dir, cache_dir=cache_dir,
             on_record=lambda r: messages.put(("record", {**r, "replay": replay, "group": group})),
             on_event=lambda e: messages.put(("event", e)),
             on_hello=lambda h: messages.put(("hello", (group + suffix, h))),
-            processes=processes,
+            processes=processes, user_kinds=user_kinds,
         )
 
     by_id = {c.cell_id: c for c in cells}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+    stop: DetauditError | None = None
     try:
         futures = [pool.submit(run_job, *job) for job in jobs]
         pending = set(futures)
-        while pending or not messages.empty():
+        while (pending or not messages.empty()) and stop is None:
             try:
                 kind, payload = messages.get(timeout=0.2)
             except queue.Empty:
-                for done in [f for f in pending if f.done()]:
-                    pending.discard(done)
-                    done.result()  # re-raise a bug in the runner itself
+                for finished in [f for f in pending if f.done()]:
+                    pending.discard(finished)
+                    try:
+                        finished.result()
+                    except (ConfigError, DiskFullError) as exc:
+                        stop = exc
                 continue
-            if kind == "record":
-                record = {**payload, "cell": by_id[payload["cell_id"]].to_dict()}
-                store.append_record(record)
-                emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
-            elif kind == "hello":
-                group, hello = payload
-                meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
-                meta.setdefault("groups", {})[group] = hello.get("applied")
-                store.write_meta(meta)
-            else:
-                emit(payload)
+            try:
+                if kind == "record":
+                    record = {**payload, "cell": by_id[payload["cell_id"]].to_dict()}
+                    store.append_record(record)
+                    emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
+                elif kind == "hello":
+                    group, hello = payload
+                    meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
+                    meta.setdefault("groups", {})[group] = hello.get("applied")
+                    store.write_meta(meta)
+                else:
+                    emit(payload)
+            except DiskFullError as exc:
+                stop = exc
     except KeyboardInterrupt:
         processes.kill_all()
         pool.shutdown(wait=True, cancel_futures=True)
-        table = _finish(store, config, meta, interrupted=True)
-        raise RunInterrupted(store.path, table) from None
+        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True)) from None
+    if stop is not None:
+        processes.kill_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+        if isinstance(stop, ConfigError):
+            raise stop
+        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True), reason=stop)
     pool.shutdown(wait=True)
     table = _finish(store, config, meta, interrupted=False)
     emit(Event("finished", total=total))
@@ -464,10 +601,18 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
 
 
 def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: bool) -> pd.DataFrame:
+    """Write the end time and the table; on a full disk keep going with the table in memory."""
+    from detaudit.engine.table import build_table
+
     meta["finished"] = _now()
     meta["interrupted"] = interrupted
-    store.write_meta(meta)
+    with contextlib.suppress(DiskFullError):
+        store.write_meta(meta)
     table = build_table(store, config)
-    table.to_parquet(store.results_path, index=False)
+    try:
+        table.to_parquet(store.results_path, index=False)
+    except OSError:
+        with contextlib.suppress(OSError):
+            store.results_path.unlink()  # a torn parquet would be read instead of cells.jsonl
     table.attrs["run_dir"] = str(store.path)
     return table

@@ -1,19 +1,22 @@
 """The worker subprocess: apply process-wide settings, then import TensorFlow and run cells.
 
-Launched by the runner as ``python -m detaudit.engine.worker JOB.json`` with the
-environment variables of its group already set (TF_ENABLE_ONEDNN_OPTS and
-TF_DETERMINISTIC_OPS are read when TensorFlow is imported, so the parent sets
-them). The job file names the cells and the file descriptor of a pipe; the
-worker writes one JSON line per event to that pipe:
+Launched by the runner as ``python -m detaudit.engine.worker FD`` with the
+environment of its group already set (variables read when TensorFlow is
+imported). The job arrives as one JSON line on stdin; stdin then stays open as
+a lifeline: when the parent dies (even by kill -9) the worker reads end of
+file and exits at once, so no worker outlives its run.
 
-- ``{"event": "hello", "env": {...}, "applied": {...}}`` once TensorFlow is up
-- ``{"event": "start", "cell_id": ...}`` before each cell, so the parent knows
-  which cell was running if the process dies
-- ``{"event": "cell", ...}`` a finished cell's record
-- ``{"event": "done"}``
+The worker writes one JSON line per event to the pipe FD (not stdout, so
+prints from user layers or TensorFlow cannot corrupt the protocol):
 
-Output goes to a dedicated pipe, not stdout, so prints from user layers or
-TensorFlow cannot corrupt the protocol.
+- ``hello``     once TensorFlow is up: its fingerprint and the applied settings
+- ``refused``   a ``package.module:Class`` kind that is not a Keras Layer subclass
+                (checked before any cell runs; the run stops as bad input)
+- ``start``     before each cell, so the parent knows which cell was running if the process dies
+- ``cell``      a finished cell's record
+- ``disk_full`` a write failed for lack of space (the cell is not recorded; the run stops)
+- ``probe``     the result of a probe job
+- ``done``
 """
 
 from __future__ import annotations
@@ -22,51 +25,67 @@ import json
 import os
 import re
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
 
+from detaudit.core.axes import cell_statements, startup_statements
 from detaudit.core.config import Cell, Settings
-from detaudit.errors import one_line
-from detaudit.core.numerics import Comparison, compare, digest, worst
-from detaudit.engine.store import save_tensors
+from detaudit.core.numerics import compare, digest
+from detaudit.core.repeat import repeat_and_compare
+from detaudit.engine import channel, standalone
+from detaudit.errors import DiskFullError, one_line
 
 # TF-FACTS: the two shapes of "no deterministic kernel" messages.
 _DETERMINISM_REFUSAL = re.compile(r"Determinism is not yet supported|deterministic GPU implementation", re.I)
+LIFELINE_EXIT = 70  # the parent is gone
 
 
-def apply_settings(settings: Settings) -> dict[str, Any]:
+def _watch_lifeline() -> None:
+    """Exit as soon as stdin reaches end of file: the parent closed it, or died."""
+    def watch() -> None:
+        try:
+            while sys.stdin.buffer.read(65536):
+                pass
+        except (OSError, ValueError):
+            pass
+        os._exit(LIFELINE_EXIT)
+    threading.Thread(target=watch, name="lifeline", daemon=True).start()
+
+
+def apply_settings(settings: Any) -> dict[str, Any]:
     """Import TensorFlow and apply the process-wide settings before any op runs.
 
     Returns what TensorFlow reports back, as evidence that the settings took.
     """
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework import (
-        config as tf_config,  # is_op_determinism_enabled is internal
-    )
+    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled is internal
 
     from detaudit.engine.fingerprint import onednn_state
 
     for gpu in tf.config.list_physical_devices("GPU"):
         # Several workers share a GPU; without growth the first one takes all its memory.
         tf.config.experimental.set_memory_growth(gpu, True)
-    if settings.threads:
-        tf.config.threading.set_intra_op_parallelism_threads(settings.threads)
-    if settings.determinism == "on":
-        tf.config.experimental.enable_op_determinism()
-    if settings.tf32 == "off":
-        tf.config.experimental.enable_tensor_float_32_execution(False)
-    keras.config.set_dtype_policy(settings.precision)
+    standalone.run_statements(startup_statements(settings.as_dict()))
     tf.get_logger().setLevel("ERROR")  # one tf.function per cell is by design; no retracing warnings
     return {
         "op_determinism": bool(tf_config.is_op_determinism_enabled()),
-        "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "dtype_policy": keras.config.dtype_policy().name,
         "onednn": onednn_state(),
         "tf_deterministic_ops_env": os.environ.get("TF_DETERMINISTIC_OPS"),
+        "dtype_policy": keras.config.dtype_policy().name,
+        "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
     }
+
+
+def _applied_per_cell() -> dict[str, Any]:
+    import keras
+    import tensorflow as tf
+
+    return {"dtype_policy": keras.config.dtype_policy().name,
+            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled())}
 
 
 def _device_scope(device: str) -> tuple[str | None, str | None]:
@@ -81,62 +100,64 @@ def _device_scope(device: str) -> tuple[str | None, str | None]:
         return None, "no GPU visible to TensorFlow on this machine (tf.config.list_logical_devices('GPU') is empty)"
     if index >= len(gpus):
         return None, f"GPU {index} is not visible: TensorFlow sees {len(gpus)} GPU(s)"
-    return f"/GPU:{index}", None
+    return standalone.device_name(device), None
 
 
-def _tensor_rows(names: list[str], first: list[Any], results: list[Comparison | None],
-                 differing: list[int]) -> list[dict[str, Any]]:
-    rows = []
-    for name, tensor, comparison, n_differ in zip(names, first, results, differing):
-        assert comparison is not None
-        row = comparison.to_dict()
-        row.update(tensor=name, dtype=tensor.dtype.name, shape=list(tensor.shape),
-                   digest=digest(tensor), n_repeats_differ=n_differ)
-        rows.append(row)
-    return rows
+def _with_scale(comparison: Any, reference: Any) -> dict[str, Any]:
+    """A comparison's row plus ``ref_scale``, the reference's largest finite magnitude (for relative errors)."""
+    import numpy as np
+
+    values = np.abs(reference.astype(np.float64)) if reference.size else np.zeros(1)
+    finite = values[np.isfinite(values)]
+    return {**comparison.to_dict(), "ref_scale": float(finite.max()) if finite.size else 0.0}
 
 
-def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
-    """Run one cell: ``repeats`` forward+backward passes, each compared against the first, streaming.
+def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None) -> dict[str, Any]:
+    """Run one cell: ``repeats`` forward+backward passes, each compared with the first (streaming).
 
-    Memory holds the first repeat and the current one, whatever ``repeats`` is.
-    A refusal or error becomes the record's status; only a dying process escapes.
+    A refusal or error becomes the record's status; only a dying process (or a
+    full disk, which must not leave a recorded cell without its tensors) escapes.
     """
     import tensorflow as tf
 
-    from detaudit.engine.cases import build_case
+    from detaudit.engine.cases import adjoint_of, build_case, reference_of
 
     started = time.perf_counter()
-    record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok",
-                              "message": "", "tensors": []}
+    record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
     device, reason = _device_scope(cell.settings.device)
     if device is None:
-        record.update(status="skipped", message=reason)
+        record.update(status="skipped", message=reason, seconds=0.0)
         return record
     try:
+        standalone.run_statements(cell_statements(cell.settings.as_dict()))
+        record["applied"] = _applied_per_cell()
         with tf.device(device):
             case = build_case(cell.layer, cell.seed, xla=cell.settings.xla == "on")
-            first = case.step()
-            results: list[Comparison | None] = [None] * len(first)
-            differing = [0] * len(first)
-            for _ in range(cell.repeats - 1):
-                for i, (reference, tensor) in enumerate(zip(first, case.step())):
-                    result = compare(tensor, reference, digest=False)
-                    results[i] = result if results[i] is None else worst(results[i], result)
-                    differing[i] += not result.bitwise_equal
-        record["tensors"] = _tensor_rows(case.names, first, results, differing)
-        if case.reference is not None:
-            # Against the float64 truth rounded to each tensor's own dtype.
-            record["reference"] = [
-                {**compare(tensor, case.reference[name].astype(tensor.dtype), digest=False).to_dict(), "tensor": name}
-                for name, tensor in zip(case.names, first) if name in case.reference]
-        if case.adjoint is not None:
+            outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
+            first = [t.first for t in outcome.tensors]
+            record["tensors"] = [
+                {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
+                 "shape": list(t.first.shape), "digest": digest(t.first), "n_repeats_differ": t.n_repeats_differ}
+                for t in outcome.tensors]
+            truth = reference_of(cell.layer, case, cell.seed, cache_dir)
+            if truth is not None:
+                # Against the float64 truth rounded to each tensor's own dtype.
+                record["reference"] = [
+                    {**_with_scale(compare(tensor, truth[name].astype(tensor.dtype), digest=False), truth[name]),
+                     "tensor": name}
+                    for name, tensor in zip(case.names, first) if name in truth]
             try:
-                record["adjoint"] = case.adjoint()
-            except Exception as exc:  # noqa: BLE001 - e.g. CPU kernels refusing a dilated transpose
+                adjoint = adjoint_of(cell.layer, case, cell.seed, device)
+                if adjoint is not None:
+                    record["adjoint"] = adjoint
+            except tf.errors.OpError as exc:  # e.g. CPU kernels refusing a dilated transpose
                 record["adjoint"] = {"error": one_line(exc)}
         if tensor_path is not None:
+            from detaudit.engine.store import save_tensors
+
             save_tensors(tensor_path, dict(zip(case.names, first)))
+    except DiskFullError:
+        raise
     except tf.errors.UnimplementedError as exc:
         # A refusal to be deterministic is a finding (unsupported); other gaps, such as
         # NCHW convolutions on the CPU, are errors of the configuration.
@@ -149,18 +170,34 @@ def run_cell(cell: Cell, tensor_path: Path | None) -> dict[str, Any]:
 
 
 def _emit(stream: TextIO, event: dict[str, Any]) -> None:
-    stream.write(json.dumps(event, default=str) + "\n")
-    stream.flush()
+    channel.emit(event)
+
+
+def _refusals(kinds: list[str]) -> list[dict[str, str]]:
+    """Each user kind that does not resolve to a Keras Layer subclass, checked before anything is called."""
+    refused = []
+    for kind in kinds:
+        try:
+            standalone.resolve_user_layer(kind)
+        except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, NotALayer, or the module's own error
+            refused.append({"kind": kind, "message": one_line(exc)})
+    return refused
 
 
 def main(argv: list[str]) -> int:
-    job = json.loads(Path(argv[1]).read_text(encoding="utf-8"))
-    stream = os.fdopen(job["fd"], "w", encoding="utf-8")
+    job = json.loads(sys.stdin.readline())
+    _watch_lifeline()
+    stream = os.fdopen(int(argv[1]), "w", encoding="utf-8")
+    channel.set_stream(stream)
     settings = Settings(**job["settings"])
     applied = apply_settings(settings)
     from detaudit.engine.fingerprint import tensorflow_fingerprint
 
     _emit(stream, {"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
+    refused = _refusals(job.get("user_kinds", []))
+    if refused:
+        _emit(stream, {"event": "refused", "refused": refused})
+        return 0
     if job.get("probe"):
         from detaudit.engine.probes import PROBES
 
@@ -168,11 +205,17 @@ def main(argv: list[str]) -> int:
         _emit(stream, {"event": "done"})
         return 0
     tensor_dir = Path(job["tensor_dir"]) if job.get("tensor_dir") else None
+    cache_dir = Path(job["cache_dir"]) if job.get("cache_dir") else None
     for data in job.get("cells", []):
         cell = Cell.from_dict(data)
         _emit(stream, {"event": "start", "cell_id": cell.cell_id})
         path = tensor_dir / f"{cell.cell_id}.npz" if tensor_dir else None
-        _emit(stream, run_cell(cell, path))
+        try:
+            record = run_cell(cell, path, cache_dir)
+        except DiskFullError as exc:
+            _emit(stream, {"event": "disk_full", "cell_id": cell.cell_id, "message": str(exc)})
+            return 0
+        _emit(stream, record)
     _emit(stream, {"event": "done"})
     return 0
 

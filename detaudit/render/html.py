@@ -17,25 +17,22 @@ import numpy as np
 import pandas as pd
 
 from detaudit.analysis.compare import RunComparison
-from detaudit.core.config import AXES, Settings
-from detaudit.errors import UsageError
-from detaudit.analysis.results import Verdict, cell_verdicts, evaluate, findings
 from detaudit.analysis.runs import StoredRun
+from detaudit.analysis.summary import RunSummary
+from detaudit.analysis.verdicts import Verdict, cell_verdicts, settings_of
+from detaudit.errors import UsageError, install_hint
 
 __all__ = ["render_html"]
 
-_COLOURS = {
-    Verdict.DETERMINISTIC: "#2e7d32", Verdict.NONDETERMINISTIC: "#c62828", Verdict.UNSUPPORTED: "#f9a825",
-    Verdict.SKIPPED: "#bdbdbd", Verdict.ERROR: "#ef6c00", Verdict.CRASH: "#6a1b9a", Verdict.TIMEOUT: "#4e342e",
-}
-_SEVERITY = {v.value: i for i, v in enumerate(Verdict)}
+_COLOURS = {v: v.colour for v in Verdict}
+_SEVERITY = {v.value: v.severity for v in Verdict}
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:2em;color:#222}
 table{border-collapse:collapse;margin:1em 0;font-size:13px}
 td,th{border:1px solid #ccc;padding:3px 8px;text-align:left}
 th{background:#f4f4f4}
 .v{color:#fff;font-weight:600}
-.fail{color:#c62828;font-weight:600}.pass{color:#2e7d32;font-weight:600}
+.fail{color:#c62828;font-weight:600}.pass{color:#2e7d32;font-weight:600}.incomplete{color:#b26a00;font-weight:600}
 img{max-width:100%}
 code{background:#f4f4f4;padding:1px 4px}
 """
@@ -48,7 +45,7 @@ def _pyplot() -> Any:
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        raise UsageError("the HTML report needs matplotlib: pip install 'detaudit[report]'") from None
+        raise UsageError(f"the HTML report needs matplotlib: {install_hint('report')}") from None
     return plt
 
 
@@ -66,7 +63,7 @@ def _heat_map(verdicts: pd.DataFrame) -> str:
 
     frame = verdicts.assign(
         layer_label=[f"{r['layer'].rpartition(':')[2]} {r['input_shape']}" for r in verdicts.to_dict("records")],
-        settings_label=[Settings(**{a: r[a] for a in AXES}).label() for r in verdicts.to_dict("records")],
+        settings_label=[settings_of(r).label() for r in verdicts.to_dict("records")],
         severity=verdicts["verdict"].map(_SEVERITY))
     grid = frame.pivot_table(index="layer_label", columns="settings_label", values="severity", aggfunc="min")
     order = list(Verdict)
@@ -118,11 +115,11 @@ def _verdict_badge(verdict: str) -> str:
     return f'<span class="v" style="background:{_COLOURS[Verdict(verdict)]};padding:1px 6px">{verdict}</span>'
 
 
-def render_html(stored: StoredRun, comparison: RunComparison | None = None) -> str:
+def render_html(stored: StoredRun, summary: RunSummary, comparison: RunComparison | None = None) -> str:
     """The HTML page of a stored run, with the drift table of ``comparison`` when given."""
     table, meta, config = stored.table, stored.meta, stored.config
-    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame(columns=["verdict"])
-    failures = evaluate(table, config)
+    verdicts = cell_verdicts(table)
+    failures = summary.failures
     tf = meta.get("tensorflow") or {}
     counts = Counter(verdicts["verdict"])
     parts = [
@@ -130,12 +127,11 @@ def render_html(stored: StoredRun, comparison: RunComparison | None = None) -> s
         f"<p>config <code>{html.escape(config.name)}</code> · TensorFlow {html.escape(str(tf.get('tensorflow_version')))}"
         f" · started {html.escape(str(meta.get('started')))}</p>",
         "<p>" + ", ".join(f"{_verdict_badge(v.value)} {counts[v.value]}" for v in Verdict if counts[v.value]) + "</p>",
-        f'<p class="{"fail" if failures else "pass"}">'
-        + (f"FAIL: {len(failures)} expectation(s) failed" if failures else "PASS: every expectation held") + "</p>",
+        f'<p class="{summary.status.value.lower()}">{html.escape(summary.status_line)}</p>',
     ]
     if failures:
         parts.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in failures[:200]) + "</ul>")
-    found = findings(table, config.baseline)
+    found = summary.findings
     if found:
         parts.append("<h2>Findings</h2><ul>" + "".join(f"<li>{html.escape(f.sentence())}</li>" for f in found) + "</ul>")
     if comparison is not None:
@@ -148,10 +144,30 @@ def render_html(stored: StoredRun, comparison: RunComparison | None = None) -> s
     if len(verdicts):
         parts += ["<h2>Verdicts over the matrix</h2>", _heat_map(verdicts)]
         parts += ["<h2>ULP distributions per tensor</h2>", _histograms(table)]
-        rows = [[r["layer"], r["input_shape"], Settings(**{a: r[a] for a in AXES}).label(), r["seed"],
+        rows = [[r["layer"], r["input_shape"], settings_of(r).label(), r["seed"],
                  _verdict_badge(r["verdict"]), json.dumps(r["worst_ulp"]), r["message"]]
                 for r in verdicts.to_dict("records")]
         parts += ["<h2>Cells</h2>", _table(["layer", "input", "settings", "seed", "verdict", "worst ULP", "message"],
                                           rows, raw={4})]
     return (f"<!doctype html><html><head><meta charset='utf-8'><title>detaudit {html.escape(stored.run_id)}</title>"
             f"<style>{_STYLE}</style></head><body>{''.join(parts)}</body></html>")
+
+
+def render_result_page(stored: StoredRun) -> str:
+    """A page for an audit or triage run: its stored result, as a table of facts."""
+    result = stored.result or {}
+    rows = [[k, json.dumps(v, default=str)[:400]] for k, v in result.items()]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>detaudit {html.escape(stored.run_id)}</title>"
+            f"<style>{_STYLE}</style></head><body><h1>detaudit {stored.kind.value} run {html.escape(stored.run_id)}</h1>"
+            f"{_table(['key', 'value'], rows)}</body></html>")
+
+
+def render_overview(runs_dir: Any) -> str:
+    """The stored runs of a directory over time (an asv-like overview)."""
+    from detaudit.analysis.history import history_rows
+
+    rows = [[r["run_id"], r["started"], r["kind"], r["config"], r["tensorflow"], r["status"] or r["verdict"] or ""]
+            for r in history_rows(runs_dir)]
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>detaudit runs</title><style>{_STYLE}</style>"
+            f"</head><body><h1>detaudit runs in {html.escape(str(runs_dir))}</h1>"
+            f"{_table(['run', 'started', 'kind', 'config', 'tensorflow', 'outcome'], rows)}</body></html>")

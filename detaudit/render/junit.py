@@ -5,8 +5,12 @@ from __future__ import annotations
 import dataclasses
 import xml.etree.ElementTree as ET
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-__all__ = ["JUnitCase", "write_junit"]
+if TYPE_CHECKING:
+    from detaudit.analysis.summary import RunSummary
+
+__all__ = ["JUnitCase", "summary_cases", "write_junit"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,3 +44,21 @@ def write_junit(path: str | Path, suite: str, cases: list[JUnitCase]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)
+
+
+def summary_cases(summary: RunSummary, failures: dict[str, list[str]] | None = None) -> list[JUnitCase]:
+    """One testcase per cell of a run summary; ``failures`` (cell id -> sentences) default to its own.
+
+    A cell that has no record (an incomplete run) is a failing testcase too, so CI never shows it green.
+    """
+    cases = []
+    for cell in summary.cells:
+        failed = cell.failures if failures is None else failures.get(cell.cell_id)
+        cases.append(JUnitCase(
+            classname=cell.layer, name=f"{cell.settings_label}, seed={cell.seed}", seconds=cell.seconds or 0.0,
+            failure="\n".join(failed) if failed else None,
+            skipped=cell.message if cell.verdict.value == "SKIPPED" else None))
+    for cell_id in summary.completeness.missing:
+        cases.append(JUnitCase(classname="missing cells", name=cell_id,
+                               failure=f"no record: the run is incomplete ({summary.completeness.resume_command})"))
+    return cases

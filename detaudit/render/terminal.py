@@ -1,179 +1,197 @@
-"""Rich renderables built from results tables. Returns objects; never prints."""
+"""Rich renderables of run summaries, comparisons and history. Returns objects; never prints.
+
+Everything here formats a view model (:class:`~detaudit.analysis.summary.RunSummary`,
+:class:`~detaudit.analysis.compare.RunComparison`); nothing recomputes a
+verdict. Tables fit the console they are printed on: rows are grouped under
+their layer, columns whose every value is zero are left out (and named once),
+verdicts never wrap, identical skip rows are folded into one line.
+"""
 
 from __future__ import annotations
 
-import dataclasses
-import json
 import math
-from collections import Counter
-from typing import Any
+import os
+import sys
+from typing import Any, TextIO
 
-import pandas as pd
-from rich.console import Group, RenderableType
+from rich import box
+from rich.console import Console, Group, RenderableType
 from rich.table import Table
 from rich.text import Text
 
 from detaudit.analysis.compare import Category, RunComparison
-from detaudit.core.config import AXES, Settings
-from detaudit.analysis.results import Verdict, cell_verdicts, findings
+from detaudit.analysis.summary import CellView, Gap, RunStatus, RunSummary
+from detaudit.analysis.verdicts import Verdict
 
-__all__ = ["VERDICT_STYLES", "adjoint_table", "checkerboard_panel", "history_table", "render_comparison", "render_run",
-           "shapes_table", "summary_json", "summary_table"]
+__all__ = ["PIPED_WIDTH", "console", "history_table", "render_comparison", "render_run"]
 
-VERDICT_STYLES = {
-    Verdict.DETERMINISTIC: "green",
-    Verdict.NONDETERMINISTIC: "bold red",
-    Verdict.UNSUPPORTED: "yellow",
-    Verdict.SKIPPED: "dim",
-    Verdict.ERROR: "red",
-    Verdict.CRASH: "bold red",
-    Verdict.TIMEOUT: "bold red",
-}
-_TENSOR_COLUMNS = ("output", "grad_input", "grad_kernel", "grad_bias")
+#: Width when the output is not a terminal and COLUMNS is not set.
+PIPED_WIDTH = 100
 _MAX_FINDINGS = 12
 
 
-def _fmt_ulp(value: Any) -> str:
-    return "-" if value is None or pd.isna(value) else f"{int(value):,}"
+def console(stream: TextIO | None = None, width: int | None = None, stderr: bool = False) -> Console:
+    """A console for ``stream``: the terminal's own width, else ``COLUMNS``, else :data:`PIPED_WIDTH`.
+
+    Colour is off when the stream is not a terminal or ``NO_COLOR`` is set (rich's own rule).
+    """
+    target = stream or (sys.stderr if stderr else sys.stdout)
+    if width is None and not (hasattr(target, "isatty") and target.isatty()):
+        columns = os.environ.get("COLUMNS", "")
+        width = int(columns) if columns.isdigit() and int(columns) >= 40 else PIPED_WIDTH
+    return Console(file=target, width=width, soft_wrap=False)
 
 
-def _gap_column(table: pd.DataFrame, comparison: str = "baseline") -> dict[str, str]:
-    """Per cell, the worst gap of one comparison: '=' identical, else max scaled ULP."""
-    out = {}
-    rows = table[(table["comparison"] == comparison) & table["tensor"].notna()]
-    for cell_id, group in rows.groupby("cell_id", sort=False):
-        if group["bitwise_equal"].fillna(False).all():
-            out[cell_id] = "="
-        else:
-            scaled = group["max_ulp_scaled"].max()
-            out[cell_id] = "≠" if pd.isna(scaled) else f"{scaled:.3g}"
-    return out
+def _ulp(value: int | None) -> str:
+    return "-" if value is None else f"{value:,}"
 
 
-def summary_table(table: pd.DataFrame, baseline: Settings | None = None) -> Table:
-    """One row per cell: layer, settings, seed, verdict, worst run-to-run ULP per tensor, gap to baseline."""
-    verdicts = cell_verdicts(table)
-    extra = sorted({t for w in verdicts["worst_ulp"] for t in w} - set(_TENSOR_COLUMNS)) if len(verdicts) else []
-    tensors = [t for t in _TENSOR_COLUMNS if len(verdicts) and any(t in w for w in verdicts["worst_ulp"])] + extra
-    grid = Table(title="Cells (tensor columns: worst repeat or replay ULP; gap columns: max scaled ULP)",
-                 title_justify="left",
-                 show_lines=False, expand=False)
-    grid.add_column("layer")
-    grid.add_column("settings")
-    grid.add_column("seed", justify="right")
-    grid.add_column("verdict")
+def _scaled(gap: Gap | None, is_baseline: bool = False) -> Text:
+    if is_baseline:
+        return Text("baseline", style="dim")
+    if gap is None:
+        return Text("-", style="dim")
+    if gap.identical:
+        return Text("=", style="green")
+    if gap.max_ulp_scaled is None:
+        return Text("≠", style="yellow")
+    return Text(f"{gap.max_ulp_scaled:,.3g}", style="yellow")
+
+
+def _percent(gap: Gap | None) -> Text:
+    if gap is None or gap.rel_error is None:
+        return Text("-", style="dim")
+    value = 100 * gap.rel_error
+    if value == 0:
+        return Text("0%", style="green")
+    text = "inf%" if math.isinf(value) else f"{value:.2g}%" if value < 10 else f"{value:.0f}%"
+    return Text(text, style="red" if value >= 1 else "default")
+
+
+def _cell_table(cells: list[CellView], tensors: list[str], show_baseline: bool, show_reference: bool) -> Table:
+    grid = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, expand=False)
+    grid.add_column("settings", overflow="fold", ratio=3, min_width=12)
+    grid.add_column("seed", justify="right", no_wrap=True)
+    grid.add_column("verdict", no_wrap=True, min_width=len("NONDETERMINISTIC"))
     for tensor in tensors:
-        grid.add_column(tensor, justify="right")
-    grid.add_column("vs baseline", justify="right")
-    references = _gap_column(table, "reference")
-    if references:
-        grid.add_column("vs float64", justify="right")
-    gaps = _gap_column(table)
-    for row in verdicts.to_dict("records"):
-        settings = Settings(**{axis: row[axis] for axis in AXES})
-        verdict = Verdict(row["verdict"])
-        if verdict is Verdict.SKIPPED:
-            continue  # listed once, with the reason, under the table
-        shape = json.loads(row["input_shape"])
-        is_baseline = baseline is not None and settings == baseline
+        grid.add_column(tensor, justify="right", no_wrap=True)
+    if show_baseline:
+        grid.add_column("vs baseline", justify="right", no_wrap=True)
+    if show_reference:
+        grid.add_column("vs float64", justify="right", no_wrap=True)
+    for cell in cells:
         grid.add_row(
-            f"{row['layer'].rpartition(':')[2]} {shape}",
-            settings.label(),
-            str(row["seed"]),
-            Text(verdict.value, style=VERDICT_STYLES[verdict]),
-            *(_fmt_ulp(row["worst_ulp"].get(t)) for t in tensors),
-            "baseline" if is_baseline else gaps.get(row["cell_id"], "-"),
-            *([references.get(row["cell_id"], "-")] if references else []),
-        )
+            cell.settings_label, str(cell.seed), Text(cell.verdict.value, style=cell.verdict.style),
+            *(_ulp(cell.worst_ulp.get(t)) for t in tensors),
+            *([_scaled(cell.baseline, cell.is_baseline)] if show_baseline else []),
+            *([_percent(cell.reference)] if show_reference else []))
     return grid
 
 
-def _header(table: pd.DataFrame, meta: dict[str, Any]) -> Text:
-    tf = meta.get("tensorflow") or {}
-    host = meta.get("host") or {}
-    parts = [f"run {meta.get('run_id', '?')}"]
-    if tf:
-        parts.append(f"TensorFlow {tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}")
-        gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
-        parts.append(f"GPUs: {', '.join(gpus)}" if gpus else "no GPU")
-    if host:
-        parts.append(f"oneDNN {host.get('onednn_state', '?')}")
-    return Text(" · ".join(parts), style="bold")
+def _header(summary: RunSummary) -> Text:
+    text = Text(" · ".join(f"{v}" if k in ("run", "devices") else f"{k} {v}" for k, v in summary.facts.items()),
+                style="bold")
+    if summary.upgraded_from:
+        text.append(f"\n(written by run format {summary.upgraded_from}; read and upgraded on the fly)", style="dim")
+    return text
 
 
-def _counts_line(table: pd.DataFrame) -> Text:
-    counts = Counter(cell_verdicts(table)["verdict"]) if len(table) else Counter()
-    line = Text(f"{sum(counts.values())} cells: ")
-    for i, verdict in enumerate(v for v in Verdict if counts[v.value]):
+def _counts_line(summary: RunSummary) -> Text:
+    line = Text(f"{sum(summary.counts.values())} cells: ")
+    for i, verdict in enumerate(v for v in Verdict if summary.counts.get(v.value)):
         if i:
             line.append(", ")
-        line.append(f"{counts[verdict.value]} {verdict.value}", style=VERDICT_STYLES[verdict])
+        line.append(f"{summary.counts[verdict.value]} {verdict.value}", style=verdict.style)
     return line
 
 
-def _skipped_lines(table: pd.DataFrame) -> list[Text]:
-    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame(columns=["verdict", "message"])
-    skipped = verdicts[verdicts["verdict"] == Verdict.SKIPPED.value]
-    return [Text(f"{n} cells SKIPPED: {reason}", style="dim")
-            for reason, n in Counter(skipped["message"]).items()]
+def _bullets(mark: str, lines: list[tuple[str, str]]) -> Table:
+    """Lines under a mark, wrapped with a hanging indent (continuations line up with the text)."""
+    grid = Table.grid(padding=(0, 1))
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    for text, style in lines:
+        grid.add_row(Text(f"  {mark}", style=style), Text(text, style=style))
+    return grid
 
 
-def render_run(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
-               failures: list[str]) -> RenderableType:
-    """The whole terminal summary of a run: header, cell table, findings and the verdict line."""
-    parts: list[RenderableType] = [_header(table, meta), summary_table(table, baseline),
-                                   *_skipped_lines(table), _counts_line(table)]
-    found = findings(table, baseline)
-    if found:
+def render_run(summary: RunSummary) -> RenderableType:
+    """The whole terminal summary of a run: header, cells by layer, findings, known bugs and the status line."""
+    parts: list[RenderableType] = [_header(summary)]
+    shown = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
+    nonzero = [t for t in summary.tensors if any((c.worst_ulp.get(t) or 0) > 0 for c in shown)]
+    quiet = [t for t in summary.tensors if t not in nonzero]
+    show_baseline = any(c.baseline is not None or c.is_baseline for c in shown)
+    show_reference = any(c.reference is not None for c in shown)
+    layers: dict[str, list[CellView]] = {}
+    for cell in shown:
+        layers.setdefault(cell.layer, []).append(cell)
+    for layer, cells in layers.items():
+        parts.append(Text(layer, style="bold cyan"))
+        parts.append(_cell_table(cells, nonzero, show_baseline, show_reference))
+    notes = []
+    if quiet and shown:
+        notes.append(f"identical run to run in every cell: {', '.join(quiet)}")
+    if nonzero:
+        notes.append("tensor columns: worst run-to-run difference in raw ULP")
+    if show_baseline:
+        notes.append("vs baseline: largest gap in scaled ULP (units of the spacing at the tensor's largest value)")
+    if show_reference:
+        notes.append("vs float64: largest error as a percentage of the float64 truth's largest value")
+    if summary.ulp_units:
+        notes.append("1 ULP at 1.0: " + ", ".join(f"{d} {u}" for d, u in summary.ulp_units.items()))
+    parts.extend(Text(note, style="dim") for note in notes)
+    for reason, count in summary.skipped:
+        parts.append(Text(f"{count} cell(s) SKIPPED: {reason}", style="dim"))
+    parts.append(_counts_line(summary))
+    if summary.findings:
         parts.append(Text("Findings:", style="bold"))
-        for finding in found[:_MAX_FINDINGS]:
-            style = "red" if finding.comparison != "baseline" else "default"
-            parts.append(Text(f"  • {finding.sentence()}", style=style))
-        if len(found) > _MAX_FINDINGS:
-            parts.append(Text(f"  … and {len(found) - _MAX_FINDINGS} more (see results.parquet)", style="dim"))
-    if meta.get("interrupted"):
-        parts.append(Text("Run was interrupted: the table holds the cells that finished.", style="bold yellow"))
-    if failures:
-        parts.append(Text(f"FAIL: {len(failures)} expectation(s) failed", style="bold red"))
-        for failure in failures[:_MAX_FINDINGS]:
-            parts.append(Text(f"  ✗ {failure}", style="red"))
-        if len(failures) > _MAX_FINDINGS:
-            parts.append(Text(f"  … and {len(failures) - _MAX_FINDINGS} more", style="dim"))
-    else:
-        parts.append(Text("PASS: every expectation held", style="bold green"))
+        parts.append(_bullets("•", [(f.sentence(), "red" if f.run_to_run else "default")
+                                    for f in summary.findings[:_MAX_FINDINGS]]))
+        if len(summary.findings) > _MAX_FINDINGS:
+            parts.append(Text(f"  … and {len(summary.findings) - _MAX_FINDINGS} more (detaudit show --json, or "
+                              "results.parquet)", style="dim"))
+    parts.extend(render_known(summary.known))
+    completeness = summary.completeness
+    if completeness.bad_lines:
+        parts.append(Text(f"Warning: {len(completeness.bad_lines)} unreadable line(s) in cells.jsonl (line "
+                          f"{', '.join(map(str, completeness.bad_lines[:5]))}): cut writes, skipped; their cells "
+                          "count as missing.", style="yellow"))
+    if completeness.interrupted and completeness.complete:
+        parts.append(Text("The run was interrupted after its last cell finished.", style="dim"))
+    if summary.failures:
+        parts.append(Text(f"{len(summary.failures)} expectation(s) failed:", style="bold red"))
+        parts.append(_bullets("✗", [(failure, "red") for failure in summary.failures[:_MAX_FINDINGS]]))
+        if len(summary.failures) > _MAX_FINDINGS:
+            parts.append(Text(f"  … and {len(summary.failures) - _MAX_FINDINGS} more", style="dim"))
+    parts.append(Text(summary.status_line, style=summary.status.style))
     return Group(*parts)
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None if math.isnan(value) else str(value)
-    return value
+def render_known(known: Any) -> list[Text]:
+    """Known upstream bugs that results show (KNOWN) or that no longer reproduce (fixed upstream?)."""
+    parts = []
+    for match in known:
+        if match.fixed:
+            parts.append(Text(f"Known bug no longer reproduces (fixed upstream?): {match.bug.title} "
+                              f"[{match.bug.id}] at {match.cell}", style="green"))
+            continue
+        parts.append(Text.assemble(("KNOWN ", "bold magenta"), f"{match.bug.title}: {match.detail} at {match.cell}. ",
+                                   (match.bug.reference(), "magenta"),
+                                   f". Workaround: {match.bug.workaround}" if match.bug.workaround else ""))
+    return parts
 
 
-def summary_json(table: pd.DataFrame, meta: dict[str, Any], baseline: Settings,
-                 failures: list[str]) -> dict[str, Any]:
-    """The summary as plain JSON-able data, for ``--json``."""
-    verdicts = cell_verdicts(table) if len(table) else pd.DataFrame(columns=["verdict"])
-    return {
-        "run_id": meta.get("run_id"),
-        "run_dir": table.attrs.get("run_dir"),
-        "passed": not failures,
-        "failures": failures,
-        "counts": dict(Counter(verdicts["verdict"])),
-        "cells": [{k: _plain(v) for k, v in row.items()} for row in verdicts.to_dict("records")],
-        "findings": [{"layer": f.layer, "comparison": f.comparison, "between": f.between,
-                      "sentence": f.sentence(),
-                      "tensors": [{k: _plain(v) for k, v in dataclasses.asdict(g).items()} for g in f.gaps]}
-                     for f in findings(table, baseline)],
-        "tensorflow": meta.get("tensorflow"),
-    }
+def render_status(summary: RunSummary) -> Text:
+    return Text(summary.status_line, style=summary.status.style)
 
 
 def render_comparison(comparison: RunComparison) -> RenderableType:
     """asv-style: environment differences, one mark per changed cell, then a one-line verdict."""
     parts: list[RenderableType] = [Text(f"compare {comparison.base_id} -> {comparison.new_id}", style="bold")]
     if comparison.environment:
-        env = Table(title="Environment differences (these usually explain the drift)", title_justify="left")
+        env = Table(title="Environment differences (these usually explain the drift)", title_justify="left",
+                    box=box.SIMPLE_HEAD)
         for column in ("fact", "base", "new"):
             env.add_column(column, overflow="fold")
         for key, base, new in comparison.environment:
@@ -185,154 +203,38 @@ def render_comparison(comparison: RunComparison) -> RenderableType:
         parts.append(Text("Matched ignoring " + ", ".join(
             f"{axis}: {base} -> {new}" for axis, (base, new) in comparison.ignored_axes.items()), style="dim"))
     if comparison.changes:
-        changes = Table(title="Changed cells", title_justify="left")
-        changes.add_column("")
-        changes.add_column("cell")
-        changes.add_column("change", overflow="fold")
+        changes = Table(title="Changed cells", title_justify="left", box=box.SIMPLE_HEAD)
+        changes.add_column("", no_wrap=True)
+        changes.add_column("cell", overflow="fold", ratio=2)
+        changes.add_column("change", overflow="fold", ratio=3)
         for change in comparison.changes:
-            style = "bold red" if change.category.regression else ("green" if change.category.name == "FIXED" else "dim")
+            style = "bold red" if change.category.regression else ("green" if change.category is Category.FIXED
+                                                                     else "dim")
             changes.add_row(Text(change.category.mark, style=style), Text(change.label),
-                            Text(f"{change.category.name.lower().replace('_', ' ')}: {change.detail}"))
+                            Text(f"{change.category.label}: {change.detail}"))
         parts.append(changes)
-        legend = "  ".join(f"{c.mark} {c.name.lower().replace('_', ' ')}" for c in Category)
-        parts.append(Text(legend, style="dim"))
+        parts.append(Text("  ".join(f"{c.mark} {c.label}" for c in Category), style="dim"))
     parts.append(Text(comparison.verdict(), style="bold red" if comparison.regressions else "bold green"))
     return Group(*parts)
 
 
 def history_table(runs: list[dict[str, Any]]) -> Table:
-    """One line per stored run, newest first: id, date, config, TensorFlow, device, verdict counts."""
-    grid = Table(title="Runs, newest first", title_justify="left")
-    for column in ("run", "started", "config", "tensorflow", "device", "cells"):
-        grid.add_column(column)
+    """One line per stored run, newest first: id, date, kind, config, TensorFlow, device, outcome."""
+    grid = Table(title="Runs, newest first", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("run", "started", "kind", "config", "tensorflow", "device", "outcome"):
+        grid.add_column(column, overflow="fold")
     for run in runs:
-        counts = Text(f"audit: {run['verdict']}" if run.get("verdict") else "")
+        outcome = Text()
+        if run.get("status"):
+            outcome.append(run["status"], style=RunStatus(run["status"]).style if run["status"] in
+                           RunStatus._value2member_map_ else "bold")
+            outcome.append(" ")
         for i, verdict in enumerate(v for v in Verdict if run["counts"].get(v.value)):
             if i:
-                counts.append(", ")
-            counts.append(f"{run['counts'][verdict.value]} {verdict.value}", style=VERDICT_STYLES[verdict])
-        grid.add_row(run["run_id"], run["started"][:19].replace("T", " "), run["config"], run["tensorflow"],
-                     run["device"], counts)
+                outcome.append(", ")
+            outcome.append(f"{run['counts'][verdict.value]} {verdict.value}", style=verdict.style)
+        if run.get("verdict"):
+            outcome.append(str(run["verdict"]))
+        grid.add_row(run["run_id"], run["started"][:19].replace("T", " "), run["kind"], run["config"],
+                     run["tensorflow"], run["device"], outcome)
     return grid
-
-
-def shapes_table(rows: list[dict[str, Any]]) -> Table:
-    """The shape audit: formula vs TensorFlow, the Conv round trip and the fix, rejections."""
-    grid = Table(title="Transposed-convolution shapes (one spatial axis)", title_justify="left")
-    for column in ("input", "kernel", "stride", "padding", "dilation", "output_padding", "Keras formula",
-                   "TensorFlow", "Conv round trip", "fix"):
-        grid.add_column(column, justify="right" if column not in ("padding", "Conv round trip", "fix") else "left")
-    for row in rows:
-        measured = row.get("measured")
-        if row["rejected"]:
-            formula = Text("rejected", style="yellow")
-        else:
-            formula = Text(str(row["output"]))
-        if measured is None:
-            tf_text = Text("-", style="dim")
-        elif measured.get("error"):
-            tf_text = Text("error", style="yellow" if row["rejected"] else "bold red")
-        else:
-            tf_text = Text(str(measured["length"]), style="green" if measured["length"] == row["output"] else "bold red")
-        trip = Text(f"{row['n']} -> {row['conv']} -> {row['round_trip']}",
-                    style="green" if row["round_trip_ok"] else "yellow")
-        fix = "-" if row["round_trip_ok"] else (
-            f"output_padding={row['fixing_output_padding']}" if row["fixing_output_padding"] is not None else "none")
-        grid.add_row(str(row["n"]), str(row["kernel"]), str(row["stride"]), row["padding"], str(row["dilation"]),
-                     str(row["output_padding"]), formula, tf_text, trip, fix)
-    return grid
-
-
-def _heat(window: list[list[int]]) -> Text:
-    top = max(max(r) for r in window) or 1
-    text = Text()
-    for r in window:
-        for value in r:
-            shade = int(40 + 200 * value / top)
-            text.append(f"{value:3d}", style=f"on rgb({shade},{shade // 3},{shade // 3})")
-        text.append("\n")
-    return text
-
-
-def checkerboard_panel(items: list[dict[str, Any]]) -> RenderableType:
-    """Checkerboard scores (analytic and measured) with the tap-count window of each, beside resize-conv."""
-    grid = Table(title="Checkerboard: taps per output position, interior (score 0 = uniform)", title_justify="left")
-    for column in ("kernel", "stride", "analytic", "TensorFlow", "taps (transpose)", "resize-conv", "taps (resize-conv)"):
-        grid.add_column(column)
-    for item in items:
-        measured = item.get("measured")
-        grid.add_row(str(item["kernel"]), str(item["stride"]), f"{item['score']:.3g}",
-                     f"{measured['transpose']['score']:.3g}" if measured else "-",
-                     _heat(measured["transpose"]["window"]) if measured else Text("-"),
-                     f"{measured['resize_conv']['score']:.3g}" if measured else "-",
-                     _heat(measured["resize_conv"]["window"]) if measured else Text("-"))
-    return grid
-
-
-def adjoint_table(rows: list[dict[str, Any]], threshold: float) -> Table:
-    """The dot-product test per spec: |<Cz, x> - <z, Tx>| in epsilons, and the reconstruction error."""
-    grid = Table(title=f"Adjoint test: <conv(z), x> = <z, conv_transpose(x)> (fails above {threshold:g} eps)",
-                 title_justify="left")
-    for column in ("rank", "kernel", "stride", "padding", "float32 eps", "float64 eps", "reconstruction |T(C z) - z|/|z|"):
-        grid.add_column(column, justify="right" if column != "padding" else "left")
-    for row in rows:
-        cells = []
-        for dtype in ("float32", "float64"):
-            result = row["results"].get(dtype, {})
-            if result.get("error"):
-                cells.append(Text("refused", style="yellow"))
-            else:
-                value = result["adjoint_eps"]
-                cells.append(Text(f"{value:.3g}", style="bold red" if value > threshold else "green"))
-        recon = row["results"].get("float64", {}).get("reconstruction")
-        grid.add_row(str(row["rank"]), str(row["kernel"]), str(row["stride"]), row["padding"], *cells,
-                     "-" if recon is None else f"{recon:.3g}")
-    return grid
-
-
-_AUDIT_STYLES = {"REPRODUCIBLE": "bold green", "NONDETERMINISTIC": "bold red", "NOT RESTART-REPRODUCIBLE": "bold red"}
-
-
-def audit_report(result: dict[str, Any]) -> RenderableType:
-    """``detaudit audit``: verdict, per-layer table with the culprit marked, losses, and the fixes."""
-    parts: list[RenderableType] = [Text(f"Audit of {result['model']}: {result['verdict']}",
-                                        style=_AUDIT_STYLES.get(result["verdict"], "bold"))]
-    culprit = result.get("culprit")
-    grid = Table(title="Layers in topological order", title_justify="left")
-    for column in ("", "layer", "class", "forward", "backward", "max ULP", "first step"):
-        grid.add_column(column)
-    for row in result["layers"]:
-        mark = "►" if culprit and culprit["layer"] == row["layer"] else ""
-        grid.add_row(Text(mark, style="bold red"), Text(row["layer"]), Text(row["class"]),
-                     Text(row["forward"], style="red" if row["forward"] != "ok" else "green"),
-                     Text(row["backward"], style="red" if row["backward"] != "ok" else "green"),
-                     f"{row['max_ulp']:,}", "-" if row["first_step"] is None else str(row["first_step"]))
-    parts.append(grid)
-    if culprit:
-        parts.append(Text(f"Culprit: {culprit['layer']} ({culprit['class']}), {culprit['tensor']}", style="bold red"))
-    diverged = [loss["step"] for loss in result["losses"] if not loss["equal"]]
-    parts.append(Text(f"Loss differs from step {diverged[0]}" if diverged else "Loss identical at every step"))
-    restart = result.get("restart")
-    if restart:
-        parts.append(Text("Restart: " + ", ".join(f"{k} {'same' if v else 'DIFFERS'}" for k, v in restart.items())))
-    fixes = Table(title="Environment and fixes", title_justify="left")
-    for column in ("check", "state", "risk", "fix"):
-        fixes.add_column(column, overflow="fold")
-    for check in result["checks"]:
-        fixes.add_row(*(Text(str(check[k])) for k in ("check", "state", "risk", "fix")))
-    parts.append(fixes)
-    return Group(*parts)
-
-
-def audit_markdown(result: dict[str, Any]) -> str:
-    """The audit as Markdown, to attach to a ticket."""
-    lines = [f"# detaudit audit: {result['model']}", "", f"**Verdict: {result['verdict']}**", ""]
-    if result.get("culprit"):
-        c = result["culprit"]
-        lines += [f"Culprit: `{c['layer']}` ({c['class']}), {c['tensor']}.", ""]
-    lines += ["| layer | class | forward | backward | max ULP | first step |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['class']} | {r['forward']} | {r['backward']} | {r['max_ulp']} | {r['first_step'] or '-'} |"
-              for r in result["layers"]]
-    lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
-    lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in result["checks"]]
-    return "\n".join(lines) + "\n"

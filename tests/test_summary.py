@@ -1,4 +1,4 @@
-"""results and report: tables, verdicts, findings, expectations and rendering from fabricated runs.
+"""The results table, verdicts, findings, the run summary and its terminal rendering, from fabricated runs.
 
 No TensorFlow: records are made the way the worker makes them, from NumPy tensors.
 """
@@ -12,18 +12,15 @@ import numpy as np
 import pytest
 from rich.console import Console
 
+from detaudit.analysis.findings import findings
+from detaudit.analysis.runs import load_run
+from detaudit.analysis.summary import RunStatus, build_summary
+from detaudit.analysis.verdicts import Verdict, cell_verdicts
 from detaudit.core.config import Cell, Settings, parse_config
 from detaudit.core.numerics import compare, digest
-from detaudit.render.terminal import render_run, summary_json
-from detaudit.analysis.results import (
-    COLUMNS,
-    Verdict,
-    build_table,
-    cell_verdicts,
-    evaluate,
-    findings,
-)
 from detaudit.engine.store import RunStore, save_tensors
+from detaudit.engine.table import COLUMNS, build_table
+from detaudit.render.terminal import render_run
 
 GOLDEN = Path(__file__).parent / "golden"
 CONFIG = parse_config({
@@ -68,7 +65,9 @@ def store(tmp_path) -> RunStore:
     """A run: baseline; determinism off with a nondeterministic grad_bias; xla on with an output
     gap to the baseline; xla on + determinism on crashed."""
     store = RunStore.create(tmp_path, CONFIG.to_dict(), CONFIG.name, run_id="fab")
-    store.write_meta({"run_id": "fab", "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x", "gpus": []}})
+    store.write_meta({"run_id": "fab", "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x", "gpus": []},
+                      "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
+                      "interrupted": False})
     base = _tensors(0)
     off = _cell(determinism="off")
     shaky = {**base, "grad_bias": _nudge(base["grad_bias"], 3, 2)}
@@ -79,8 +78,10 @@ def store(tmp_path) -> RunStore:
             store.append_record({**_record(cell, first, later), "replay": replay})
             save_tensors(store.tensor_path(cell.cell_id, replay), first)
     crashed = _cell(xla="on", determinism="on")
-    store.append_record({"event": "cell", "cell_id": crashed.cell_id, "status": "crash", "tensors": [],
-                         "message": "worker killed by SIGSEGV", "seconds": None, "cell": crashed.to_dict()})
+    for replay in (False, True):
+        store.append_record({"event": "cell", "cell_id": crashed.cell_id, "status": "crash", "tensors": [],
+                             "message": "worker killed by SIGSEGV", "seconds": None, "cell": crashed.to_dict(),
+                             "replay": replay})
     return store
 
 
@@ -112,16 +113,17 @@ def test_verdicts(store):
 
 
 def test_default_expectation_is_run_to_run_determinism_and_no_crash(store):
-    failures = evaluate(build_table(store, CONFIG), CONFIG)
-    assert len(failures) == 2
-    assert any("expected deterministic, got NONDETERMINISTIC" in f for f in failures)
-    assert any("CRASH" in f and "SIGSEGV" in f for f in failures)
+    summary = build_summary(load_run(store.path))
+    assert len(summary.failures) == 2 and summary.status is RunStatus.FAIL
+    assert any("expected deterministic, got NONDETERMINISTIC" in f for f in summary.failures)
+    assert any("CRASH" in f and "SIGSEGV" in f for f in summary.failures)
 
 
 def test_thresholds_on_baseline_gaps(store):
     strict = parse_config({**CONFIG.to_dict(), "expect": {"deterministic": {"determinism": ["on"]},
                                                           "max_ulp": {"baseline": {"float32": 4}}}})
-    failures = evaluate(build_table(store, strict), strict)
+    (store.path / "config.yaml").write_text(__import__("yaml").safe_dump(strict.to_dict()))
+    failures = build_summary(load_run(store.path)).failures
     assert any("baseline max_ulp 5 > 4" in f for f in failures)
     assert not any("NONDETERMINISTIC" in f for f in failures)  # determinism=off is not required
 
@@ -130,30 +132,46 @@ def test_findings_name_the_tensor_the_setting_and_the_ulps(store):
     found = findings(build_table(store, CONFIG), CONFIG.baseline)
     sentences = [f.sentence() for f in found]
     assert sentences[0].startswith("Conv2DTranspose [1, 2, 2, 2]: nondeterministic run to run under defaults")
-    assert "grad_bias in 2/2 repeats: 2/2 elements, max 3 ULP" in sentences[0]
+    assert "grad_bias in 2/2 repeats: 2/2 elements differ, max 3 float32 ULP raw" in sentences[0]
     # The xla=on cell also has determinism=off, and its determinism=on twin crashed: both axes are named.
-    assert any("differs between (determinism=on, xla=off) and (determinism=off, xla=on): output: 4/32 elements, "
-               "max 5 ULP" in s for s in sentences)
+    assert any("determinism=on, xla=off -> determinism=off, xla=on: output: 4/32 elements differ, "
+               "max 5 float32 ULP raw" in s for s in sentences)
 
 
-def _render(store) -> str:
-    table = build_table(store, CONFIG)
-    console = Console(file=io.StringIO(), width=140, color_system=None, force_terminal=False)
-    console.print(render_run(table, store.read_meta(), CONFIG.baseline, evaluate(table, CONFIG)))
-    return console.file.getvalue()
+def _render(store, width: int) -> str:
+    console = Console(file=io.StringIO(), width=width, color_system=None, force_terminal=False)
+    console.print(render_run(build_summary(load_run(store.path))))
+    text = console.file.getvalue().replace(str(store.path), "RUN_DIR")
+    return "\n".join(line.rstrip() for line in text.splitlines()) + "\n"
 
 
-def test_rendering_matches_the_golden_file(store):
-    text = _render(store)
-    golden = GOLDEN / "report.txt"
-    if not golden.exists():  # first run writes it; review and commit it
-        golden.write_text(text)
+@pytest.mark.parametrize("width", [80, 120])
+def test_rendering_matches_the_golden_files(store, width):
+    text = _render(store, width)
+    golden = GOLDEN / f"run-{width}.txt"
+    assert golden.exists(), f"missing golden file {golden}: write it from _render(), review it, commit it"
     assert text == golden.read_text()
+    assert all(len(line) <= width for line in text.splitlines())
 
 
 def test_summary_json_is_plain_data(store):
     import json
-    table = build_table(store, CONFIG)
-    data = summary_json(table, store.read_meta(), CONFIG.baseline, evaluate(table, CONFIG))
+    data = build_summary(load_run(store.path)).to_dict()
     json.dumps(data)
-    assert data["passed"] is False and data["counts"]["CRASH"] == 1 and data["findings"]
+    assert data["passed"] is False and data["status"] == "FAIL" and data["counts"]["CRASH"] == 1 and data["findings"]
+
+
+def test_a_run_with_missing_cells_is_incomplete_never_pass(store):
+    lines = store.cells_path.read_text().splitlines(keepends=True)
+    store.cells_path.write_text("".join(lines[:2]))  # the baseline and its replay only
+    summary = build_summary(load_run(store.path))
+    assert summary.status is RunStatus.INCOMPLETE and len(summary.completeness.missing) == 6
+    assert summary.status_line.startswith("INCOMPLETE: 6 of 8 cells have no record")
+    assert "Resume with: detaudit run --resume" in summary.status_line
+
+
+def test_a_torn_line_is_reported_and_its_cell_is_missing(store):
+    text = store.cells_path.read_text()
+    store.cells_path.write_text(text[:-40])  # the last record cut short
+    summary = build_summary(load_run(store.path))
+    assert summary.status is RunStatus.INCOMPLETE and summary.completeness.bad_lines == (8,)

@@ -1,0 +1,198 @@
+"""Findings: what differs, where, by how much, in plain words and units. Pure pandas; no TensorFlow.
+
+A finding is one line of a summary: run-to-run nondeterminism under some
+settings, or a gap between the baseline and other settings. Each tensor's gap
+is told in raw ULP (counted at each element, which explodes near zero), in
+scaled ULP (the largest difference in units of the spacing at the tensor's
+largest magnitude) and, where the float64 truth exists, as the relative error
+of each side against it in percent, with the side that is closer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any
+
+import ml_dtypes
+import numpy as np
+import pandas as pd
+
+from detaudit.core.axes import AXES
+from detaudit.core.comparisons import ComparisonKind
+from detaudit.analysis.verdicts import settings_of
+
+__all__ = ["Finding", "TensorGap", "findings", "layer_label", "relative_error", "ulp_unit"]
+
+_REPEAT, _PROCESS, _BASELINE, _REFERENCE = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
+                                            ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value)
+
+
+def ulp_unit(dtype: str) -> str:
+    """What one ULP is at 1.0 in ``dtype``: ``2^-23 (1.2e-07)`` for float32."""
+    info = ml_dtypes.finfo(np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype))
+    return f"2^-{int(info.nmant)} ({float(info.eps):.2g})"
+
+
+def relative_error(row: dict[str, Any]) -> float | None:
+    """Largest absolute difference over the reference's largest magnitude (None where not measured)."""
+    scale, gap = row.get("ref_scale"), row.get("max_abs")
+    if scale is None or gap is None or pd.isna(scale) or pd.isna(gap):
+        return None
+    if scale == 0:
+        return 0.0 if gap == 0 else math.inf
+    return float(gap) / float(scale)
+
+
+def _pct(value: float | None) -> str:
+    if value is None:
+        return "-"
+    if value == 0:
+        return "0%"
+    if math.isinf(value):
+        return "inf%"
+    pct = 100 * value
+    return f"{pct:.2g}%" if pct < 10 else f"{pct:.0f}%"
+
+
+def layer_label(row: dict[str, Any]) -> str:
+    """``Conv2DTranspose [4, 16, 16, 8]``: the kind (class name for a user layer) and the input shape."""
+    shape = row["input_shape"]
+    shape = json.loads(shape) if isinstance(shape, str) else list(shape)
+    return f"{str(row['layer']).rpartition(':')[2]} {shape}"
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorGap:
+    """How one tensor differs within a finding (worst over the seeds pooled).
+
+    ``truth`` is (error of the baseline side, error of this side) against the
+    float64 reference, as fractions of its largest magnitude, where measured.
+    """
+
+    tensor: str
+    dtype: str | None
+    n_mismatch: int
+    n_elements: int
+    max_ulp: int
+    max_ulp_scaled: float
+    n_repeats_differ: int | None = None
+    n_repeats_compared: int | None = None
+    truth: tuple[float | None, float | None] | None = None
+    known: str | None = None  # a known upstream bug this gap shows (its link or "not yet reported")
+
+    def phrase(self, sides: tuple[str, str] | None = None) -> str:
+        repeats = ""
+        if self.n_repeats_differ is not None and self.n_repeats_compared:
+            repeats = f" in {self.n_repeats_differ}/{self.n_repeats_compared} repeats"
+        scaled = "" if math.isnan(self.max_ulp_scaled) else f", {self.max_ulp_scaled:,.3g} scaled"
+        unit = f" {self.dtype}" if self.dtype else ""
+        text = (f"{self.tensor}{repeats}: {self.n_mismatch:,}/{self.n_elements:,} elements differ, "
+                f"max {self.max_ulp:,}{unit} ULP raw{scaled}")
+        if self.truth and sides and any(v is not None for v in self.truth):
+            left, right = self.truth
+            text += f"; vs float64 {_pct(left)} -> {_pct(right)}"
+            if left is not None and right is not None and left != right:
+                text += f" ({sides[0] if left < right else sides[1]} is closer)"
+        if self.known:
+            text += f" [KNOWN: {self.known}]"
+        return text
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One line of a summary: what differs, where, and by how much.
+
+    ``comparison`` is ``repeat`` or ``process`` (run-to-run nondeterminism under
+    the settings in ``between``) or ``baseline`` (a gap between two settings:
+    ``between`` is ``(before, after)``).
+    """
+
+    layer: str
+    comparison: str
+    between: tuple[str, str] | str
+    n_axes: int
+    gaps: tuple[TensorGap, ...]
+
+    @property
+    def worst_scaled(self) -> float:
+        values = [g.max_ulp_scaled for g in self.gaps if not math.isnan(g.max_ulp_scaled)]
+        return max(values, default=0.0)
+
+    @property
+    def run_to_run(self) -> bool:
+        return ComparisonKind(self.comparison).decides_determinism
+
+    def sentence(self) -> str:
+        if self.run_to_run:
+            what = "nondeterministic run to run" if self.comparison == _REPEAT else "differs in a fresh process"
+            return f"{self.layer}: {what} under {self.between}: " + "; ".join(g.phrase() for g in self.gaps)
+        before, after = self.between
+        return f"{self.layer}: {before} -> {after}: " + "; ".join(g.phrase((before, after)) for g in self.gaps)
+
+
+def _axes_changed(row: dict[str, Any], baseline: Any) -> list[str]:
+    return [axis for axis in AXES if row[axis] != getattr(baseline, axis)]
+
+
+def _sides(row: dict[str, Any], baseline: Any) -> tuple[str, str]:
+    diff = _axes_changed(row, baseline)
+    return (", ".join(f"{a}={getattr(baseline, a)}" for a in diff), ", ".join(f"{a}={row[a]}" for a in diff))
+
+
+def _int(value: Any) -> int:
+    return 0 if value is None or pd.isna(value) else int(value)
+
+
+def findings(table: pd.DataFrame, baseline: Any, known: dict[tuple[str, str], str] | None = None) -> list[Finding]:
+    """Differing tensors grouped by layer and by what differs, seeds pooled.
+
+    A baseline gap is reported once, under the fewest changed settings that
+    produce it: a cell whose tensor is bit-identical to that of a cell with
+    fewer changes (determinism=off vs on on a CPU, say) adds nothing.
+    ``known`` maps (cell id, tensor) to a known upstream bug's reference, to mark it.
+    """
+    known = known or {}
+    differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()  # noqa: E712
+                      & table["comparison"].isin([_REPEAT, _PROCESS, _BASELINE])].to_dict("records")
+    truth = {(r["cell_id"], r["tensor"]): relative_error(r)
+             for r in table[table["comparison"] == _REFERENCE].to_dict("records")}
+
+    def same_bits(row: dict[str, Any]) -> tuple[Any, ...]:  # cells whose tensor has these exact bits
+        return row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"]
+
+    simplest: dict[tuple[Any, ...], int] = {}
+    for row in differing:
+        if row["comparison"] == _BASELINE:
+            key = same_bits(row)
+            simplest[key] = min(simplest.get(key, 99), len(_axes_changed(row, baseline)))
+    groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
+    for row in differing:
+        n_axes = len(_axes_changed(row, baseline))
+        if row["comparison"] == _BASELINE:
+            if n_axes > simplest[same_bits(row)]:
+                continue
+            between: tuple[str, str] | str = _sides(row, baseline)
+        else:
+            between = settings_of(row).label()
+        key = (layer_label(row), row["comparison"], between, n_axes)
+        groups.setdefault(key, {}).setdefault(row["tensor"], []).append(row)
+    out = []
+    for (layer, comparison, between, n_axes), per_tensor in groups.items():
+        gaps = []
+        for tensor, rows in per_tensor.items():
+            worst = max(rows, key=lambda r: (_int(r["max_ulp"]), _int(r["n_mismatch"])))
+            scaled = [r["max_ulp_scaled"] for r in rows if not pd.isna(r["max_ulp_scaled"])]
+            repeats = [_int(r["n_repeats_differ"]) for r in rows if not pd.isna(r["n_repeats_differ"])]
+            sides = None
+            if comparison == _BASELINE:
+                sides = (truth.get((worst["reference_cell"], tensor)), truth.get((worst["cell_id"], tensor)))
+            gaps.append(TensorGap(
+                tensor, None if pd.isna(worst["dtype"]) else str(worst["dtype"]), _int(worst["n_mismatch"]),
+                _int(worst["n_elements"]), _int(worst["max_ulp"]), max(scaled) if scaled else math.nan,
+                max(repeats) if repeats else None, int(worst["repeats"]) - 1 if comparison == _REPEAT else None,
+                sides, known.get((worst["cell_id"], tensor))))
+        out.append(Finding(layer, comparison, between, n_axes, tuple(gaps)))
+    order = {_REPEAT: 0, _PROCESS: 1, _BASELINE: 2}
+    return sorted(out, key=lambda f: (order.get(f.comparison, 3), f.n_axes, -f.worst_scaled, f.layer))

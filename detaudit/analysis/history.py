@@ -1,0 +1,42 @@
+"""The stored runs of a directory as rows, newest first: what ``detaudit history`` lists. Pure Python + pandas."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from detaudit.analysis.runs import list_runs, load_run
+from detaudit.analysis.summary import build_summary
+from detaudit.engine.store import RunKind
+from detaudit.errors import RunDirError
+
+__all__ = ["history_rows"]
+
+
+def history_rows(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | None = None) -> list[dict[str, Any]]:
+    """One row per readable run: id, start, kind, config, TensorFlow, device, status and verdict counts."""
+    rows = []
+    for store in list_runs(runs_dir, on_skip=on_skip):
+        try:
+            stored = load_run(store.path)
+        except RunDirError as exc:
+            if on_skip:
+                on_skip(store.path, str(exc))
+            continue
+        tf = stored.meta.get("tensorflow") or {}
+        gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+        row = {"run_id": stored.run_id, "started": str(stored.meta.get("started") or ""), "kind": stored.kind.value,
+               "config": str(stored.meta.get("config_name") or "?"),
+               "tensorflow": str(tf.get("tensorflow_version") or "?"), "device": ", ".join(gpus) if gpus else "cpu",
+               "counts": {}, "status": None, "verdict": None, "run_dir": str(stored.path)}
+        if stored.kind is RunKind.MATRIX:
+            summary = build_summary(stored)
+            row.update(counts=summary.counts, status=summary.status.value)
+        elif stored.kind is RunKind.AUDIT:
+            row["verdict"] = (stored.result or {}).get("verdict")
+        else:
+            cells = (stored.result or {}).get("cells", [])
+            row["verdict"] = f"{sum(bool(c.get('reproduced')) for c in cells)}/{len(cells)} reproduced"
+        rows.append(row)
+    return rows

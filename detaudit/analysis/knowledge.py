@@ -1,0 +1,119 @@
+"""What detaudit knows about TensorFlow, as data (knowledge.yaml): causes for triage, known upstream bugs.
+
+Pure Python. :func:`match_known_bug` tells whether a result is a known
+upstream bug (shown as KNOWN, not failing unless ``--strict``);
+:func:`explain` picks the most likely cause of a triaged difference.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+__all__ = ["KnownBug", "explain", "known_bugs", "match_known_bug", "version_in_range"]
+
+_PATH = Path(__file__).with_name("knowledge.yaml")
+
+
+@functools.lru_cache(maxsize=1)
+def _knowledge() -> dict[str, Any]:
+    return yaml.safe_load(_PATH.read_text(encoding="utf-8"))
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownBug:
+    """An upstream bug: how to recognise it (``match``, ``symptom``), what it does, where it is reported."""
+
+    id: str
+    title: str
+    match: Mapping[str, Any]
+    symptom: Mapping[str, float]
+    effect: str
+    link: str
+    repro: str
+    workaround: str
+
+    @property
+    def reported(self) -> bool:
+        return self.link.startswith("http")
+
+    def applies_to(self, facts: Mapping[str, Any]) -> bool:
+        """Whether a result with these facts is where this bug lives (whatever the result was)."""
+        return _matches(self.match, facts)
+
+    def shows_in(self, facts: Mapping[str, Any]) -> bool:
+        """Whether the result shows the bug's symptom."""
+        if "adjoint_eps_above" in self.symptom:
+            value = facts.get("adjoint_eps")
+            return value is not None and value > self.symptom["adjoint_eps_above"]
+        if "rel_error_above" in self.symptom:
+            value = facts.get("rel_error")
+            return value is not None and value > self.symptom["rel_error_above"]
+        return True
+
+    def reference(self) -> str:
+        """The link, or "not yet reported" with the minimal repro's first line."""
+        return self.link if self.reported else "not yet reported (minimal repro in detaudit/analysis/knowledge.yaml)"
+
+
+def known_bugs() -> list[KnownBug]:
+    """Every known upstream bug, in file order."""
+    return [KnownBug(e["id"], e["title"], e.get("match") or {}, e.get("symptom") or {}, e.get("effect", ""),
+                     e.get("link", "not yet reported"), e.get("repro", ""), e.get("workaround", ""))
+            for e in _knowledge().get("known_bugs", [])]
+
+
+def match_known_bug(facts: Mapping[str, Any]) -> KnownBug | None:
+    """The known bug a result with these facts shows, if any (``facts``: the keys knowledge.yaml describes)."""
+    return next((bug for bug in known_bugs() if bug.applies_to(facts) and bug.shows_in(facts)), None)
+
+
+def _matches(match: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
+    for key, expected in match.items():
+        if key == "any_of":
+            if not any(_matches(option, facts) for option in expected):
+                return False
+        elif key == "tensorflow":
+            if not version_in_range(facts.get("tensorflow"), expected):
+                return False
+        else:
+            allowed = expected if isinstance(expected, list) else [expected]
+            if facts.get(key) not in [str(a) if isinstance(facts.get(key), str) else a for a in allowed]:
+                return False
+    return True
+
+
+def version_in_range(version: str | None, bounds: str) -> bool:
+    """Whether ``version`` lies in ``"min,max"`` (max exclusive; either side may be empty)."""
+    if not version:
+        return False
+
+    def parse(text: str) -> tuple[int, ...]:
+        return tuple(int(p) for p in re.findall(r"\d+", text)[:2])
+
+    low, _, high = bounds.partition(",")
+    current = parse(version)
+    return (not low.strip() or parse(low) <= current) and (not high.strip() or current < parse(high))
+
+
+def explain(removed_by: list[str], device: str, message: str, tf_version: str | None) -> dict[str, Any]:
+    """The first triage cause whose conditions hold (the last entry always does)."""
+    causes = _knowledge()["causes"]
+    for entry in causes:
+        when = entry.get("when") or {}
+        if "removed_by" in when and when["removed_by"] not in removed_by:
+            continue
+        if "device" in when and not device.startswith(when["device"]):
+            continue
+        if "message" in when and not re.search(when["message"], message or ""):
+            continue
+        if "tensorflow" in when and not version_in_range(tf_version, when["tensorflow"]):
+            continue
+        return entry
+    return causes[-1]

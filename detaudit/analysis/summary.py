@@ -1,0 +1,324 @@
+"""The run summary: everything a renderer shows about a stored matrix run, computed once.
+
+:func:`build_summary` turns a :class:`~detaudit.analysis.runs.StoredRun` into
+a :class:`RunSummary`; the terminal, JSON, Markdown, HTML and JUnit renderers
+only format it (none of them recomputes a verdict, a gap or a status line).
+Pure pandas; no TensorFlow, no rich.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from collections import Counter
+from typing import Any
+
+import pandas as pd
+
+from detaudit.analysis.findings import Finding, findings, layer_label, relative_error, ulp_unit
+from detaudit.analysis.knowledge import KnownBug, known_bugs, match_known_bug
+from detaudit.analysis.runs import Completeness, StoredRun
+from detaudit.analysis.verdicts import (
+    ADJOINT_LIMIT_EPS,
+    Verdict,
+    cell_label,
+    cell_verdicts,
+    settings_of,
+    threshold_breaches,
+)
+from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.kinds import kind_of
+from detaudit.engine.table import COMPUTE_DTYPE
+
+__all__ = ["CellView", "Gap", "KnownMatch", "RunStatus", "RunSummary", "build_summary", "cell_facts"]
+
+_REPEAT, _BASELINE, _REFERENCE, _ADJOINT = (ComparisonKind.REPEAT.value, ComparisonKind.BASELINE.value,
+                                            ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value)
+
+
+class RunStatus(str, enum.Enum):
+    """The run's one-word answer. INCOMPLETE wins over PASS: missing cells cannot pass."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCOMPLETE = "INCOMPLETE"
+
+    @property
+    def style(self) -> str:
+        return {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE": "bold yellow"}[self.value]
+
+
+@dataclasses.dataclass(frozen=True)
+class Gap:
+    """A cell's worst gap over its tensors for one comparison."""
+
+    identical: bool
+    max_ulp_scaled: float | None
+    max_ulp: int | None
+    rel_error: float | None  # largest difference over the truth's largest magnitude (reference only)
+
+
+@dataclasses.dataclass(frozen=True)
+class KnownMatch:
+    """A result that shows a known upstream bug (``fixed`` when the spec matches but the symptom is gone)."""
+
+    bug: KnownBug
+    cell: str  # a label of the cell or spec
+    detail: str
+    fixed: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class CellView:
+    """One cell as every renderer shows it."""
+
+    cell_id: str
+    layer: str  # "Conv2DTranspose [4, 16, 16, 8]"
+    kind: str
+    settings: Any  # Settings
+    settings_label: str
+    seed: int
+    verdict: Verdict
+    message: str
+    worst_ulp: dict[str, int | None]  # run to run, per tensor
+    baseline: Gap | None
+    reference: Gap | None
+    adjoint_eps: float | None
+    is_baseline: bool
+    seconds: float | None
+    failures: tuple[str, ...]
+    label: str  # "Conv2DTranspose [4, 16, 16, 8] [xla=on, seed=0]"
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """A stored matrix run, summarized once for every renderer."""
+
+    run_id: str
+    run_dir: str
+    config_name: str
+    facts: dict[str, str]  # header: TensorFlow, Keras, devices, CPU, oneDNN...
+    tensors: tuple[str, ...]  # tensor columns in order
+    cells: tuple[CellView, ...]
+    skipped: tuple[tuple[str, int], ...]  # (reason, number of cells), folded
+    counts: dict[str, int]
+    findings: tuple[Finding, ...]
+    failures: tuple[str, ...]
+    known: tuple[KnownMatch, ...]
+    completeness: Completeness
+    ulp_units: dict[str, str]  # dtype -> what one ULP is at 1.0
+    status: RunStatus
+    strict: bool
+    upgraded_from: int | None
+
+    @property
+    def status_line(self) -> str:
+        """The one-line verdict every renderer prints last."""
+        c = self.completeness
+        if self.status is RunStatus.INCOMPLETE:
+            line = f"INCOMPLETE: {len(c.missing)} of {c.expected} cells have no record"
+            if self.failures:
+                line += f"; {len(self.failures)} expectation(s) failed among the rest"
+            return line + (f". Resume with: {c.resume_command}" if c.resume_command else ".")
+        known = [k for k in self.known if not k.fixed]
+        tail = f" ({len(known)} known upstream bug(s), not counted; --strict counts them)" if known and not self.strict \
+            else ""
+        if self.status is RunStatus.FAIL:
+            return f"FAIL: {len(self.failures)} expectation(s) failed{tail}"
+        return f"PASS: every expectation held{tail}"
+
+    def cell(self, cell_id: str) -> CellView:
+        return next(c for c in self.cells if c.cell_id == cell_id)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able data, for ``--json``."""
+        return {
+            "run_id": self.run_id, "run_dir": self.run_dir, "config": self.config_name, "status": self.status.value,
+            "passed": self.status is RunStatus.PASS, "status_line": self.status_line, "failures": list(self.failures),
+            "complete": self.completeness.complete, "missing": list(self.completeness.missing),
+            "unreadable_lines": list(self.completeness.bad_lines), "resume": self.completeness.resume_command,
+            "counts": self.counts, "facts": self.facts, "ulp_units": self.ulp_units,
+            "cells": [{"cell_id": c.cell_id, "layer": c.layer, "kind": c.kind, "settings": c.settings.as_dict(),
+                       "seed": c.seed, "verdict": c.verdict.value, "message": c.message,
+                       "worst_ulp": c.worst_ulp, "baseline": _plain(c.baseline), "reference": _plain(c.reference),
+                       "adjoint_eps": _num(c.adjoint_eps), "failures": list(c.failures)} for c in self.cells],
+            "skipped": [{"reason": r, "cells": n} for r, n in self.skipped],
+            "findings": [{"layer": f.layer, "comparison": f.comparison, "between": f.between, "sentence": f.sentence(),
+                          "tensors": [{k: _num(v) for k, v in dataclasses.asdict(g).items()} for g in f.gaps]}
+                         for f in self.findings],
+            "known_bugs": [{"id": k.bug.id, "title": k.bug.title, "link": k.bug.link, "cell": k.cell,
+                            "detail": k.detail, "fixed_upstream": k.fixed} for k in self.known],
+            "upgraded_from_format": self.upgraded_from,
+        }
+
+
+def _num(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else str(value)
+    if isinstance(value, (list, tuple)):
+        return [_num(v) for v in value]
+    return value
+
+
+def _plain(gap: Gap | None) -> dict[str, Any] | None:
+    return None if gap is None else {k: _num(v) for k, v in dataclasses.asdict(gap).items()}
+
+
+def _gaps(table: pd.DataFrame, comparison: str) -> dict[str, Gap]:
+    out = {}
+    rows = table[(table["comparison"] == comparison) & table["tensor"].notna()]
+    for cell_id, group in rows.groupby("cell_id", sort=False):
+        scaled = group["max_ulp_scaled"].max()
+        raw = group["max_ulp"].max()
+        errors = [e for e in (relative_error(r) for r in group.to_dict("records")) if e is not None]
+        out[str(cell_id)] = Gap(bool(group["bitwise_equal"].fillna(False).all()),
+                                None if pd.isna(scaled) else float(scaled), None if pd.isna(raw) else int(raw),
+                                max(errors) if errors else None)
+    return out
+
+
+def cell_facts(row: dict[str, Any], onednn: str | None, tensorflow: str | None) -> dict[str, Any]:
+    """The facts knowledge.yaml's matchers read, for one table row."""
+    params = row.get("params")
+    params = __import__("json").loads(params) if isinstance(params, str) else (params or {})
+    kernel, stride = params.get("kernel_size"), params.get("strides")
+    return {"comparison": row.get("comparison"), "kind": row.get("layer"), "rank": kind_of(str(row.get("layer"))).rank,
+            "kernel": kernel[0] if isinstance(kernel, list) and len(set(kernel)) == 1 else kernel,
+            "stride": stride[0] if isinstance(stride, list) and len(set(stride)) == 1 else stride,
+            "padding": params.get("padding"), "dtype": COMPUTE_DTYPE.get(str(row.get("precision")), row.get("dtype")),
+            "precision": row.get("precision"), "xla": row.get("xla"), "device": str(row.get("device", "")).split(":")[0],
+            "onednn": onednn, "tensor": row.get("tensor"), "tensorflow": tensorflow,
+            "adjoint_eps": None if pd.isna(row.get("adjoint_eps")) else row.get("adjoint_eps"),
+            "rel_error": relative_error(row) if row.get("comparison") == _REFERENCE else None}
+
+
+def _onednn_path(stored: StoredRun) -> dict[str, str]:
+    """oneDNN on/off per worker group, as the workers reported it (else the host's state)."""
+    host = str((stored.meta.get("host") or {}).get("onednn_state", "")).split(" ")[0] or None
+    groups = {g.split(":")[-1].split("-")[0]: str((a or {}).get("onednn", "")).split(" ")[0] or host
+              for g, a in (stored.meta.get("groups") or {}).items()}
+    return {"*": host or "", **groups}
+
+
+def _known(stored: StoredRun, table: pd.DataFrame) -> tuple[list[KnownMatch], dict[tuple[str, str], str], set[str]]:
+    """Known upstream bugs among the adjoint and reference rows: matches, (cell, tensor) marks, cells excused."""
+    tf_version = (stored.meta.get("tensorflow") or {}).get("tensorflow_version")
+    paths = _onednn_path(stored)
+    groups = {}
+    for record in stored.store.iter_records():
+        groups[record["cell_id"]] = str(record.get("group", ""))
+    matches, marks, excused = [], {}, set()
+    rows = table[table["comparison"].isin([_ADJOINT, _REFERENCE]) & (table["status"] == "ok")]
+    bugs = known_bugs()
+    for row in rows.to_dict("records"):
+        facts = cell_facts(row, paths.get(groups.get(row["cell_id"], ""), paths["*"]), tf_version)
+        applicable = [b for b in bugs if b.applies_to(facts)]
+        for bug in applicable:
+            label = cell_label(row)
+            if bug.shows_in(facts):
+                detail = (f"adjoint test {facts['adjoint_eps']:.3g} eps" if row["comparison"] == _ADJOINT
+                          else f"{row['tensor']} {100 * (facts['rel_error'] or 0):.2g}% off float64")
+                matches.append(KnownMatch(bug, label, detail))
+                marks[(row["cell_id"], row["tensor"])] = bug.reference()
+                excused.add(row["cell_id"])
+            else:
+                matches.append(KnownMatch(bug, label, "no longer reproduces", fixed=True))
+    return _dedupe(matches), marks, excused
+
+
+def _dedupe(matches: list[KnownMatch]) -> list[KnownMatch]:
+    """One entry per bug and outcome, the first cell named, with a count."""
+    seen: dict[tuple[str, bool], list[KnownMatch]] = {}
+    for m in matches:
+        seen.setdefault((m.bug.id, m.fixed), []).append(m)
+    out = []
+    for group in seen.values():
+        first = group[0]
+        more = f" (and {len(group) - 1} more cell(s))" if len(group) > 1 else ""
+        out.append(dataclasses.replace(first, detail=first.detail + more))
+    return out
+
+
+def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], strict: bool) -> dict[str, list[str]]:
+    """The failed expectations of each cell (cells with none are absent).
+
+    Without ``expect`` every cell must be run-to-run deterministic. Crashes,
+    time-outs and errors always fail; skipped cells never do. The adjoint test
+    fails above its limit unless a known upstream bug explains it (and not --strict).
+    """
+    config, table = stored.config, stored.table
+    assert config is not None
+    failures: dict[str, list[str]] = {}
+    for row in verdicts.to_dict("records"):
+        verdict = Verdict(row["verdict"])
+        if verdict.failed_to_run:
+            failures.setdefault(row["cell_id"], []).append(f"{verdict.value}: {row['message']}")
+        elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
+                config.expect.must_be_deterministic(settings_of(row)):
+            failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
+    for row in threshold_breaches(table, config).to_dict("records"):
+        failures.setdefault(row["cell_id"], []).append(row["breach"])
+    adjoint = table[(table["comparison"] == _ADJOINT) & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
+    for row in adjoint.to_dict("records"):
+        if row["cell_id"] in excused and not strict:
+            continue
+        failures.setdefault(row["cell_id"], []).append(
+            f"adjoint test {row['adjoint_eps']:.3g} eps > {ADJOINT_LIMIT_EPS:g}: TensorFlow's conv_transpose is not "
+            "the adjoint of its convolution here (a TensorFlow bug)")
+    return failures
+
+
+def _facts(stored: StoredRun) -> dict[str, str]:
+    tf = stored.meta.get("tensorflow") or {}
+    host = stored.meta.get("host") or {}
+    gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+    facts = {"run": stored.run_id}
+    if tf:
+        facts["TensorFlow"] = f"{tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}"
+        facts["devices"] = ", ".join(gpus) if gpus else "CPU only"
+    if host:
+        facts["CPU"] = str(host.get("cpu_model", "?"))
+        facts["oneDNN"] = str(host.get("onednn_state", "?"))
+    return facts
+
+
+def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
+    """Summarize a stored matrix run once; ``strict`` makes known upstream bugs fail it."""
+    config, table = stored.config, stored.table
+    if config is None or stored.completeness is None:
+        raise TypeError(f"{stored.path}: a {stored.kind.value} run has no cell summary")
+    verdicts = cell_verdicts(table)
+    matches, marks, excused = _known(stored, table)
+    per_cell = _failures(stored, verdicts, excused, strict)
+    baseline_gaps, reference_gaps = _gaps(table, _BASELINE), _gaps(table, _REFERENCE)
+    adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == _ADJOINT].to_dict("records")}
+    seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
+    cells, skipped = [], Counter()
+    for row in verdicts.to_dict("records"):
+        verdict = Verdict(row["verdict"])
+        if verdict is Verdict.SKIPPED:
+            skipped[row["message"]] += 1
+        settings = settings_of(row)
+        eps = adjoint.get(row["cell_id"])
+        cells.append(CellView(
+            row["cell_id"], layer_label(row), str(row["layer"]), settings, settings.label(), int(row["seed"]), verdict,
+            row["message"], row["worst_ulp"], baseline_gaps.get(row["cell_id"]), reference_gaps.get(row["cell_id"]),
+            None if eps is None or pd.isna(eps) else float(eps), settings == config.baseline,
+            None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
+            tuple(per_cell.get(row["cell_id"], ())), cell_label(row)))
+    failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
+    names = list(dict.fromkeys(t for c in cells for t in c.worst_ulp))
+    known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
+    tensors = tuple(sorted(names, key=lambda t: (known_order.index(t) if t in known_order else len(known_order), t)))
+    dtypes = sorted({str(d) for d in table["dtype"].dropna().unique()} & {"float64", "float32", "float16", "bfloat16"})
+    completeness = stored.completeness
+    if not completeness.complete:
+        status = RunStatus.INCOMPLETE
+    else:
+        status = RunStatus.FAIL if failures else RunStatus.PASS
+    return RunSummary(
+        stored.run_id, str(stored.path), config.name, _facts(stored), tensors, tuple(cells),
+        tuple(skipped.items()), {v.value: n for v in Verdict if (n := sum(c.verdict is v for c in cells))},
+        tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
+        {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from)

@@ -1,0 +1,92 @@
+"""One tidy table across stored runs, for analysis in pandas (``detaudit.load_runs``).
+
+Each row of each matrix run's results table, with the run's facts joined as
+columns, the axes and ``comparison``/``status`` as ordered categoricals, the
+layer parameters as typed columns beside the JSON, and a ``role`` column that
+tells run-to-run rows (determinism) from drift, accuracy (the float64
+reference) and identity (the adjoint test) rows. Pure pandas.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import pandas as pd
+
+from detaudit.analysis.runs import list_runs, load_run
+from detaudit.core.axes import AXES
+from detaudit.core.comparisons import ComparisonKind
+from detaudit.engine.store import RunKind
+from detaudit.errors import RunDirError
+
+__all__ = ["RUN_COLUMNS", "load_runs"]
+
+#: Run-level facts joined to every row.
+RUN_COLUMNS = ["started", "config", "tensorflow", "keras", "detaudit_version", "device_name", "cpu", "onednn"]
+_STATUSES = ["ok", "skipped", "unsupported", "error", "crash", "timeout"]
+_PARAMS = ["kind", "filters", "kernel_size", "strides", "padding", "dilation_rate", "output_padding"]
+
+
+def _run_facts(meta: dict) -> dict:
+    tf = meta.get("tensorflow") or {}
+    host = meta.get("host") or {}
+    gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+    return {"started": pd.Timestamp(meta["started"]) if meta.get("started") else pd.NaT,
+            "config": meta.get("config_name"), "tensorflow": tf.get("tensorflow_version"),
+            "keras": tf.get("keras_version"), "detaudit_version": host.get("detaudit_version"),
+            "device_name": ", ".join(gpus) if gpus else "CPU", "cpu": host.get("cpu_model"),
+            "onednn": str(host.get("onednn_state") or "").split(" ")[0] or None}
+
+
+def _param(params: str, name: str) -> object:
+    value = json.loads(params).get(name)
+    return tuple(value) if isinstance(value, list) else value
+
+
+def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+    """The results of many matrix runs in one tidy DataFrame.
+
+    Args:
+        runs: a directory of run directories (every matrix run in it is read;
+            broken ones are skipped), or a list of run directories.
+
+    Returns:
+        One row per run x cell x tensor x comparison: the results table's
+        columns plus :data:`RUN_COLUMNS`, ``role`` and the typed layer parameters.
+
+    Raises:
+        RunDirError: a listed directory is not a readable run.
+    """
+    if isinstance(runs, (str, os.PathLike)) and not (Path(runs) / "meta.json").exists():
+        paths = [s.path for s in list_runs(runs, kinds=(RunKind.MATRIX,))]
+    else:
+        paths = [Path(runs)] if isinstance(runs, (str, os.PathLike)) else [Path(p) for p in runs]
+    frames = []
+    for path in paths:
+        stored = load_run(path)
+        if stored.kind is not RunKind.MATRIX:
+            raise RunDirError(f"{path}: a {stored.kind.value} run; load_runs reads runs of `detaudit run`.")
+        table = stored.table.copy()
+        for key, value in _run_facts(stored.meta).items():
+            table[key] = value
+        frames.append(table)
+    if not frames:
+        return pd.DataFrame()
+    table = pd.concat(frames, ignore_index=True)
+    for name, axis in AXES.items():
+        if axis.choices:
+            table[name] = pd.Categorical(table[name], categories=list(axis.choices), ordered=True)
+    table["comparison"] = pd.Categorical(table["comparison"], categories=[k.value for k in ComparisonKind],
+                                         ordered=True)
+    table["status"] = pd.Categorical(table["status"], categories=_STATUSES, ordered=True)
+    table["role"] = pd.Categorical(table["comparison"].map(lambda c: ComparisonKind(c).spec.role.value).astype(str),
+                                   categories=["determinism", "drift", "accuracy", "identity"])
+    table["kind"] = table["layer"].astype("string")
+    for name in _PARAMS[1:]:
+        table[name] = [_param(p, name) for p in table["params"]]
+    table["filters"] = table["filters"].astype("Int64")
+    table["padding"] = table["padding"].astype("string")
+    return table

@@ -1,0 +1,121 @@
+"""Cell verdicts and the expectations a run must meet. Pure pandas; no TensorFlow.
+
+A cell's verdict comes from its own run-to-run comparisons (those whose role
+is determinism: ``repeat`` and ``process``) and its status. The expectations
+of a config (``expect``), the fixed adjoint limit and the known upstream bugs
+(:mod:`detaudit.analysis.knowledge`) decide which cells fail the run.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any
+
+import pandas as pd
+
+from detaudit.core.axes import AXES
+from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.config import Config, Settings
+
+__all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "settings_of",
+           "threshold_breaches"]
+
+#: Above this many epsilons the adjoint test fails: conv_transpose is then not the adjoint of conv (a TF bug).
+ADJOINT_LIMIT_EPS = 64.0
+CELL_KEYS = ["cell_id", "layer", "params", "input_shape", *AXES, "seed"]
+
+
+class Verdict(str, enum.Enum):
+    """The verdict of one cell, worst first."""
+
+    CRASH = "CRASH"
+    TIMEOUT = "TIMEOUT"
+    ERROR = "ERROR"
+    NONDETERMINISTIC = "NONDETERMINISTIC"
+    UNSUPPORTED = "UNSUPPORTED"
+    SKIPPED = "SKIPPED"
+    DETERMINISTIC = "DETERMINISTIC"
+
+    @property
+    def description(self) -> str:
+        return _DESCRIPTIONS[self]
+
+    @property
+    def severity(self) -> int:
+        """0 is the worst."""
+        return list(Verdict).index(self)
+
+    @property
+    def failed_to_run(self) -> bool:
+        """The cell produced no measurement because something broke (always fails a run)."""
+        return self in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.ERROR)
+
+    @property
+    def style(self) -> str:
+        """The rich style of this verdict, for every renderer that colours it."""
+        return _STYLES[self]
+
+    @property
+    def colour(self) -> str:
+        """The HTML colour of this verdict."""
+        return _COLOURS[self]
+
+
+_DESCRIPTIONS = {
+    Verdict.CRASH: "the worker process died while running the cell",
+    Verdict.TIMEOUT: "the worker exceeded timeout_s while running the cell",
+    Verdict.ERROR: "the layer or TensorFlow raised an error",
+    Verdict.NONDETERMINISTIC: "a repeat or a fresh-process replay gave different bits",
+    Verdict.UNSUPPORTED: "TensorFlow refused: no deterministic implementation of an op",
+    Verdict.SKIPPED: "the device is not visible on this machine",
+    Verdict.DETERMINISTIC: "every repeat and replay gave identical bits",
+}
+_STYLES = {Verdict.DETERMINISTIC: "green", Verdict.NONDETERMINISTIC: "bold red", Verdict.UNSUPPORTED: "yellow",
+           Verdict.SKIPPED: "dim", Verdict.ERROR: "red", Verdict.CRASH: "bold red", Verdict.TIMEOUT: "bold red"}
+_COLOURS = {Verdict.DETERMINISTIC: "#2e7d32", Verdict.NONDETERMINISTIC: "#c62828", Verdict.UNSUPPORTED: "#f9a825",
+            Verdict.SKIPPED: "#9e9e9e", Verdict.ERROR: "#ef6c00", Verdict.CRASH: "#6a1b9a", Verdict.TIMEOUT: "#4e342e"}
+_STATUS_VERDICT = {"crash": Verdict.CRASH, "timeout": Verdict.TIMEOUT, "error": Verdict.ERROR,
+                   "unsupported": Verdict.UNSUPPORTED, "skipped": Verdict.SKIPPED}
+
+
+def settings_of(row: dict[str, Any]) -> Any:
+    """The :class:`~detaudit.core.config.Settings` of a table row (or of a cell_verdicts row)."""
+    return Settings(**{axis: row[axis] for axis in AXES})
+
+
+def cell_verdicts(table: pd.DataFrame) -> pd.DataFrame:
+    """One row per cell: its verdict, message and worst run-to-run ULP per tensor."""
+    out = []
+    deciding = ComparisonKind.deciding_determinism()
+    if not len(table):
+        return pd.DataFrame(columns=[*CELL_KEYS, "verdict", "message", "worst_ulp"])
+    for key, rows in table.groupby(CELL_KEYS, sort=False, dropna=False):
+        own = rows[rows["comparison"].isin(deciding)]
+        verdicts = [_STATUS_VERDICT.get(s, Verdict.ERROR) for s in own["status"] if s != "ok"]
+        if (own["bitwise_equal"] == False).any():  # noqa: E712 - nullable boolean
+            verdicts.append(Verdict.NONDETERMINISTIC)
+        verdict = min(verdicts, key=lambda v: v.severity) if verdicts else Verdict.DETERMINISTIC
+        messages = [m for m in own["message"].dropna() if m]
+        worst = own[own["tensor"].notna()].groupby("tensor", sort=False)["max_ulp"].max()
+        out.append({**dict(zip(CELL_KEYS, key)), "verdict": verdict.value,
+                    "message": messages[0] if messages else "",
+                    "worst_ulp": {k: (None if pd.isna(v) else int(v)) for k, v in worst.items()}})
+    return pd.DataFrame(out)
+
+
+def threshold_breaches(table: pd.DataFrame, config: Config) -> pd.DataFrame:
+    """Rows whose max_ulp / max_ulp_scaled exceed the config's thresholds, with a ``breach`` sentence."""
+    found = []
+    for kind in ("max_ulp", "max_ulp_scaled"):
+        for comparison, _ in getattr(config.expect, kind):
+            rows = table[(table["comparison"] == comparison) & table[kind].notna()]
+            for row in rows.to_dict("records"):
+                limit = config.expect.threshold(kind, comparison, row["precision"])
+                if limit is not None and row[kind] > limit:
+                    found.append({**row, "breach": f"{row['tensor']} {comparison} {kind} {row[kind]:g} > {limit:g}"})
+    return pd.DataFrame(found, columns=[*table.columns, "breach"])
+
+
+def cell_label(row: dict[str, Any]) -> str:
+    """``Layer [settings, seed=N]`` for a row of the table or of cell_verdicts."""
+    return f"{str(row['layer']).rpartition(':')[2]} {row['input_shape']} [{settings_of(row).label()}, seed={row['seed']}]"

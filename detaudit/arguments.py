@@ -1,0 +1,249 @@
+"""The command line's arguments: every option with its help, choices and default; exit codes and examples.
+
+Only the parser lives here (``detaudit/cli.py`` parses, calls, prints and
+picks the exit code). The audit's setting flags come from the axis
+declarations, validated by the same validator as a config's matrix.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from typing import Any
+
+from detaudit._version import __version__
+from detaudit.core.axes import AXES, parse_axis_value
+
+__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser"]
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+_EXIT_CODES = """exit codes:
+  0    every expectation held
+  1    an expectation failed, a cell crashed, timed out or errored, the run is INCOMPLETE (cells
+       without a record), or a comparison found a regression
+  2    bad input: one line naming the file, YAML key path or argument, what was received and what
+       is allowed (nothing ran)
+  3    a TensorFlow worker failed on its own (not your input): its last stderr lines are shown
+  130  interrupted with Ctrl-C: what finished is saved; the resume command is printed"""
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Defaults shown after each help text; the epilog (exit codes, examples) kept as written."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        command = self.prog.split()[-1] if " " in self.prog else ""
+        self.exit(EXIT_BAD_INPUT, f"detaudit: error: {message} (see `detaudit {command + ' ' if command else ''}"
+                                  "--help`)\n")
+
+
+def _int_range(minimum: int, maximum: int) -> Callable[[str], int]:
+    """An argparse type: an integer in [minimum, maximum], with a message that says so."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer from {minimum} to {maximum:,}, received {text!r}") \
+                from None
+        if not minimum <= value <= maximum:
+            raise argparse.ArgumentTypeError(f"expected an integer from {minimum} to {maximum:,}, received {value}")
+        return value
+    return parse
+
+
+def _number(minimum: float, maximum: float) -> Callable[[str], float]:
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, received {text!r}") from None
+        if not minimum <= value <= maximum:  # also refuses nan
+            raise argparse.ArgumentTypeError(f"expected a number from {minimum:g} to {maximum:g}, received {text}")
+        return value
+    return parse
+
+
+def _axis(name: str) -> Callable[[str], Any]:
+    """An argparse type for one axis value, checked by the axis' own validator."""
+    def parse(text: str) -> Any:
+        try:
+            return parse_axis_value(name, int(text) if name == "threads" and text.isdigit() else text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"expected {exc}, received {text!r}") from None
+    parse.__name__ = name
+    return parse
+
+
+def _epilog(*examples: str) -> str:
+    return "examples:\n" + "\n".join(f"  {e}" for e in examples) + "\n\n" + _EXIT_CODES
+
+
+def _add(sub: Any, name: str, help_text: str, description: str, examples: tuple[str, ...]) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help_text, description=description, epilog=_epilog(*examples),
+                          formatter_class=_Formatter)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``detaudit`` argument parser."""
+    parser = _Parser(prog="detaudit", formatter_class=_Formatter, epilog=_EXIT_CODES,
+                     description="Determinism and numerics audits of TensorFlow transposed convolutions.")
+    parser.add_argument("--version", action="store_true", help="print detaudit's version and the TensorFlow it audits")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = _add(sub, "run", "run a config's matrix of cells and summarize it",
+             "Expand a config into cells (layers x settings x seeds), run each in TensorFlow workers, store the "
+             "results under --out and print the summary.",
+             ("detaudit run", "detaudit run configs/nightly.yaml --compare-to latest --junit junit.xml",
+              "detaudit run --resume runs/20261125T101500Z-nightly --retry-failed"))
+    p.add_argument("config", nargs="?", help="YAML config (default: the bundled configs/quick.yaml)")
+    p.add_argument("--out", default="runs", help="directory that receives the run directory")
+    p.add_argument("--workers", type=_int_range(1, 256), default=None,
+                   help="environment groups run in parallel (default: the number of CPU cores)")
+    p.add_argument("--run-id", default=None, help="name of the run directory (default: UTC timestamp-config name)")
+    p.add_argument("--shard", default=None, metavar="I/N",
+                   help="run only shard I of N of the matrix (stable by cell id); join the shards with merge")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="finish an interrupted run: cells already recorded are not run again")
+    p.add_argument("--retry-failed", action="store_true",
+                   help="with --resume: also run again the cells recorded as crash or timeout")
+    p.add_argument("--compare-to", default=None, metavar="RUN_DIR|latest|previous",
+                   help="after the run, compare with this run (latest: the newest other run in --out); exit 1 "
+                        "on a regression")
+    p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
+    p.add_argument("--strict", action="store_true", help="known upstream bugs fail the run too")
+    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
+
+    p = _add(sub, "show", "re-render a stored run of any kind (matrix, audit, triage)",
+             "Render a stored run again. A run with cells that have no record is INCOMPLETE (exit 1) and the "
+             "command that finishes it is printed.",
+             ("detaudit show latest", "detaudit show runs/20261125T101500Z-quick --json"))
+    p.add_argument("run_dir", nargs="?", default="latest", metavar="RUN_DIR|latest|previous",
+                   help="the run directory, or latest / previous in --runs")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+    p.add_argument("--all", action="store_true", help="an audit: list every layer, not only those that differ")
+    p.add_argument("--strict", action="store_true", help="known upstream bugs count as failures")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = _add(sub, "compare", "compare two stored runs cell by cell; exit 1 on a regression",
+             "asv-style comparison: environment differences first, then one mark per changed cell "
+             "(! newly nondeterministic, F new failure, ~ digest changed, x ULP threshold newly exceeded, "
+             "+ fixed, a added, r removed), then one verdict line.",
+             ("detaudit compare previous latest", "detaudit compare runs/base runs/new --junit compare.xml"))
+    p.add_argument("base", metavar="BASE", help="run directory, or latest / previous in --runs")
+    p.add_argument("new", metavar="NEW", help="run directory, or latest / previous in --runs")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+    p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
+    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+
+    p = _add(sub, "history", "list the stored runs, newest first",
+             "One line per run directory under RUNS_DIR: id, start, kind, config, TensorFlow, device and outcome. "
+             "Broken directories are reported and skipped.", ("detaudit history", "detaudit history shards --json"))
+    p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="the directory of run directories")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = _add(sub, "report", "write a self-contained HTML report of a run, or of all runs over time",
+             "Given a run (or latest/previous): its page (verdict heat map, drift matrix, sortable cell table). "
+             "Given a directory of runs: the overview across runs over time, as asv's main page.",
+             ("detaudit report latest --html report.html --compare-to previous", "detaudit report runs --html history.html"))
+    p.add_argument("target", metavar="RUN_DIR|RUNS_DIR|latest|previous", help="a run, or a directory of runs")
+    p.add_argument("--html", required=True, metavar="PATH", help="where to write the page")
+    p.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous", help="add the drift against this run")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+
+    p = _add(sub, "shapes", "audit output shapes, the Conv round trip and the checkerboard",
+             "Keras' output length next to what TensorFlow returns, the Conv round trip (15 -> 8 -> 16) and the "
+             "output_padding that fixes it, configurations TensorFlow rejects at run time (predicted for the oneDNN "
+             "path measured, with the other path's prediction), and the checkerboard score.",
+             ("detaudit shapes --kernel 3 --stride 2 --padding same --input 15 16",
+              "detaudit shapes configs/quick.yaml --no-tf"))
+    p.add_argument("config", nargs="?", help="audit the transposed convolutions of this config instead of the flags")
+    p.add_argument("--kernel", type=_int_range(1, 256), help="kernel size (1-256)")
+    p.add_argument("--stride", type=_int_range(1, 256), help="stride (1-256)")
+    p.add_argument("--padding", choices=["same", "valid"], help="padding")
+    p.add_argument("--dilation", type=_int_range(1, 256), default=1, help="dilation rate (1-256)")
+    p.add_argument("--output-padding", type=_int_range(0, 255), default=None,
+                   help="output_padding (smaller than the stride; default: Keras' None)")
+    p.add_argument("--input", type=_int_range(1, 1 << 20), nargs="+", metavar="N", help="input lengths to audit")
+    p.add_argument("--rank", type=int, choices=[1, 2, 3], default=2, help="spatial rank of the layer measured")
+    p.add_argument("--no-tf", action="store_true", help="formulas only: do not start a TensorFlow worker")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = _add(sub, "adjoint", "the dot-product test: is conv_transpose the adjoint of conv?",
+             "<conv(z), x> = <z, conv_transpose(x)> per spec in float32 and float64, in epsilons, beside the "
+             "reconstruction error of conv_transpose(conv(z)). A failure matching a known upstream bug is KNOWN "
+             "(exit 0) unless --strict.",
+             ("detaudit adjoint", "detaudit adjoint configs/nightly.yaml --strict"))
+    p.add_argument("config", nargs="?", help="test the layers of this config (default: a built-in grid of 72 specs)")
+    p.add_argument("--threshold", type=_number(0, 1e30), default=64.0, help="fail above this many epsilons")
+    p.add_argument("--strict", action="store_true", help="known upstream bugs fail too")
+    p.add_argument("--all", action="store_true", help="list every spec, not only those that fail")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = _add(sub, "triage", "confirm, isolate, shrink and explain a difference; write a reproducer",
+             "For each nondeterministic cell of a run (or the given cell, also a drifting one): confirm it, change "
+             "one setting at a time, shrink the layer within the budget, name the most likely cause and write "
+             "repro.py and report.md into a new triage run (the source run is not changed).",
+             ("detaudit triage latest", "detaudit triage runs/20261125T101500Z-quick --cell conv2dtranspose-970425c421e1"))
+    p.add_argument("target", metavar="RUN_DIR|latest|CONFIG", help="a run directory (or latest), or a config to run first")
+    p.add_argument("--cell", default=None, help="the cell id to triage (default: every nondeterministic cell)")
+    p.add_argument("--budget-s", type=_number(1, 86400), default=300.0, help="seconds for shrinking, per cell")
+    p.add_argument("--out", default="runs", help="where the triage run goes (and a config's run, and latest)")
+
+    p = _add(sub, "audit", "pre-training determinism audit of your own Keras model",
+             "--repeats executions of --steps SGD steps from the same weights and data, compared bit for bit "
+             "(loss per step, every layer's output, every gradient, the final weights), the same again in a fresh "
+             "process (restart), the culprit layer and tensor, and what in this environment decides reproducibility.",
+             ("detaudit audit model.keras --input-shape 8,64,64,3",
+              "detaudit audit mypkg.models:build_generator --determinism on --report audit.md"))
+    p.add_argument("model", help="a .keras file (loaded in safe mode), or module:function returning a Keras model")
+    shape = p.add_mutually_exclusive_group()
+    shape.add_argument("--input-shape", default=None, metavar="B,H,W,C",
+                       help="synthetic input shape, batch included (default: the model's, batch 2)")
+    shape.add_argument("--inputs", default=None, metavar="X.npy", help="a .npy file with the input batch")
+    p.add_argument("--targets", default=None, metavar="Y.npy", help="a .npy file with the targets (default: seeded random)")
+    p.add_argument("--loss", default="mse", help="a Keras loss name (mse, categorical_crossentropy, ...)")
+    p.add_argument("--steps", type=_int_range(1, 10_000), default=3, help="training steps per execution")
+    p.add_argument("--repeats", type=_int_range(2, 1000), default=3, help="executions compared with the first")
+    p.add_argument("--seed", type=_int_range(0, (1 << 32) - 1), default=0, help="seed of inputs, targets and weights")
+    for name in ("device", "precision", "determinism", "xla"):
+        axis = AXES[name]
+        p.add_argument(f"--{name}", type=_axis(name), default=axis.default,
+                       metavar="cpu|gpu|gpu:N" if name == "device" else None, choices=axis.choices,
+                       help=axis.description)
+    p.add_argument("--unsafe", action="store_true", help="allow code in the model file (Lambda layers); trust it first")
+    p.add_argument("--all", action="store_true", help="list every layer, not only those that differ")
+    p.add_argument("--out", default="runs", help="where the audit's run directory goes")
+    p.add_argument("--report", default=None, metavar="PATH", help="also write a Markdown report")
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    p = _add(sub, "merge", "merge shard runs of one config into one run",
+             "Join the runs of `detaudit run --shard i/n` into one run directory: the same table as running the "
+             "config whole.", ("detaudit merge shards/* --out runs", "detaudit merge s1 s2 --out runs --json"))
+    p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more shard run directories")
+    p.add_argument("--out", required=True, help="directory that receives the merged run directory")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    p = _add(sub, "env", "print this machine's environment fingerprint (for bug reports)",
+             "TensorFlow, Keras, CUDA/cuDNN build, GPUs, driver, CPU, oneDNN state and the environment variables "
+             "that change what TensorFlow computes.", ("detaudit env", "detaudit env --json > env.json"))
+    p.add_argument("--json", action="store_true", help="print as JSON")
+
+    _add(sub, "schema", "print the config's JSON Schema (for YAML editors)",
+         "The JSON Schema of a config, generated from the declarations the validator uses. Point your editor at it "
+         "with a first line `# yaml-language-server: $schema=detaudit.schema.json`.",
+         ("detaudit schema > detaudit.schema.json", "detaudit schema | python -m json.tool"))
+    return parser
+
+
+def version_text() -> str:
+    """``detaudit X`` plus the TensorFlow this environment would audit (read without importing it)."""
+    import importlib.metadata
+
+    for distribution in ("tensorflow", "tensorflow-cpu", "tf-nightly", "tensorflow-macos", "tensorflow-intel"):
+        try:
+            return f"detaudit {__version__} (TensorFlow {importlib.metadata.version(distribution)} from " \
+                   f"{distribution})"
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return f"detaudit {__version__} (no TensorFlow installed)"

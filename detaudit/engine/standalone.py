@@ -1,0 +1,248 @@
+"""How a cell is built and run, in code that needs only TensorFlow and NumPy.
+
+The worker imports this module; ``detaudit triage`` copies its source verbatim
+into every emitted ``repro.py``. So the reproducer builds the very layer, the
+very seeded weights, input and upstream gradient, and runs the very pass the
+worker ran: one copy of the code, two places it runs. Keep it free of
+detaudit imports, and import TensorFlow inside functions only (a reproducer
+sets the environment before TensorFlow is imported).
+
+Weights, inputs and upstream gradients are drawn with NumPy from the seed, not
+with TensorFlow's random ops, so they are bit-identical across devices,
+precisions, processes and TensorFlow versions; only the computation can differ.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import os
+import sys
+from typing import Any
+
+import numpy as np
+
+_RAW_FORMATS = {
+    (1, "channels_last"): "NWC", (1, "channels_first"): "NCW",
+    (2, "channels_last"): "NHWC", (2, "channels_first"): "NCHW",
+    (3, "channels_last"): "NDHWC", (3, "channels_first"): "NCDHW",
+}
+
+
+def apply_environment(changes: dict[str, str | None]) -> None:
+    """Set (or, for None, remove) environment variables: call before TensorFlow is imported."""
+    for name, value in changes.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
+def run_statements(statements: list[str]) -> None:
+    """Run settings statements (``tf.config...``, ``keras.config...``) with TensorFlow and Keras imported."""
+    import keras
+    import tensorflow as tf
+
+    for statement in statements:
+        exec(statement, {"tf": tf, "keras": keras})  # noqa: S102 - detaudit's own axis declarations, not user text
+
+
+def keras_output_length(n: int, kernel: int, stride: int, padding: str, dilation: int = 1) -> int:
+    """Keras 3's output length of a transposed convolution with output_padding None."""
+    k_eff = (kernel - 1) * dilation + 1
+    return n * stride if padding == "same" else n * stride + max(k_eff - stride, 0)
+
+
+@functools.lru_cache(maxsize=None)
+def _layer_classes() -> dict[str, type]:
+    """The layer classes detaudit adds, defined once Keras is imported."""
+    import keras
+    import tensorflow as tf
+
+    class RawConvTranspose(keras.layers.Layer):
+        """``tf.nn.convNd_transpose`` with an explicit ``output_shape``, plus an optional ``tf.nn.bias_add``.
+
+        A Keras layer only so that it follows the dtype policy (mixed precision
+        autocasts the kernel) like every other layer under test.
+        """
+
+        def __init__(self, rank: int, filters: int, kernel_size: list[int], strides: list[int], padding: str,
+                     dilation_rate: list[int], data_format: str, use_bias: bool, output_shape: list[int] | None,
+                     **kwargs: Any):
+            super().__init__(**kwargs)
+            self.rank, self.filters, self.kernel_size = rank, filters, list(kernel_size)
+            self.strides, self.padding, self.dilation_rate = list(strides), padding, list(dilation_rate)
+            self.data_format, self.use_bias, self.explicit_output_shape = data_format, use_bias, output_shape
+
+        def build(self, input_shape: tuple[int, ...]) -> None:
+            channels = input_shape[-1] if self.data_format == "channels_last" else input_shape[1]
+            # tf.nn transposed convolutions take filters as [*spatial, out_channels, in_channels].
+            self.kernel = self.add_weight(name="kernel", shape=(*self.kernel_size, self.filters, channels))
+            self.bias = self.add_weight(name="bias", shape=(self.filters,)) if self.use_bias else None
+
+        def output_shape_for(self, input_shape: tuple[int, ...]) -> list[int]:
+            if self.explicit_output_shape is not None:
+                return list(self.explicit_output_shape)
+            last = self.data_format == "channels_last"
+            spatial = input_shape[1:-1] if last else input_shape[2:]
+            lengths = [keras_output_length(n, k, s, self.padding, d)
+                       for n, k, s, d in zip(spatial, self.kernel_size, self.strides, self.dilation_rate)]
+            return [input_shape[0], *lengths, self.filters] if last else [input_shape[0], self.filters, *lengths]
+
+        def call(self, inputs: Any) -> Any:
+            data_format = _RAW_FORMATS[(self.rank, self.data_format)]
+            op = {1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose}[self.rank]
+            outputs = op(inputs, self.kernel, output_shape=self.output_shape_for(tuple(inputs.shape)),
+                         strides=self.strides, padding=self.padding.upper(), data_format=data_format,
+                         dilations=self.dilation_rate)
+            if self.bias is not None:
+                outputs = tf.nn.bias_add(outputs, self.bias, data_format="N..C" if data_format.endswith("C") else "NC..")
+            return outputs
+
+    class ResizeConv2D(keras.layers.Layer):
+        """The resize-convolution alternative to a strided transpose: UpSampling2D then Conv2D."""
+
+        def __init__(self, filters: int, kernel_size: list[int], size: list[int], interpolation: str, padding: str,
+                     data_format: str, use_bias: bool, **kwargs: Any):
+            super().__init__(**kwargs)
+            self.upsample = keras.layers.UpSampling2D(size=tuple(size), interpolation=interpolation,
+                                                      data_format=data_format)
+            self.conv = keras.layers.Conv2D(filters, tuple(kernel_size), padding=padding, data_format=data_format,
+                                            use_bias=use_bias)
+
+        def call(self, inputs: Any) -> Any:
+            return self.conv(self.upsample(inputs))
+
+    return {"RawConvTranspose": RawConvTranspose, "ResizeConv2D": ResizeConv2D}
+
+
+class NotALayer(TypeError):
+    """A ``package.module:Class`` kind that does not name a Keras Layer subclass."""
+
+
+def resolve_user_layer(path: str) -> type:
+    """Import ``package.module:Class`` and check, before anything is called, that it is a Keras Layer subclass.
+
+    Naming a module imports it (its top-level code runs); nothing else of it
+    runs unless it is a Layer subclass.
+
+    Raises:
+        ImportError, AttributeError: the module or the attribute is missing.
+        NotALayer: the attribute is anything but a ``keras.layers.Layer`` subclass.
+    """
+    import keras
+
+    module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())  # user layers are imported relative to where detaudit runs
+    target: Any = importlib.import_module(module_name)
+    for part in attr.split("."):
+        target = getattr(target, part)
+    if not (isinstance(target, type) and issubclass(target, keras.layers.Layer)):
+        what = f"class {target.__name__}" if isinstance(target, type) else type(target).__name__
+        raise NotALayer(f"{path} is a {what}, not a Keras Layer subclass; a config may name only Layer subclasses")
+    return target
+
+
+def keras_transpose(kind: str, params: dict[str, Any]) -> Any:
+    import keras
+
+    return getattr(keras.layers, kind)(
+        filters=params["filters"], kernel_size=tuple(params["kernel_size"]), strides=tuple(params["strides"]),
+        padding=params["padding"],
+        output_padding=None if params["output_padding"] is None else tuple(params["output_padding"]),
+        dilation_rate=tuple(params["dilation_rate"]), data_format=params["data_format"], use_bias=params["use_bias"])
+
+
+def raw_transpose(kind: str, params: dict[str, Any]) -> Any:
+    return _layer_classes()["RawConvTranspose"](int(kind[4]), **params)
+
+
+def resize_conv2d(kind: str, params: dict[str, Any]) -> Any:
+    return _layer_classes()["ResizeConv2D"](**params)
+
+
+def user_layer(kind: str, params: dict[str, Any]) -> Any:
+    return resolve_user_layer(kind)(**params)
+
+
+#: Layer builders by the names detaudit.core.kinds declares.
+BUILDERS = {"keras_transpose": keras_transpose, "raw_transpose": raw_transpose, "resize_conv2d": resize_conv2d,
+            "user_layer": user_layer}
+
+
+def seeded_values(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
+    """He-style scaled normals in float32: fan-in scaling keeps outputs O(1) for any layer size."""
+    if len(shape) <= 1:
+        return rng.standard_normal(shape, dtype=np.float32) * np.float32(0.1)
+    fan_in = int(np.prod(shape[:-1]))
+    return rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in))
+
+
+def tensor_names(variables: list[Any]) -> list[str]:
+    """``output``, ``grad_input``, then grad_<variable name>, falling back to the path where names repeat."""
+    names = [v.name for v in variables]
+    if len(set(names)) != len(names):
+        names = [v.path.replace("/", ".") for v in variables]
+    return ["output", "grad_input", *(f"grad_{n}" for n in names)]
+
+
+class Case:
+    """A built cell under the current dtype policy and device scope.
+
+    ``step()`` runs one forward plus backward pass and returns its tensors (in
+    the order of ``names``) as NumPy arrays: ``output``, ``grad_input``, then
+    one gradient per trainable variable. ``x``, ``upstream`` and ``layer`` are
+    what the pass used (for the reference and the adjoint test).
+    """
+
+    def __init__(self, builder: str, kind: str, params: dict[str, Any], input_shape: list[int], seed: int,
+                 xla: bool):
+        import keras
+        import tensorflow as tf
+
+        if builder == "user_layer":
+            # A user layer may hold random ops of its own (Dropout, noise): seed them. Built-in
+            # kinds have none, and setting TensorFlow's global seed clears its kernel cache.
+            keras.utils.set_random_seed(seed)
+        self.layer = BUILDERS[builder](kind, params)
+        policy = keras.config.dtype_policy()
+        # Drawn in float32 and cast to the policy's variable dtype: exact for float64, rounded for
+        # 16-bit types, so every precision starts from the same values.
+        x_np = np.random.default_rng([seed, 0]).standard_normal(tuple(input_shape), dtype=np.float32)
+        self.x = tf.constant(x_np.astype(policy.variable_dtype))
+        y = self.layer(self.x)  # builds the weights
+        rng = np.random.default_rng([seed, 1])  # each stream its own: adding a weight never shifts the input
+        for variable in self.layer.trainable_variables:
+            variable.assign(seeded_values(rng, tuple(variable.shape)).astype(variable.dtype))
+        self.output_shape = tuple(y.shape)
+        dy_np = np.random.default_rng([seed, 2]).standard_normal(self.output_shape, dtype=np.float32)
+        self.upstream = tf.constant(dy_np.astype(y.dtype.as_numpy_dtype))
+        self.variables = list(self.layer.trainable_variables)
+        self.names = tensor_names(self.variables)
+        layer, variables = self.layer, self.variables
+
+        def forward_backward(x: Any, dy: Any) -> list[Any]:
+            with tf.GradientTape() as tape:
+                tape.watch(x)
+                # training=True: audit what training runs; Keras drops it for layers whose call lacks it.
+                y = layer(x, training=True)
+            # Gradient injection: a seeded random upstream gradient, as TensorFlow's own
+            # determinism tests do; a uniform one would hide reduction-order effects.
+            grads = tape.gradient(y, [x, *variables], output_gradients=dy)
+            return [y, *(tf.zeros_like(v) if g is None else g for v, g in zip([x, *variables], grads))]
+
+        self.compiled = tf.function(forward_backward, jit_compile=xla)
+
+    def step_tensors(self) -> list[Any]:
+        """One pass, its tensors left where they were computed (on a GPU: in device memory)."""
+        return self.compiled(self.x, self.upstream)
+
+    def step(self) -> list[np.ndarray]:
+        """One pass, its tensors copied to host memory."""
+        return [t.numpy() for t in self.step_tensors()]
+
+
+def device_name(device: str) -> str:
+    """TensorFlow's device string for a detaudit device value (cpu, gpu, gpu:N)."""
+    return "/CPU:0" if device == "cpu" else "/GPU:" + (device.partition(":")[2] or "0")
