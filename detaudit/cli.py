@@ -92,7 +92,11 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None)
     else:
         out = _out()
         out.print(render_run(summary))
-        out.print(f"Results: {stored.store.results_path}  (again: detaudit show {stored.path})", highlight=False)
+        if summary.completeness.resume_command:  # a command to copy is never wrapped
+            out.print(f"Resume with: {summary.completeness.resume_command}", style="bold yellow", highlight=False,
+                      soft_wrap=True)
+        out.print(f"Results: {stored.store.results_path}  (again: detaudit show {stored.path})", highlight=False,
+                  soft_wrap=True)
         if comparison is not None:
             out.print(render_comparison(comparison))
     return _summary_code(summary)
@@ -121,7 +125,8 @@ def _cmd_run(args: Any) -> int:
         _print_run(load_run(stop.run_dir), args.json, args.strict)
         why = f"Stopped: {stop.reason}" if stop.reason else "Interrupted"
         _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}\n"
-                     f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow", highlight=False)
+                     f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow", highlight=False,
+                     soft_wrap=True)  # a command to copy is never wrapped
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
     comparison = None
@@ -349,7 +354,8 @@ def _cmd_audit(args: Any) -> int:
     else:
         out = _out()
         out.print(audit_report(result, show_all=args.all))
-        out.print(f"Stored: {result['run_dir']}  (again: detaudit show {result['run_dir']})", highlight=False)
+        out.print(f"Stored: {result['run_dir']}  (again: detaudit show {result['run_dir']})", highlight=False,
+                  soft_wrap=True)
     return EXIT_OK if result["verdict"] == "REPRODUCIBLE" else EXIT_FAILED
 
 

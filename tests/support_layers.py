@@ -71,3 +71,23 @@ class Hangs(keras.layers.Layer):
     def call(self, inputs):
         time.sleep(3600)
         return inputs
+
+
+class CrashesOnce(keras.layers.Layer):
+    """Kills its worker the first time it runs (while `marker` does not exist), then works: a flaky crash."""
+
+    def __init__(self, marker, **kwargs):
+        super().__init__(**kwargs)
+        self.marker = marker
+
+    def call(self, inputs):
+        if not os.path.exists(self.marker):
+            open(self.marker, "w").close()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        return inputs * 2.0
+
+
+def not_a_layer(**kwargs):
+    """A plain function: a config may not name it as a layer kind (it is never called)."""
+    open("CALLED", "w").close()
+    return keras.layers.Identity()

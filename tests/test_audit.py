@@ -76,7 +76,7 @@ def test_the_command_audits_a_factory_across_a_restart(tmp_path):
 @pytest.mark.parametrize("args, fragment", [
     (["missing.keras"], "no such model file or directory"),
     (["tests.audit_models:decoder", "--input-shape", "2,5,5,3"], "expected ['any', 4, 4, 3]"),
-    (["tests.audit_models:decoder", "--determinism", "maybe"], "`--determinism`"),
+    (["tests.audit_models:decoder", "--determinism", "maybe"], "argument --determinism: expected one of off, on, env"),
     (["tests.audit_models:decoder", "--device", "gpu:7"], "no such GPU visible"),
 ])
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path, args, fragment):

@@ -74,7 +74,7 @@ def test_run_then_show_then_json(tmp_path):
     run_dir = summary["run_dir"]
     shown = detaudit("show", run_dir)
     assert shown.returncode == 0 and "DETERMINISTIC" in shown.stdout and "PASS" in shown.stdout
-    assert "1 cells SKIPPED: no GPU visible" in shown.stdout
+    assert "1 cell(s) SKIPPED: no GPU visible" in shown.stdout
 
 
 @pytest.mark.tf

@@ -167,6 +167,7 @@ def test_a_run_with_missing_cells_is_incomplete_never_pass(store):
     summary = build_summary(load_run(store.path))
     assert summary.status is RunStatus.INCOMPLETE and len(summary.completeness.missing) == 6
     assert summary.status_line.startswith("INCOMPLETE: 6 of 8 cells have no record")
+    assert summary.status_headline == "INCOMPLETE: 6 of 8 cells have no record"
     assert "Resume with: detaudit run --resume" in summary.status_line
 
 

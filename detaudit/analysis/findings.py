@@ -48,11 +48,11 @@ def relative_error(row: dict[str, Any]) -> float | None:
 def _pct(value: float | None) -> str:
     if value is None:
         return "-"
-    if value == 0:
-        return "0%"
-    if math.isinf(value):
-        return "inf%"
     pct = 100 * value
+    if pct == 0 or math.isinf(pct):
+        return "0%" if pct == 0 else "inf%"
+    if pct < 0.001:
+        return "<0.001%"
     return f"{pct:.2g}%" if pct < 10 else f"{pct:.0f}%"
 
 

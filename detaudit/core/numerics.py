@@ -136,7 +136,10 @@ def _format(dtype: np.dtype) -> _Format:
                    np.dtype(np.float32) if width < 4 else dtype)
 
 
-_CHUNK = 1 << 17  # elements per block: temporaries stay in cache and are reused, never reallocated
+# Elements per block. The dense path's working set is two input slices, one buffer and one mask:
+# 13 bytes per float32 element, 1.7 MB at 2**17, within a 2 MB L2. Larger blocks spill to L3,
+# smaller ones pay NumPy's per-call overhead (a block makes about 15 calls) more often.
+_CHUNK = 1 << 17
 _SPARSE = 16  # a block with at most 1/_SPARSE of its elements differing is measured on those elements only
 _LAYER = 8  # blocks with distances up to this are counted with comparisons, larger ones with bincount
 _HIST = 1 << 16  # distances up to this are counted in a histogram, larger ones kept for a sort
@@ -184,13 +187,17 @@ def _distance(x: np.ndarray, y: np.ndarray, fmt: _Format,
     nans = None
     if max(int(_max(key_a)), top_b) > fmt.nan_above:
         nans = key_a > fmt.nan_above, key_b > fmt.nan_above
-    for bits, key in ((x, key_a), (y, key_b)):
-        np.right_shift(bits, fmt.sign_shift, out=out)  # 0 or -1
-        np.bitwise_xor(key, out, out=key)
-        np.subtract(key, out, out=key)  # conditional negation
-    np.maximum(key_a, key_b, out=out)
-    np.minimum(key_a, key_b, out=key_a)
-    np.subtract(out, key_a, out=out)
+    if int(_min(np.bitwise_xor(x, y, out=out))) >= 0:  # no opposite signs: the sign bits cancel
+        np.subtract(x, y, out=out)  # the magnitudes' difference, below 2**(bits-1)
+        np.abs(out, out=out)
+    else:
+        for bits, key in ((x, key_a), (y, key_b)):
+            np.right_shift(bits, fmt.sign_shift, out=out)  # 0 or -1
+            np.bitwise_xor(key, out, out=key)
+            np.subtract(key, out, out=key)  # conditional negation
+        np.maximum(key_a, key_b, out=out)
+        np.minimum(key_a, key_b, out=key_a)
+        np.subtract(out, key_a, out=out)
     dist = out.view(fmt.unsigned)
     if nans is None:
         return dist, 0, top_b
@@ -322,17 +329,17 @@ def _exact_sum(values: np.ndarray) -> int:
 class _Tally:
     """Running statistics of one comparison, fed block by block.
 
-    Nonzero ULP distances up to ``_HIST`` are counted in a histogram; larger
-    ones are kept, and moved to the histogram or sorted at the end. Everything
+    Nonzero ULP distances up to ``_HIST`` are counted in a histogram; blocks
+    with larger ones keep their nonzero distances, sorted at the end. Everything
     here is an exact integer or a maximum, so the blocks may come in any order.
     """
 
     def __init__(self, fmt: _Format, n: int):
-        self.fmt = fmt
+        self.fmt, self.n = fmt, n
         self.scratch = _Scratch(fmt, min(_CHUNK, n))
-        self.hist = np.zeros(_HIST + 1, np.int64)
+        self.hist = np.zeros(_HIST + 1, np.int64)  # hist[v]: how many distances are v (lazily zeroed pages)
         self.hist_top = 0  # highest index of hist that may be nonzero
-        self.kept = _kept_buffer(n, fmt.unsigned)
+        self.kept: np.ndarray | None = None  # made on first use
         self.n_kept = 0
         self.n_mismatch = self.n_nan_mismatch = 0
         self.max_abs = self.max_rel = 0.0
@@ -386,15 +393,16 @@ class _Tally:
     def _dense(self, x: np.ndarray, y: np.ndarray, diff: np.ndarray, k: int) -> bool:
         """The usual block: finite, same signs, within a factor of 2. False (nothing folded in) otherwise.
 
-        One float subtraction and one division, four float and two integer
-        reductions decide it and measure it:
+        One float subtraction and one division, four float reductions and the
+        integer maximum decide it and measure it:
 
-        * min of the integer difference is not the lowest integer: no +0 against -0;
+        * max |integer difference| is below two binades of ULPs: no +0 against -0
+          (a difference of exactly the lowest integer, whose abs stays negative);
         * max and min of a - b are finite (NaN propagates): no NaN or inf on either side;
         * every (a - b) / b lies in (-1/2, 1) (0/0 of two equal zeros is skipped):
           same signs and b/2 < a < 2b, so by Sterbenz' lemma a - b is exact in
-          the format itself and the integer difference is the ULP distance,
-          which is then below two binades of ULPs.
+          the format itself and |integer difference| is the ULP distance (the
+          sign bits cancel).
 
         The distances are counted first, so that the float work reuses their
         buffer (the block's working set stays in L2). The quotient is rounded,
@@ -403,11 +411,11 @@ class _Tally:
         float64, and only when they could win.
         """
         fmt = self.fmt
-        diff_top, diff_bottom = int(_max(diff)), int(_min(diff))
-        top = max(diff_top, -diff_bottom)
-        if diff_bottom == fmt.lowest or top >> (fmt.nmant + 1):  # +0 against -0, or too far apart
+        dist = np.abs(diff, out=diff).view(fmt.unsigned)  # +0 against -0: |lowest| wraps to 2**(bits-1)
+        top = int(_max(dist))
+        if top >> (fmt.nmant + 1):  # +0 against -0, or too far apart for the fast path
             return False
-        counted = self._count(diff, k, top)
+        counted = self._count(dist, top, k)
         a, b = x.view(fmt.dtype), y.view(fmt.dtype)
         gaps = diff.view(fmt.dtype)
         np.subtract(a, b, out=gaps)
@@ -436,18 +444,22 @@ class _Tally:
         self.rel64 = exact if top > self.rel32 else max(self.rel64, exact)
         self.rel32 = top
 
-    def _count(self, diff: np.ndarray, k: int, top: int) -> tuple[str, Any]:
-        """Count the distances |diff| of a dense block (``k`` nonzero, the largest ``top``), for :meth:`_fold`.
+    def _count(self, dist: np.ndarray, top: int, k: int | None = None) -> tuple[str, Any]:
+        """Count distances for :meth:`_fold`: ``dist`` non-negative (zeros allowed), the largest ``top`` > 0,
+        ``k`` of them nonzero if known. ``dist`` is free for other use afterwards.
 
-        ``diff`` is free for other use afterwards.
+        Up to ``_LAYER`` a layer cake: at_least[v] = #(dist >= v), one comparison
+        each from v = 3 on; their sum over v >= 1 is the sum of the distances,
+        which gives at_least[2] (and nothing is needed beyond k when top is 1).
         """
-        if top == 1:  # the commonest dense block: nothing to count beyond k
-            return "layers", [k]
-        dist = np.abs(diff, out=diff).view(self.fmt.unsigned)  # same signs: |diff| < 2**(bits-1)
         if top > min(_LAYER, _HIST):
-            return self._histogram(dist, top)
-        # Layer cake: at_least[v] = #(dist >= v); their sum over v >= 1 is the sum of the distances.
-        total = int(np.add.reduce(dist, dtype=np.uint64 if dist.size * top >> 31 else dist.dtype))
+            return self._histogram(dist.view(self.fmt.unsigned), top)
+        k = int(_count(dist)) if k is None else k
+        if top == 1:  # the commonest block
+            return "layers", [k]
+        dist = dist.view(self.fmt.unsigned)
+        exact = dist.dtype.itemsize == 4 and not dist.size * top >> 32  # no wraparound in the own width
+        total = int(np.add.reduce(dist, dtype=dist.dtype if exact else np.uint64))
         at_least = [k, 0] + [int(_count(np.greater_equal(dist, v, out=self.scratch.mask[:dist.size])))
                              for v in range(3, top + 1)]
         at_least[1] = total - sum(at_least)
@@ -469,6 +481,8 @@ class _Tally:
             self.hist[1:data.size] += data[1:]
             self.hist_top = max(self.hist_top, data.size - 1)
         else:  # nonzero distances
+            if self.kept is None:
+                self.kept = _kept_buffer(self.n, self.fmt.unsigned)
             self.kept[self.n_kept:self.n_kept + data.size] = data
             self.n_kept += data.size
 
@@ -480,7 +494,7 @@ class _Tally:
         self.n_nan_mismatch += nan_mismatches
         top = int(_max(dist))
         if top:
-            self._fold(self._histogram(dist, top))
+            self._fold(self._count(dist, top))
         special_b = fmt.inf_bits is not None and top_b >= fmt.inf_bits  # inf or NaN in b
         gap, rel = _float_gaps(x.view(fmt.dtype), y.view(fmt.dtype), fmt, work_a, work_b, special_b)
         self.max_abs, self.max_rel = max(self.max_abs, gap), max(self.max_rel, rel)
@@ -488,38 +502,35 @@ class _Tally:
     # -- at the end ----------------------------------------------------------------------------------
 
     def result(self, n: int, hexdigest: str | None) -> Comparison:
-        kept = self.kept[:self.n_kept]
-        hist = self.hist
-        if kept.size:  # distances the histogram can hold after all go there; the rest are sorted
-            small = kept <= _HIST
-            if small.any():
-                counts = np.bincount(kept[small].astype(np.int64))
-                hist[1:counts.size] += counts[1:]
-                self.hist_top = max(self.hist_top, counts.size - 1)
-                kept = kept[~small]
-            kept.sort()  # exact order statistics; NumPy's SIMD sort beats partition
-        counts = hist[1:self.hist_top + 1]
+        kept = self.kept[:self.n_kept] if self.kept is not None else np.empty(0, self.fmt.unsigned)
+        kept.sort()  # exact order statistics of the large distances; NumPy's SIMD sort beats partition
+        counts = self.hist[1:self.hist_top + 1]  # counts[v - 1]: how many distances are v
         cumulative = np.cumsum(counts)
         in_hist = int(cumulative[-1]) if cumulative.size else 0
         n_nonzero = in_hist + int(kept.size)
         population = n - self.n_nan_mismatch
         n_zeros = population - n_nonzero  # matching bits, +0/-0 and NaN/NaN pairs
 
+        def nonzero_at(rank: int) -> int:
+            """The rank-th smallest nonzero distance (1-based) of the histogram and the kept values together."""
+            below = int(np.searchsorted(kept, counts.size, side="right"))  # kept values the histogram spans
+            if rank > in_hist + below:  # past every value the histogram holds
+                return int(kept[rank - in_hist - 1])
+            merged = cumulative
+            if below:
+                merged = cumulative + np.searchsorted(kept[:below], np.arange(1, counts.size + 1), side="right")
+            return int(np.searchsorted(merged, rank)) + 1
+
         def nearest_rank(q: float) -> int:
             if population == 0:
                 return 0
             rank = max(1, math.ceil(q * population)) - n_zeros  # 1-based among the nonzero distances
-            if rank <= 0:
-                return 0
-            if rank <= in_hist:
-                return int(np.searchsorted(cumulative, rank)) + 1
-            return int(kept[rank - in_hist - 1])
+            return nonzero_at(rank) if rank > 0 else 0
 
         total = int(np.dot(counts, np.arange(1, counts.size + 1, dtype=np.int64))) + _exact_sum(kept)
+        max_ulp = int(np.flatnonzero(counts)[-1]) + 1 if in_hist else 0
         if kept.size:
-            max_ulp = int(kept[-1])
-        else:
-            max_ulp = int(np.flatnonzero(counts)[-1]) + 1 if in_hist else 0
+            max_ulp = max(max_ulp, int(kept[-1]))
         max_rel = max(self.max_rel, self.rel64)
         max_b = float(np.array([self.max_b_bits], self.fmt.unsigned).view(self.fmt.dtype)[0])
         return Comparison(

@@ -250,17 +250,19 @@ def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tens
     rows, culprit = [], None
     for index, layer in enumerate(layers):
         mine = [(v, grads[i]) for i, v in enumerate(variables) if owner.get(id(v)) is layer]
-        forward_ok = forward[index].bitwise_equal and per_step[index].bitwise_equal
+        # Localization uses the first step's tensors: later steps inherit every earlier difference.
+        forward_ok = forward[index].bitwise_equal
         backward_ok = all(g.bitwise_equal for _, g in mine)
         input_ok = index == 0 or forward[index - 1].bitwise_equal
         upstream_ok = upstream[index].bitwise_equal
         ulps = [t.comparison.max_ulp for t in (forward[index], *(g for _, g in mine)) if t.comparison]
         first_step = _first_step(per_step[index])
-        if first_step is None and not (forward[index].bitwise_equal and backward_ok):
-            first_step = 1  # the first step's tensors differ
-        rows.append({"layer": layer.name, "class": type(layer).__name__, "forward": "ok" if forward_ok else "DIFFERS",
-                     "backward": "ok" if backward_ok else "DIFFERS", "max_ulp": max(ulps, default=0),
-                     "first_step": first_step})
+        if first_step is None and not backward_ok:
+            first_step = 1  # the first step's gradients differ
+        # forward/backward: at the first step; first_step: the first step where the layer differs at all.
+        rows.append({"layer": layer.name, "class": type(layer).__name__,
+                     "forward": "ok" if forward_ok else "DIFFERS", "backward": "ok" if backward_ok else "DIFFERS",
+                     "max_ulp": max(ulps, default=0), "first_step": first_step})
         if culprit is None and not forward_ok and input_ok:
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "forward output"}
         if culprit is None and forward_ok and input_ok and upstream_ok and not backward_ok:
@@ -268,6 +270,11 @@ def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tens
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": f"{tensor} gradient"}
         if culprit is None and upstream_ok and index > 0 and not upstream[index - 1].bitwise_equal and forward_ok:
             culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "input gradient"}
+    if culprit is None:  # the first step agrees everywhere: the earliest layer to differ at a later step
+        later = [r for r in rows if r["first_step"]]
+        if later:
+            row = min(later, key=lambda r: r["first_step"])
+            culprit = {"layer": row["layer"], "class": row["class"], "tensor": f"forward output at step {row['first_step']}"}
     reproducible = all(t.bitwise_equal for t in tensors)
     first_outputs = [t.first for t in forward]
     flat = lambda arrays: np.concatenate([a.reshape(-1).astype(np.float64) for a in arrays]) if arrays \

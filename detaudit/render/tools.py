@@ -135,12 +135,12 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
         step = f", first differs at step {row['first_step']}" if row.get("first_step") else ""
         parts.append(Text(f"Culprit: {culprit['layer']} ({culprit['class']}), {culprit['tensor']}{step}",
                           style="bold red"))
-    differing = [r for r in result["layers"] if r["forward"] != "ok" or r["backward"] != "ok"]
+    differing = [r for r in result["layers"] if r["forward"] != "ok" or r["backward"] != "ok" or r.get("first_step")]
     shown = result["layers"] if show_all else differing
     if shown:
         grid = Table(title="Layers in topological order" + ("" if show_all else " that differ"), title_justify="left",
                      box=box.SIMPLE_HEAD)
-        for column in ("", "layer", "class", "forward", "backward", "max ULP", "first step"):
+        for column in ("", "layer", "class", "forward (step 1)", "backward (step 1)", "max ULP", "first differs"):
             grid.add_column(column, overflow="fold")
         for row in shown:
             mark = "►" if culprit and culprit["layer"] == row["layer"] else ""

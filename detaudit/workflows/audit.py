@@ -10,6 +10,7 @@ audit.json (everything ``show`` and ``report`` render) and results.parquet
 from __future__ import annotations
 
 import datetime as _dt
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ def _model_spec(model: str) -> str:
         return model
     if not path.exists():
         raise UsageError(f"{model}: no such model file or directory.")
+    if path.is_file() and not zipfile.is_zipfile(path):
+        raise UsageError(f"{model}: not a .keras model archive (a .keras file is a zip archive; this file is not). "
+                         "Save the model with model.save('model.keras'), or pass a module:function factory.")
     return str(path.resolve())
 
 

@@ -1,0 +1,332 @@
+"""Trust: every bad input is exit 2 and one line before any work; every fault loses no finished cell.
+
+The corpus of issue 9, each case asserting its exit code, its message and that
+no traceback was printed. The fault cases (a torn last line, a killed parent, a
+full disk, a worker lost at start-up, a flaky crash) compare the resumed table
+with an uninterrupted run of the same config: the same cells, the same digests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from detaudit.engine.store import RunStore
+from tests.test_cli import _worker_pids, detaudit
+
+TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
+        "input_shape": [1, 4, 2]}
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _config(path: Path, **changes) -> Path:
+    data = {"name": path.stem, "seeds": [0], "repeats": 2, "layers": [TINY], **changes}
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _bad(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+# ---- bad values in a config: exit 2, one line, before any work -----------------------------------------------
+
+@pytest.mark.parametrize("changes, fragments", [
+    ({"timeout_s": float("inf")}, ["`timeout_s`", "at most 604,800"]),
+    ({"timeout_s": float("nan")}, ["`timeout_s`"]),
+    ({"seeds": [10 ** 23]}, ["`seeds[0]`", "at most 4,294,967,295"]),
+    ({"matrix": {"threads": [10 ** 20]}}, ["`matrix.threads[0]`", "from 0 to 1024"]),
+    ({"repeats": 1_000_000_000}, ["`repeats`", "at most 100,000"]),
+    ({"layers": [{**TINY, "kind": "Conv2DTranspose", "input_shape": [100000, 1024, 1024, 64]}]},
+     ["`layers[0].input_shape`", "fits this machine's memory", "GiB"]),
+    ({"layers": [{"kind": "nonexistent.module:Cls", "input_shape": [1, 2]}]},
+     ["`layers[0].kind`", "no module named 'nonexistent.module'"]),
+])
+def test_bad_config_values_are_refused_up_front(tmp_path, changes, fragments):
+    config = _config(tmp_path / "bad.yaml", **changes)
+    _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs")), *fragments)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())  # nothing half-made
+
+
+def test_every_error_of_a_file_is_reported_at_once(tmp_path):
+    config = _config(tmp_path / "many.yaml", repeats=1, seeds=[-1], matrix={"precison": "float32", "xla": "maybe"})
+    result = detaudit("run", str(config))
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 4 and all(line.startswith("detaudit: error: ") for line in lines)
+    assert any("`repeats`" in line for line in lines) and any("Did you mean `precision`?" in line for line in lines)
+
+
+@pytest.mark.parametrize("args, fragments", [
+    (["shapes", "--kernel", "99999999999", "--stride", "99999999", "--padding", "same", "--input", "4", "--no-tf"],
+     ["--kernel", "from 1 to 256"]),
+    (["shapes", "--kernel", "3", "--stride", "40000", "--padding", "same", "--input", "4", "--no-tf"],
+     ["--stride", "from 1 to 256"]),
+    (["shapes", "--kernel", "3", "--stride", "2", "--padding", "same", "--input", "4", "--output-padding", "2",
+      "--no-tf"], ["--output-padding", "smaller than the stride 2"]),
+    (["run", "--retry-failed"], ["--retry-failed goes with --resume"]),
+    (["run", "--junit", "/proc/x/y.xml"], ["`--junit`", "/proc/x/y.xml"]),
+    (["adjoint", "--threshold", "nan"], ["--threshold"]),
+    (["audit", "tests.audit_models:decoder", "--input-shape=-1,4,4,3"], ["`--input-shape`", "positive integers"]),
+    (["audit", "tests.audit_models:decoder", "--input-shape", "0,4,4,3"], ["`--input-shape`"]),
+    (["audit", "tests.audit_models:decoder", "--report", "/proc/x/r.md"], ["`--report`", "/proc/x/r.md"]),
+    (["show", "latest", "--runs", "/definitely/not/here"], ["no such runs directory"]),
+])
+def test_bad_arguments_are_refused_up_front(args, fragments):
+    _bad(detaudit(*args), *fragments)
+
+
+def test_output_paths_that_are_directories_are_refused(tmp_path):
+    _bad(detaudit("run", "--junit", str(tmp_path)), "`--junit`", "a directory")
+
+
+def test_a_file_that_is_not_a_keras_archive_is_named(tmp_path):
+    fake = tmp_path / "notmodel.keras"
+    fake.write_text("not a zip")
+    _bad(detaudit("audit", str(fake)), "not a .keras model archive")
+
+
+def test_show_of_an_empty_runs_directory_says_so(tmp_path):
+    _bad(detaudit("show", "latest", "--runs", str(tmp_path)), "no run to take as latest")
+
+
+# ---- stored runs: format 1, unreadable lines, locks, hostile shards ----------------------------------------
+
+FIXTURES = Path(__file__).parent / "fixtures" / "format1"
+
+
+def test_runs_written_by_format_1_are_read_and_upgraded_on_the_fly():
+    shown = detaudit("show", str(FIXTURES / "format1-matrix"))
+    assert shown.returncode == 0, shown.stderr
+    assert "written by run format 1" in shown.stdout and "PASS: every expectation held" in shown.stdout
+    audit = detaudit("show", str(FIXTURES / "format1-audit"))
+    assert audit.returncode == 0, audit.stderr
+    assert "REPRODUCIBLE" in audit.stdout and "up1" not in audit.stdout  # only differing layers are listed
+    assert "2 of 2 layers identical" in audit.stdout
+
+
+def _copy_fixture(tmp_path: Path) -> Path:
+    import shutil
+
+    target = tmp_path / "runs" / "r"
+    shutil.copytree(FIXTURES / "format1-matrix", target)
+    return target
+
+
+def test_unreadable_lines_are_reported_and_the_run_is_incomplete(tmp_path):
+    run_dir = _copy_fixture(tmp_path)
+    cells = run_dir / "cells.jsonl"
+    lines = cells.read_text().splitlines()
+    record = json.loads(lines[0])
+    del record["status"]
+    cells.write_text("\n".join([json.dumps(record), *lines[1:]]) + "\n")
+    (run_dir / "results.parquet").unlink()
+    shown = detaudit("show", str(run_dir))
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr
+    assert "1 unreadable line(s) in cells.jsonl (line 1)" in shown.stdout
+    assert "INCOMPLETE: 1 of 5 cells have no record" in shown.stdout
+    assert f"Resume with: detaudit run --resume {run_dir}" in shown.stdout
+
+
+def test_a_locked_run_cannot_be_resumed_twice(tmp_path):
+    run_dir = _copy_fixture(tmp_path)
+    with RunStore.open(run_dir).lock():
+        _bad(detaudit("run", "--resume", str(run_dir)), "in use by another detaudit process", f"pid {os.getpid()}")
+
+
+def test_compare_of_runs_with_no_cell_in_common_is_bad_input(tmp_path):
+    from tests.test_compare import _make_run
+    from tests.test_summary import _cell, _tensors
+
+    a = _make_run(tmp_path, "a", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
+    b = _make_run(tmp_path, "b", "2", [(_cell(xla="on"), _tensors(0), None, "ok")])
+    _bad(detaudit("compare", str(a.path), str(b.path)), "share no cell")
+
+
+def test_merge_never_writes_outside_its_output_nor_follows_links(tmp_path):
+    from tests.test_compare import _make_run
+    from tests.test_summary import _cell, _tensors
+
+    a = _make_run(tmp_path / "s", "a", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
+    b = _make_run(tmp_path / "s", "b", "1", [(_cell(xla="on"), _tensors(0), None, "ok")])
+    (tmp_path / "secret").write_text("secret")
+    evil = dict(json.loads(a.cells_path.read_text().splitlines()[0]), cell_id="../../../escaped/PWN")
+    with a.cells_path.open("a") as f:
+        f.write(json.dumps(evil) + "\n")
+    (a.tensors_dir / "escape").symlink_to(tmp_path / "secret")
+    (a.logs_dir / "g00.log").symlink_to(tmp_path / "secret")
+    result = detaudit("merge", str(a.path), str(b.path), "--out", str(tmp_path / "merged"), "--json")
+    assert result.returncode == 1 and "Traceback" not in result.stderr  # INCOMPLETE: the halves lack cells
+    merged = Path(json.loads(result.stdout)["run_dir"])
+    assert not (tmp_path / "escaped").exists() and not list(merged.rglob("*PWN*"))
+    assert not any("secret" in p.read_text(errors="ignore") for p in merged.rglob("*") if p.is_file())
+
+
+# ---- faults: nothing finished is lost, resume gives the uninterrupted table -----------------------------------
+
+def _digests(run_dir: Path) -> pd.DataFrame:
+    from detaudit.analysis.runs import load_run
+
+    table = load_run(run_dir).table
+    keep = ["cell_id", "tensor", "comparison", "digest", "bitwise_equal", "max_ulp", "status"]
+    return table[keep].sort_values(["cell_id", "comparison", "tensor"]).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory):
+    """An uninterrupted run of the fault config: what every resumed run must equal."""
+    root = tmp_path_factory.mktemp("trust")
+    config = _config(root / "faults.yaml", seeds=[0, 1, 2], matrix={"xla": ["off", "on"]})
+    result = detaudit("run", str(config), "--out", str(root / "runs"), "--run-id", "whole", "--workers", "1")
+    assert result.returncode == 0, result.stderr
+    return root, config, _digests(root / "runs" / "whole")
+
+
+@pytest.mark.tf
+def test_a_torn_last_line_is_repaired_and_resume_completes_the_run(whole, tmp_path):
+    import shutil
+
+    root, _, expected = whole
+    run_dir = tmp_path / "torn"
+    shutil.copytree(root / "runs" / "whole", run_dir)
+    (run_dir / "results.parquet").unlink()
+    text = (run_dir / "cells.jsonl").read_text()
+    (run_dir / "cells.jsonl").write_text(text[: len(text) - 200])  # the last record cut mid-line
+    shown = detaudit("show", str(run_dir))
+    assert shown.returncode == 1 and "INCOMPLETE" in shown.stdout and "unreadable line" in shown.stdout
+    resumed = detaudit("run", "--resume", str(run_dir))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "PASS" in resumed.stdout
+    pd.testing.assert_frame_equal(_digests(run_dir), expected)
+
+
+@pytest.mark.tf
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for leftover workers")
+def test_a_killed_parent_takes_its_workers_with_it_and_resume_completes_the_run(whole, tmp_path):
+    root, config, expected = whole
+    out = tmp_path / "runs"
+    before = _worker_pids()
+    proc = subprocess.Popen([sys.executable, "-m", "detaudit", "run", str(config), "--out", str(out), "--run-id",
+                             "killed", "--workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            cwd=REPO)
+    cells = out / "killed" / "cells.jsonl"
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (cells.exists() and cells.read_text().count("\n") >= 2):
+        time.sleep(0.05)
+    assert cells.exists(), "no cell finished in time"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and _worker_pids() - before:
+        time.sleep(0.1)
+    assert not _worker_pids() - before, "a worker outlived its parent"
+    shown = detaudit("show", str(out / "killed"))
+    assert shown.returncode == 1 and "INCOMPLETE" in shown.stdout and "PASS" not in shown.stdout
+    resumed = detaudit("run", "--resume", str(out / "killed"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    pd.testing.assert_frame_equal(_digests(out / "killed"), expected)
+
+
+def _limit_file_size(limit: int):
+    def apply() -> None:  # in the child: a write past `limit` bytes fails with EFBIG instead of killing it
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return apply
+
+
+@pytest.mark.tf
+def test_a_full_disk_stops_the_run_cleanly_and_resume_completes_it(whole, tmp_path):
+    root, config, expected = whole
+    out = tmp_path / "runs"
+    full = subprocess.run([sys.executable, "-m", "detaudit", "run", str(config), "--out", str(out), "--run-id",
+                           "full", "--workers", "1"], capture_output=True, text=True, timeout=300, cwd=REPO,
+                          preexec_fn=_limit_file_size(12_000))
+    assert full.returncode == 1, full.stdout + full.stderr
+    assert "Traceback" not in full.stderr + full.stdout
+    assert "cannot write, the file size limit was reached" in full.stderr and "Resume with:" in full.stderr
+    assert "INCOMPLETE" in full.stdout
+    kept = [json.loads(line) for line in (out / "full" / "cells.jsonl").read_text().splitlines()
+            if line.strip().endswith("}")]
+    assert kept  # the cells that finished before the disk filled are there
+    resumed = detaudit("run", "--resume", str(out / "full"))
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    pd.testing.assert_frame_equal(_digests(out / "full"), expected)
+
+
+@pytest.mark.tf
+def test_a_config_may_name_only_layer_subclasses_and_nothing_is_called(tmp_path):
+    for kind in ("os:system", "tests.support_layers:not_a_layer"):
+        config = _config(tmp_path / "evil.yaml", layers=[{"kind": kind, "input_shape": [1, 2], "command": "id"}])
+        line = _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs"), cwd=tmp_path if kind == "os:system"
+                             else None), "not a Keras Layer subclass", kind)
+        assert "`kind`" in line
+    assert not (REPO / "CALLED").exists() and not (tmp_path / "CALLED").exists()
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.tf
+def test_a_stored_run_naming_code_is_refused_on_resume(tmp_path):
+    run_dir = _copy_fixture(tmp_path)
+    config = yaml.safe_load((run_dir / "config.yaml").read_text())
+    config["layers"] = [{"kind": "os:system", "input_shape": [1, 2], "command": "touch PWNED"}]
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config))
+    _bad(detaudit("run", "--resume", str(run_dir), cwd=tmp_path), "not a Keras Layer subclass")
+    assert not (tmp_path / "PWNED").exists()
+
+
+@pytest.mark.tf
+def test_a_flaky_crash_costs_one_cell_and_retry_failed_runs_it_again(tmp_path):
+    marker = tmp_path / "crashed-once"
+    config = _config(tmp_path / "flaky.yaml", layers=[
+        {"kind": "tests.support_layers:CrashesOnce", "marker": str(marker), "input_shape": [1, 3]}, TINY],
+        matrix={"determinism": "on"})
+    first = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--run-id", "flaky", "--json")
+    assert first.returncode == 1, first.stderr
+    verdicts = {c["kind"]: c["verdict"] for c in json.loads(first.stdout)["cells"]}
+    assert verdicts == {"tests.support_layers:CrashesOnce": "CRASH", "Conv1DTranspose": "DETERMINISTIC"}
+    plain = detaudit("run", "--resume", str(tmp_path / "runs" / "flaky"))
+    assert plain.returncode == 1  # a crash is a result: resume alone does not run it again
+    retried = detaudit("run", "--resume", str(tmp_path / "runs" / "flaky"), "--retry-failed", "--json")
+    assert retried.returncode == 0, retried.stdout + retried.stderr
+    assert {c["verdict"] for c in json.loads(retried.stdout)["cells"]} == {"DETERMINISTIC"}
+
+
+def test_a_worker_lost_before_its_first_cell_costs_no_cell(monkeypatch, tmp_path):
+    import detaudit.engine.runner as runner
+    from detaudit.core.config import parse_config
+
+    config = parse_config({"name": "lost", "repeats": 2, "layers": [TINY], "seeds": [0, 1]})
+    real, calls = runner._spawn_worker, []
+
+    def flaky(job, env, log, timeout_s, on_message, processes):
+        calls.append(len(job["cells"]))
+        if len(calls) == 1:  # the first worker dies while TensorFlow starts: no hello, no cell
+            return runner._WorkerOutcome(set(), None, -9, False, "", None)
+        for cell in job["cells"]:
+            on_message({"event": "start", "cell_id": cell["cell_id"]})
+            on_message({"event": "cell", "cell_id": cell["cell_id"], "status": "skipped", "message": "fake",
+                        "tensors": [], "seconds": 0.0})
+        return runner._WorkerOutcome({c["cell_id"] for c in job["cells"]}, None, 0, False, "", {"event": "hello"})
+
+    monkeypatch.setattr(runner, "_spawn_worker", flaky)
+    monkeypatch.setattr(runner, "require_tensorflow", lambda: None)
+    table = runner.run(config, out=tmp_path, workers=1)
+    assert calls[0] == calls[1] == 2  # the same cells went to a fresh worker
+    assert set(table["status"]) == {"skipped"} and table["cell_id"].nunique() == 4  # 2 seeds x (cell, baseline)
+    assert real is not flaky
