@@ -94,7 +94,9 @@ def _define(name: str, description: str, *, default: Any, expected: str, scope: 
     if parse is None:
         assert choices is not None
         parse = _choice_parser(choices)
-    schema = json_schema or {"enum": list(choices or ())}
+    # YAML 1.1 reads bare on/off as booleans, and the validator accepts them: so does the schema.
+    booleans = [True, False] if choices and {"on", "off"} & set(choices) else []
+    schema = json_schema or {"enum": [*(choices or ()), *booleans]}
     AXES[name] = Axis(
         name=name, description=description, default=default,
         baseline_default=default if baseline_default is None else baseline_default, choices=choices,

@@ -74,7 +74,7 @@ table.sortable thead th[aria-sort=ascending]::after{content:" \\25B2";font-size:
 table.sortable thead th[aria-sort=descending]::after{content:" \\25BC";font-size:10px}
 tr.failed td:first-child{box-shadow:inset 4px 0 #c62828}
 table.drift td{text-align:center;min-width:7.5em;padding:4px 6px}
-table.drift td b{font-size:15px;display:block}
+table.drift td>b{font-size:15px;display:block}
 table.drift td small{display:block;font-size:11px;white-space:nowrap}
 table.drift th.change{font-weight:500;max-width:26em}
 table.drift tr.layer th{background:#e3eaf5}
@@ -389,7 +389,7 @@ def _drift_section(summary: RunSummary) -> list[str]:
                 background, ink = _scale_colour(gap.max_ulp_scaled)
                 truth = ""
                 if gap.truth and any(v is not None for v in gap.truth):
-                    truth = f"<small>f64: {_e(_percent(gap.truth[0]))} → {_e(_percent(gap.truth[1]))}</small>"
+                    truth = f"<small>vs f64: {_e(_percent(gap.truth[0]))} → {_e(_percent(gap.truth[1]))}</small>"
                 known = f"<small><b>KNOWN</b> {_link(gap.known, 'upstream')}</small>" if gap.known else ""
                 tds.append(f"<td style='background:{background};color:{ink}' title='{_e(tip)}'>"
                            f"<b>{_e(_scaled(gap.max_ulp_scaled))}</b>{truth}{known}</td>")
@@ -571,7 +571,8 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
     """
     meta = stored.meta
     names = _layer_names(stored, summary.cells)
-    facts = [("config", summary.config_name), *summary.facts.items(), ("started", meta.get("started")),
+    facts = [("config", summary.config_name), *[(k, v) for k, v in summary.facts.items() if k != "run"],
+             ("started", meta.get("started")),
              ("finished", meta.get("finished") or ("interrupted" if meta.get("interrupted") else None)),
              ("directory", summary.run_dir)]
     if summary.upgraded_from is not None:
@@ -796,6 +797,8 @@ def _short_date(started: str) -> str:
 def _series_plot(title: str, runs: list[dict[str, Any]], data: list[dict[str, tuple[float | None, float | None]]],
                  markers: list[tuple[int, str]]) -> str:
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     tensors = list(dict.fromkeys(t for d in data for t in d))
     known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
     tensors.sort(key=lambda t: (known_order.index(t) if t in known_order else len(known_order), t))
@@ -816,15 +819,18 @@ def _series_plot(title: str, runs: list[dict[str, Any]], data: list[dict[str, tu
         if index == 0:
             ax.set_yscale("symlog", linthresh=1)
             ax.set_ylim(bottom=0)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
         elif drawn:
             ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+            ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         if not drawn:
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="#888")
         ax.set_title(what, fontsize=10)
         ax.set_xlim(-0.5, len(runs) - 0.5)
         step = max(1, math.ceil(len(runs) / 8))
         ticks = list(range(0, len(runs), step))
-        ax.set_xticks(ticks, [_short_date(runs[i]["started"]).replace(" ", "\n") for i in ticks], fontsize=7)
+        ax.set_xticks(ticks, [f"#{i + 1}\n{_short_date(runs[i]['started'])[5:]}" for i in ticks], fontsize=7)
         ax.tick_params(axis="y", labelsize=8)
         ax.grid(True, axis="y", alpha=0.3)
         for position, letter in markers:
@@ -878,6 +884,7 @@ def render_overview(runs_dir: str | Path) -> str:
             diff = _marked(environment_diff(loaded[previous["run_id"]].meta, loaded[row["run_id"]].meta))
             if diff:
                 changes[row["run_id"]] = (next(letters, "*"), previous["run_id"], diff)
+    number = {r["run_id"]: i + 1 for config_rows in by_config.values() for i, r in enumerate(config_rows)}
     if matrix:
         parts.append("<h2 id='runs'>Matrix runs</h2>")
         table_rows = []
@@ -888,13 +895,17 @@ def render_overview(runs_dir: str | Path) -> str:
             what = ("; ".join(f"{k}: {b} → {n}" for k, b, n in change[2][:4]) + (" ..." if len(change[2]) > 4 else "")
                     if change else "")
             table_rows.append([
+                _td(f"#{number[row['run_id']]}" if row["run_id"] in number else "", number.get(row["run_id"]),
+                    cls="n"),
                 _td(_short_date(row["started"]), row["started"]), _td(row["run_id"]), _td(row["config"]),
                 _td(row["tensorflow"]), _td(row["device"]),
                 _td(_badge(status, _STATUS_COLOURS.get(status, "#555")), status, raw=True),
                 _td(", ".join(f"{n:,} {v}" for v, n in counts.items())),
                 _td((f"<b style='color:#8e24aa'>{change[0]}</b> " if change else "") + _e(what), raw=True)])
-        parts.append(_table(["started", "run", "config", "TensorFlow", "device", "status", "cells",
-                             "environment change"], table_rows))
+        parts.append(_table([("#", "num"), "started", "run", "config", "TensorFlow", "device", "status", "cells",
+                             "environment change (from the run before)"], table_rows))
+        parts.append("<p class='small muted'># numbers the runs of each config, oldest first, as on the plots. "
+                     "Click a column header to sort.</p>")
     for config, config_rows in by_config.items():
         parts.append(f"<h2>Config <code>{_e(config)}</code>: {len(config_rows)} run(s) over time</h2>")
         data = [_extremes(loaded[r["run_id"]]) for r in config_rows]
