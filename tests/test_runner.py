@@ -222,3 +222,23 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
     table = run(config, out=tmp_path, workers=workers)
     assert peak[0] == min(workers, 5)
     assert set(table["status"]) == {"skipped"} and len(table) == 5
+
+
+@pytest.mark.tf
+def test_the_device_compare_path_agrees_with_the_host_path(tmp_path, monkeypatch):
+    """The GPU path (repeats compared inside the pass's graph, one sync per cell), forced on the CPU."""
+    config = parse_config({"name": "dev", "seeds": [0], "repeats": 3, "layers": [
+        {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
+        {"kind": "Conv2DTranspose", **TINY, "input_shape": [2, 5, 5, 3]}], "matrix": {"xla": ["off", "on"]}})
+    host = run(config, out=tmp_path / "host", workers=2)
+    monkeypatch.setenv("DETAUDIT_COMPARE_ON_DEVICE", "1")
+    device = run(config, out=tmp_path / "device", workers=2)
+    keep = ["cell_id", "tensor", "bitwise_equal", "n_repeats_differ"]
+    rows = [t[t["comparison"] == "repeat"][keep].reset_index(drop=True) for t in (host, device)]
+    pd.testing.assert_frame_equal(*rows)
+    shaky = rows[1][rows[1]["tensor"] == "grad_bias"]
+    assert (~shaky["bitwise_equal"]).sum() == 2  # the random-order layer, xla off and on (determinism off)
+    plain = [t[(t["comparison"] == "repeat") & (t["layer"] == "Conv2DTranspose")] for t in (host, device)]
+    assert list(plain[0]["digest"]) == list(plain[1]["digest"])  # the same first repeat, bit for bit
+    records = list(RunStore.open(device.attrs["run_dir"]).iter_records())
+    assert {r.get("compared_on") for r in records if r["status"] == "ok"} == {"device"}

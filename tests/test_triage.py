@@ -30,7 +30,7 @@ def test_the_knowledge_table_picks_the_most_specific_cause():
 def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp_path):
     config = tmp_path / "tri.yaml"
     config.write_text(yaml.safe_dump({"name": "tri", "repeats": 3, "layers": [RANDOM_ORDER]}))
-    result = detaudit("triage", str(config), "--out", str(tmp_path / "runs"), "--budget-s", "30")
+    result = detaudit("triage", str(config), "--out", str(tmp_path / "runs"), "--budget-s", "45")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "determinism=on: removed" in result.stdout and "threads=1: persists" in result.stdout
     assert "Removed by: determinism" in result.stdout

@@ -232,7 +232,12 @@ class Case:
             grads = tape.gradient(y, [x, *variables], output_gradients=dy)
             return [y, *(tf.zeros_like(v) if g is None else g for v, g in zip([x, *variables], grads))]
 
+        self.forward_backward, self.xla = forward_backward, xla
         self.compiled = tf.function(forward_backward, jit_compile=xla)
+
+    def device_pass(self) -> DeviceCheckedPass:
+        """The pass with its comparison on the device (see DeviceCheckedPass)."""
+        return DeviceCheckedPass(self)
 
     def step_tensors(self) -> list[Any]:
         """One pass, its tensors left where they were computed (on a GPU: in device memory)."""
@@ -241,6 +246,61 @@ class Case:
     def step(self) -> list[np.ndarray]:
         """One pass, its tensors copied to host memory."""
         return [t.numpy() for t in self.step_tensors()]
+
+
+_BITS = {"float16": "int16", "bfloat16": "int16", "float32": "int32", "float64": "int64"}
+
+
+class DeviceCheckedPass:
+    """Repeats of a case compared with the first where they are computed, inside the pass's own graph.
+
+    One ``tf.function`` runs the pass and, per tensor, counts the elements
+    whose bits differ from the first repeat's, counts the repeats that
+    differed, and keeps the repeat with the most differing elements, all in
+    device memory. Every repeat, the first included, runs this same function,
+    so XLA fuses every repeat the same way. Nothing waits for the device until
+    :meth:`results`, once per cell.
+    """
+
+    def __init__(self, case: Case):
+        import tensorflow as tf
+
+        self.case = case
+        specs = case.compiled.get_concrete_function(case.x, case.upstream).structured_outputs
+        self.first_bits = [tf.Variable(tf.zeros(s.shape, _BITS[s.dtype.name]), trainable=False) for s in specs]
+        self.worst = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in specs]
+        self.worst_count = [tf.Variable(tf.constant(0, tf.int64), trainable=False) for _ in specs]
+        self.n_differ = [tf.Variable(0, trainable=False) for _ in specs]
+        forward_backward = case.forward_backward
+
+        def checked(x: Any, dy: Any) -> list[Any]:
+            outputs = forward_backward(x, dy)
+            for i, tensor in enumerate(outputs):
+                bits = tf.bitcast(tensor, _BITS[tensor.dtype.name])
+                differing = tf.math.count_nonzero(tf.not_equal(bits, self.first_bits[i]), dtype=tf.int64)
+                self.n_differ[i].assign_add(tf.cast(differing > 0, tf.int32))
+                self.worst[i].assign(tf.where(differing > self.worst_count[i], tensor, self.worst[i]))
+                self.worst_count[i].assign(tf.maximum(differing, self.worst_count[i]))
+            return outputs
+
+        self.checked = tf.function(checked, jit_compile=case.xla)
+
+    def first(self) -> list[np.ndarray]:
+        import tensorflow as tf
+
+        outputs = self.checked(self.case.x, self.case.upstream)
+        for i, tensor in enumerate(outputs):  # the reference, kept on the device
+            self.first_bits[i].assign(tf.bitcast(tensor, _BITS[tensor.dtype.name]))
+            self.n_differ[i].assign(0)
+            self.worst_count[i].assign(0)
+        return [t.numpy() for t in outputs]
+
+    def later(self) -> None:
+        self.checked(self.case.x, self.case.upstream)
+
+    def results(self) -> list[tuple[int, Any]]:
+        counts = [int(v.numpy()) for v in self.n_differ]  # the one wait of the cell
+        return [(n, self.worst[i].numpy() if n else None) for i, n in enumerate(counts)]
 
 
 def device_name(device: str) -> str:

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 from detaudit.core.axes import cell_statements, startup_statements
 from detaudit.core.config import Cell, Settings
 from detaudit.core.numerics import compare, digest
-from detaudit.core.repeat import repeat_and_compare
+from detaudit.core.repeat import repeat_and_compare, repeat_on_device
 from detaudit.engine import channel, standalone
 from detaudit.errors import DiskFullError, one_line
 
@@ -103,6 +103,13 @@ def _device_scope(device: str) -> tuple[str | None, str | None]:
     return standalone.device_name(device), None
 
 
+def compare_on_device(device: str) -> bool:
+    """Where repeats are compared: on a GPU, on the device (copying them to the host would cost more than the
+    pass); on the CPU, on the host, where they already are. ``DETAUDIT_COMPARE_ON_DEVICE=1`` forces the device
+    path on a CPU, so that its correctness is tested where no GPU is."""
+    return not device.startswith("/CPU") or os.environ.get("DETAUDIT_COMPARE_ON_DEVICE") == "1"
+
+
 def _with_scale(comparison: Any, reference: Any) -> dict[str, Any]:
     """A comparison's row plus ``ref_scale``, the reference's largest finite magnitude (for relative errors)."""
     import numpy as np
@@ -133,7 +140,11 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
         record["applied"] = _applied_per_cell()
         with tf.device(device):
             case = build_case(cell.layer, cell.seed, xla=cell.settings.xla == "on")
-            outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
+            if compare_on_device(device):
+                outcome = repeat_on_device(case.device_pass(), cell.repeats, names=case.names)
+            else:
+                outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
+            record["compared_on"] = "device" if compare_on_device(device) else "host"
             first = [t.first for t in outcome.tensors]
             record["tensors"] = [
                 {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,

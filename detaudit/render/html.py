@@ -30,7 +30,7 @@ from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.summary import CellView, Gap, KnownMatch, RunSummary
 from detaudit.analysis.verdicts import Verdict
 from detaudit.core.axes import AXES
-from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
 from detaudit.errors import UsageError, install_hint
 
@@ -51,7 +51,8 @@ _STYLE = """
 *{box-sizing:border-box}
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",sans-serif;margin:0 auto;padding:1.5em 2em;color:#222;
 max-width:1600px}
-h1{font-size:1.45em;margin:0 0 .3em}h2{font-size:1.15em;margin:1.6em 0 .4em;border-bottom:1px solid #ddd;padding-bottom:2px}
+h1{font-size:1.45em;margin:0 0 .3em}
+h2{font-size:1.15em;margin:1.6em 0 .4em;border-bottom:1px solid #ddd;padding-bottom:2px}
 h3{font-size:1em;margin:1.2em 0 .3em}
 nav{font-size:13px;color:#555;margin:.3em 0 1em}nav a{margin-right:1em;color:#1565c0}
 a{color:#1565c0}
@@ -63,9 +64,10 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
 dl.facts{display:grid;grid-template-columns:max-content 1fr;gap:1px 1em;margin:.4em 0 .8em;font-size:13px}
 dl.facts dt{color:#666}dl.facts dd{margin:0}
 .status{font-size:1.1em;font-weight:700;color:#fff;padding:.45em .8em;border-radius:4px;margin:.6em 0}
-.badge{display:inline-block;color:#fff;font-weight:600;font-size:12px;padding:0 6px;border-radius:3px;white-space:nowrap}
+.badge{display:inline-block;color:#fff;font-weight:600;font-size:12px;padding:0 6px;border-radius:3px;
+white-space:nowrap}
 .counts .badge{margin-right:.2em}.counts span.c{margin-right:1.2em}
-.muted{color:#666}.small{font-size:12px}
+.muted{color:#666}.nowrap{white-space:nowrap}.small{font-size:12px}
 ul.failures li{color:#b71c1c}
 .known{border-left:4px solid #8e24aa;padding:.2em .8em;margin:.5em 0;background:#faf5fc}
 table.sortable thead th{cursor:pointer;user-select:none;white-space:nowrap}
@@ -87,7 +89,7 @@ table.heat th.row{text-align:left;white-space:nowrap;font-weight:600}
 img{max-width:100%;height:auto}
 code{background:#f4f4f4;padding:1px 4px;border-radius:3px;font-size:12px}
 details summary{cursor:pointer;color:#1565c0;margin:.3em 0}
-.card{border:1px solid #ddd;border-radius:4px;padding:.6em 1em;margin:.8em 0}
+.card{border:1px solid #ddd;border-radius:4px;padding:.6em 1em;margin:.8em 0}.card h2{margin-top:.2em}
 """
 
 # Sorts a table.sortable by the clicked header: numbers (data-type="num", value in data-v) largest first on the
@@ -162,7 +164,10 @@ def _td(text: Any, key: Any = None, *, raw: bool = False, cls: str = "", title: 
     attrs = ""
     if key is not None:
         number = _num(key)
-        attrs += f' data-v="{_e(number if number is not None else key)}"'
+        if number is None:
+            attrs += f' data-v="{_e(key)}"'
+        else:  # JavaScript's parseFloat reads "Infinity", not Python's "inf"
+            attrs += f' data-v="{number if math.isfinite(number) else ("Infinity" if number > 0 else "-Infinity")}"'
     elif cls == "n":
         attrs += ' data-v=""'
     if cls:
@@ -176,18 +181,19 @@ def _td(text: Any, key: Any = None, *, raw: bool = False, cls: str = "", title: 
 
 def _table(headers: Sequence[str | tuple[str, str]], rows: Iterable[Sequence[str] | tuple[str, Sequence[str]]], *,
            sortable: bool = True, cls: str = "") -> str:
-    """A table of ``rows``: lists of ``_td`` strings, or (``<tr>`` attributes, list); a header ``(label, "num")``
-    sorts numerically."""
+    """A table of ``rows``: lists of ``_td`` strings, or (``<tr>`` attributes, list). A header ``(label, "num")``
+    is a right-aligned number, ``(label, "rank")`` sorts by its cells' data-v (a verdict's severity, say)."""
     head = []
     for header in headers:
         label, kind = (header, "text") if isinstance(header, str) else header
-        numeric = kind == "num"
-        head.append(f"<th{' class=n data-type=num' if numeric else ''}>{_e(label)}</th>")
+        attrs = {"num": " class=n data-type=num", "rank": " data-type=num"}.get(kind, "")
+        head.append(f"<th{attrs}>{_e(label)}</th>")
     classes = " ".join(c for c in ("sortable" if sortable else "", cls) if c)
+    table_attrs = f' class="{classes}"' if classes else ""
     body = "".join(f"<tr{row[0]}>{''.join(row[1])}</tr>" if isinstance(row, tuple) else f"<tr>{''.join(row)}</tr>"
                    for row in rows)
-    return (f"<div class='wrap'><table{f' class={chr(34)}{classes}{chr(34)}' if classes else ''}>"
-            f"<thead><tr>{''.join(head)}</tr></thead><tbody>{body}</tbody></table></div>")
+    return (f"<div class='wrap'><table{table_attrs}><thead><tr>{''.join(head)}</tr></thead>"
+            f"<tbody>{body}</tbody></table></div>")
 
 
 def _badge(text: str, colour: str, title: str = "") -> str:
@@ -255,11 +261,29 @@ def _layer_names(stored: StoredRun, cells: Sequence[CellView]) -> dict[str, str]
     seen: dict[str, set[str]] = {}
     for cell in cells:
         seen.setdefault(cell.layer, set()).add(params.get(cell.cell_id, ""))
+    differing: dict[str, list[str]] = {}  # per ambiguous label, the parameters that tell its layers apart
+    for label, variants in seen.items():
+        if len(variants) > 1:
+            parsed = [_params(v) for v in variants]
+            keys = dict.fromkeys(k for p in parsed for k in p)
+            differing[label] = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
     out = {}
     for cell in cells:
-        ambiguous = len(seen[cell.layer]) > 1
-        out[cell.cell_id] = f"{cell.layer} {params.get(cell.cell_id, '')}" if ambiguous else cell.layer
+        keys = differing.get(cell.layer)
+        if keys is None:
+            out[cell.cell_id] = cell.layer
+            continue
+        mine = _params(params.get(cell.cell_id, ""))
+        out[cell.cell_id] = f"{cell.layer} " + ", ".join(f"{k}={json.dumps(mine.get(k))}" for k in keys)
     return out
+
+
+def _params(text: str) -> dict[str, Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        return {"params": text}
+    return value if isinstance(value, dict) else {"params": value}
 
 
 def _known_section(known: Sequence[KnownMatch]) -> list[str]:
@@ -268,12 +292,14 @@ def _known_section(known: Sequence[KnownMatch]) -> list[str]:
     parts = ["<h2 id='known'>Known upstream bugs</h2>"]
     for match in known:
         bug = match.bug
-        where = _link(bug.link) if bug.reported else "not yet reported (minimal repro in detaudit/analysis/knowledge.yaml)"
-        state = "no longer reproduces here (fixed?)" if match.fixed else (
-            "not counted as a failure (--strict counts it)" if match.excused else "shown, not a failure")
+        where = _link(bug.link) if bug.reported else _e(bug.reference())
+        state = "" if match.fixed else (
+            "; not counted as a failure (--strict counts it)" if match.excused else "; shown, not a failure")
+        head = "FIXED HERE?" if match.fixed else "KNOWN"
+        grey = " style='border-color:#9e9e9e'" if match.fixed else ""
         parts.append(
-            f"<div class='known'><b>KNOWN: {_e(bug.title)}</b><br>"
-            f"<span class='small'>{_e(match.detail)} at {_e(match.cell)}; {_e(state)}</span><br>"
+            f"<div class='known'{grey}><b>{head}: {_e(bug.title)}</b><br>"
+            f"<span class='small'>{_e(match.detail)} at {_e(match.cell)}{_e(state)}</span><br>"
             f"<span class='small'>Upstream: {where}</span>"
             + (f"<br><span class='small'>Workaround: {_e(bug.workaround)}</span>" if bug.workaround and not match.fixed
                else "") + "</div>")
@@ -322,7 +348,8 @@ def _finding_parts(finding: Finding) -> tuple[str, list[str]]:
 def _findings_section(found: Sequence[Finding]) -> list[str]:
     parts = ["<h2 id='findings'>Findings</h2>"]
     if not found:
-        return parts + ["<p>Nothing differs: every repeat, replay and setting gave the baseline's bits.</p>"]
+        return parts + ["<p>Nothing differs: every repeat and replay gave the same bits, and every setting the "
+                        "baseline's.</p>"]
     items = []
     for finding in found:
         head, phrases = _finding_parts(finding)
@@ -358,7 +385,8 @@ def _drift_section(summary: RunSummary) -> list[str]:
     legend = [f"<span style='background:{_IDENTICAL}'>= identical bits</span>"]
     for value in (1, 4, 16, 64, 256, 1024):
         background, ink = _scale_colour(value)
-        legend.append(f"<span style='background:{background};color:{ink}'>{'≥' if value == 1024 else ''}{value}</span>")
+        text = f"≥{value}" if value == _SCALE_TOP else str(value)
+        legend.append(f"<span style='background:{background};color:{ink}'>{text}</span>")
     legend.append("<span style='background:#eee'>n/a: not measured</span>")
     parts.append(f"<div class='legend'><span class='muted' style='border:0'>scaled ULP (log scale):</span>"
                  f"{''.join(legend)}</div>")
@@ -390,7 +418,10 @@ def _drift_section(summary: RunSummary) -> list[str]:
                 truth = ""
                 if gap.truth and any(v is not None for v in gap.truth):
                     truth = f"<small>vs f64: {_e(_percent(gap.truth[0]))} → {_e(_percent(gap.truth[1]))}</small>"
-                known = f"<small><b>KNOWN</b> {_link(gap.known, 'upstream')}</small>" if gap.known else ""
+                known = ""
+                if gap.known:
+                    where = _link(gap.known, "upstream") if gap.known.startswith("http") else "not yet reported"
+                    known = f"<small><b>KNOWN</b> {where}</small>"
                 tds.append(f"<td style='background:{background};color:{ink}' title='{_e(tip)}'>"
                            f"<b>{_e(_scaled(gap.max_ulp_scaled))}</b>{truth}{known}</td>")
             body.append(f"<tr class='change'><th class='change'>{_e(before)} → {_e(after)}</th>{''.join(tds)}</tr>")
@@ -408,12 +439,10 @@ def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
     shown = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
     if not shown:
         return []
-    settings: list[Any] = []
-    for cell in summary.cells:
-        if cell.settings not in settings:
-            settings.append(cell.settings)
-    hidden = [s for s in settings if not any(c.settings == s for c in shown)]
-    settings = [s for s in settings if s not in hidden]
+    every = list(dict.fromkeys(c.settings for c in summary.cells))  # matrix order, as the cells come
+    measured = {c.settings for c in shown}
+    hidden = [s for s in every if s not in measured]
+    settings = [s for s in every if s in measured]
     layers = list(dict.fromkeys(names[c.cell_id] for c in summary.cells))
     worst: dict[tuple[str, Any], list[CellView]] = {}
     for cell in shown:
@@ -456,7 +485,7 @@ def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
              f"<tbody>{''.join(body)}</tbody></table></div>"]
     if hidden:
         parts.append(f"<p class='small muted'>{len(hidden)} setting(s) not shown: every cell SKIPPED "
-                     f"({_e(', '.join(s.label() for s in hidden[:6]))}{', ...' if len(hidden) > 6 else ''}).</p>")
+                     f"({_e('; '.join(s.label() for s in hidden[:6]))}{', ...' if len(hidden) > 6 else ''}).</p>")
     return parts
 
 
@@ -483,7 +512,7 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
         show_reference = any(c.reference is not None for c in cells)
         show_adjoint = any(c.adjoint_eps is not None for c in cells)
         show_message = any(c.message for c in cells)
-        headers: list[Any] = ["layer", "settings", ("seed", "num"), ("verdict", "num")]
+        headers: list[Any] = ["layer", "settings", ("seed", "num"), ("verdict", "rank")]
         headers += [(f"run to run {t} (ULP)", "num") for t in tensors]
         headers += [("vs baseline (scaled ULP)", "num")] if show_baseline else []
         headers += [("vs float64", "num")] if show_reference else []
@@ -525,7 +554,7 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
 
 def _histograms(table: pd.DataFrame) -> list[str]:
     """Per tensor: how many cells differ by how many scaled ULP, run to run and against the baseline."""
-    comparisons = [k for k in ComparisonKind if k.value != _REFERENCE]
+    comparisons = [k for k in ComparisonKind if k.spec.role in (Role.DETERMINISM, Role.DRIFT)]
     rows = table[table["tensor"].notna() & table["max_ulp_scaled"].notna()
                  & table["comparison"].isin([k.value for k in comparisons])]
     parts = ["<h2 id='distributions'>Scaled-ULP distributions per tensor</h2>"]
@@ -534,22 +563,28 @@ def _histograms(table: pd.DataFrame) -> list[str]:
     if not (rows["max_ulp_scaled"] > 0).any():
         return parts + ["<p>Every compared tensor is bit-identical: no distribution to draw.</p>"]
     plt = _pyplot()
+    from matplotlib.ticker import FuncFormatter
+
     tensors = list(dict.fromkeys(rows["tensor"]))
-    values = np.log10(1 + rows["max_ulp_scaled"].astype("float64").to_numpy())
-    bins = np.histogram_bin_edges(values, bins=20)
-    ticks = [v for v in (0, 1, 10, 100, 1000, 10000, 100000, 1000000) if np.log10(1 + v) <= bins[-1] + 1e-9]
+    # A bin of its own for identical bits, linear bins below 1 scaled ULP, four per decade above (symlog axis).
+    top = max(1.0, float(rows["max_ulp_scaled"].max()))
+    bins = np.concatenate([[0.0, 0.1, 0.25, 0.5, 0.75], np.logspace(0, math.log10(top) * 1.0001 + 1e-9,
+                                                                max(1, math.ceil(4 * math.log10(top))) + 1)])
     fig, axes = plt.subplots(1, len(tensors), figsize=(3.3 * len(tensors), 2.6), squeeze=False, sharey=True)
     palette = {"repeat": "#c62828", "process": "#6a1b9a", "baseline": "#1565c0"}
     for ax, tensor in zip(axes[0], tensors):
         mine = rows[rows["tensor"] == tensor]
         for kind in comparisons:
             picked = mine[mine["comparison"] == kind.value]["max_ulp_scaled"].astype("float64").to_numpy()
+            picked = np.where(picked > 0, np.maximum(picked, 0.1), 0.0)  # a tiny gap is not identical bits
             if len(picked):
-                ax.hist(np.log10(1 + picked), bins=bins, alpha=0.6, color=palette.get(kind.value, "#555"),
-                        label=kind.spec.label)
+                ax.hist(picked, bins=bins, alpha=0.6, color=palette.get(kind.value, "#555"), label=kind.spec.label)
+        ax.set_xscale("symlog", linthresh=1)
+        ax.set_xlim(0, bins[-1])
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else "=" if v == 0 else f"{v:g}"))
+        ax.tick_params(axis="x", labelsize=8)
         ax.set_title(tensor, fontsize=10)
-        ax.set_xticks([np.log10(1 + v) for v in ticks], [f"{v:,}" for v in ticks], fontsize=8)
-        ax.set_xlabel("max scaled ULP", fontsize=8)
+        ax.set_xlabel("max scaled ULP (= identical)", fontsize=8)
     axes[0][0].set_ylabel("cells")
     axes[0][-1].legend(fontsize=8)
     fig.tight_layout()
@@ -618,7 +653,8 @@ def _audit_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
     tf = result.get("tensorflow") or stored.meta.get("tensorflow") or {}
     settings = result.get("settings") or {}
     facts = [("model", result.get("model")), ("run", stored.run_id), ("started", stored.meta.get("started")),
-             ("TensorFlow", f"{tf.get('tensorflow_version', '?')} / Keras {tf.get('keras_version', '?')}" if tf else None),
+             ("TensorFlow", f"{tf.get('tensorflow_version', '?')} / Keras {tf.get('keras_version', '?')}"
+              if tf else None),
              ("settings", ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else None),
              ("steps x repeats", f"{result['steps']} x {result['repeats']}" if "steps" in result and "repeats" in result
               else None), ("seed", result.get("seed"))]
@@ -787,7 +823,8 @@ def _extremes(stored: StoredRun) -> dict[tuple[str, str], dict[str, tuple[float 
 
 
 def _marked(diff: list[tuple[str, Any, Any]]) -> list[tuple[str, Any, Any]]:
-    return [d for d in diff if d[0].startswith(_MARKED_FACTS)]
+    """The environment differences worth a marker, named without their meta.json section (``tensorflow_version``)."""
+    return [(key.split(".", 1)[1], before, after) for key, before, after in diff if key.startswith(_MARKED_FACTS)]
 
 
 def _short_date(started: str) -> str:
@@ -897,8 +934,8 @@ def render_overview(runs_dir: str | Path) -> str:
             table_rows.append([
                 _td(f"#{number[row['run_id']]}" if row["run_id"] in number else "", number.get(row["run_id"]),
                     cls="n"),
-                _td(_short_date(row["started"]), row["started"]), _td(row["run_id"]), _td(row["config"]),
-                _td(row["tensorflow"]), _td(row["device"]),
+                _td(_short_date(row["started"]), row["started"], cls="nowrap"), _td(row["run_id"], cls="nowrap"),
+                _td(row["config"]), _td(row["tensorflow"]), _td(row["device"]),
                 _td(_badge(status, _STATUS_COLOURS.get(status, "#555")), status, raw=True),
                 _td(", ".join(f"{n:,} {v}" for v, n in counts.items())),
                 _td((f"<b style='color:#8e24aa'>{change[0]}</b> " if change else "") + _e(what), raw=True)])
