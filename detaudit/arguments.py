@@ -8,6 +8,7 @@ declarations, validated by the same validator as a config's matrix.
 from __future__ import annotations
 
 import argparse
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -27,8 +28,14 @@ _EXIT_CODES = """exit codes:
   130  interrupted with Ctrl-C: what finished is saved; the resume command is printed"""
 
 
-class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Defaults shown after each help text; the epilog (exit codes, examples) kept as written."""
+class _Formatter(argparse.RawDescriptionHelpFormatter):
+    """Each option's default after its help (where there is one to show); the epilog kept as written."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default in (None, False, argparse.SUPPRESS) or "default" in text or action.option_strings == []:
+            return text
+        return f"{text} (default: %(default)s)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -80,8 +87,8 @@ def _epilog(*examples: str) -> str:
 
 
 def _add(sub: Any, name: str, help_text: str, description: str, examples: tuple[str, ...]) -> argparse.ArgumentParser:
-    return sub.add_parser(name, help=help_text, description=description, epilog=_epilog(*examples),
-                          formatter_class=_Formatter)
+    return sub.add_parser(name, help=help_text, description=textwrap.fill(description, 88),
+                          epilog=_epilog(*examples), formatter_class=_Formatter)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import itertools
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -32,7 +33,7 @@ from detaudit.analysis.verdicts import Verdict
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
-from detaudit.errors import UsageError, install_hint
+from detaudit.errors import RunDirError, UsageError, install_hint
 
 __all__ = ["render_html", "render_overview", "render_result_page"]
 
@@ -261,21 +262,18 @@ def _layer_names(stored: StoredRun, cells: Sequence[CellView]) -> dict[str, str]
     seen: dict[str, set[str]] = {}
     for cell in cells:
         seen.setdefault(cell.layer, set()).add(params.get(cell.cell_id, ""))
-    differing: dict[str, list[str]] = {}  # per ambiguous label, the parameters that tell its layers apart
-    for label, variants in seen.items():
-        if len(variants) > 1:
-            parsed = [_params(v) for v in variants]
-            keys = dict.fromkeys(k for p in parsed for k in p)
-            differing[label] = [k for k in keys if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
-    out = {}
-    for cell in cells:
-        keys = differing.get(cell.layer)
-        if keys is None:
-            out[cell.cell_id] = cell.layer
-            continue
-        mine = _params(params.get(cell.cell_id, ""))
-        out[cell.cell_id] = f"{cell.layer} " + ", ".join(f"{k}={json.dumps(mine.get(k))}" for k in keys)
-    return out
+    return {c.cell_id: _distinct(c.layer, params.get(c.cell_id, ""), seen[c.layer]) for c in cells}
+
+
+def _distinct(label: str, params: str, variants: set[str]) -> str:
+    """``label``, with the parameters that tell it apart from the other ``variants`` (JSON) sharing it."""
+    if len(variants) < 2:
+        return label
+    parsed = [_params(v) for v in sorted(variants)]
+    keys = [k for k in dict.fromkeys(k for p in parsed for k in p)
+            if len({json.dumps(p.get(k), sort_keys=True) for p in parsed}) > 1]
+    mine = _params(params)
+    return f"{label} " + ", ".join(f"{k}={json.dumps(mine.get(k))}" for k in keys)
 
 
 def _params(text: str) -> dict[str, Any]:
@@ -800,16 +798,17 @@ def render_result_page(stored: StoredRun) -> str:
 
 # -- the overview of a runs directory -------------------------------------------------------------------------------
 
-def _extremes(stored: StoredRun) -> dict[tuple[str, str], dict[str, tuple[float | None, float | None]]]:
-    """Per layer (key, label) and tensor: (largest scaled ULP vs the baseline, largest relative error vs float64)."""
+def _extremes(stored: StoredRun) -> dict[tuple[str, str, str, str], dict[str, tuple[float | None, float | None]]]:
+    """Per layer (kind, params, input shape, label) and tensor: (largest scaled ULP vs the baseline, largest relative
+    error vs float64)."""
     table = stored.table
-    out: dict[tuple[str, str], dict[str, list[float | None]]] = {}
+    out: dict[tuple[str, str, str, str], dict[str, list[float | None]]] = {}
     if not len(table):
         return {}
     rows = table[table["comparison"].isin([_BASELINE, _REFERENCE]) & table["tensor"].notna()
                  & (table["status"] == "ok")]
     for row in rows.to_dict("records"):
-        key = (f"{row['layer']}|{row['params']}|{row['input_shape']}", layer_label(row))
+        key = (str(row["layer"]), str(row["params"]), str(row["input_shape"]), layer_label(row))
         slot = out.setdefault(key, {}).setdefault(str(row["tensor"]), [None, None])
         if row["comparison"] == _BASELINE:
             value = _num(row["max_ulp_scaled"])
@@ -836,14 +835,12 @@ def _series_plot(title: str, runs: list[dict[str, Any]], data: list[dict[str, tu
     plt = _pyplot()
     from matplotlib.ticker import FuncFormatter
 
-    tensors = list(dict.fromkeys(t for d in data for t in d))
-    known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
-    tensors.sort(key=lambda t: (known_order.index(t) if t in known_order else len(known_order), t))
+    tensors = list(dict.fromkeys(t for d in data for t in d))  # the table's order: output, then the gradients
     x = np.arange(len(runs))
     fig, axes = plt.subplots(1, 2, figsize=(11, 2.9))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for index, (ax, what) in enumerate(zip(axes, ("max scaled ULP vs baseline", "max error vs float64 (%)"))):
-        drawn = False
+        drawn, low, high = False, math.inf, 0.0
         for n, tensor in enumerate(tensors):
             values = [d.get(tensor, (None, None))[index] for d in data]
             y = np.array([np.nan if v is None else (100 * v if index else v) for v in values], dtype=float)
@@ -852,14 +849,19 @@ def _series_plot(title: str, runs: list[dict[str, Any]], data: list[dict[str, tu
             if np.isnan(y).all():
                 continue
             drawn = True
+            low, high = min(low, float(np.nanmin(y))), max(high, float(np.nanmax(y)))
             ax.plot(x, y, marker="o", markersize=4, linewidth=1.4, label=tensor, color=colours[n % len(colours)])
+        # Whole decades on both axes, so that every plot has labelled ticks.
         if index == 0:
             ax.set_yscale("symlog", linthresh=1)
-            ax.set_ylim(bottom=0)
+            ax.set_ylim(0, 10 ** max(1, math.ceil(math.log10(max(high, 1) * 1.2))))
             ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else f"{v:g}"))
         elif drawn:
             ax.set_yscale("log")
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}%"))
+            bottom, top = math.floor(math.log10(low / 1.2)), math.ceil(math.log10(high * 1.2))
+            ax.set_ylim(10 ** min(bottom, top - 1), 10 ** top)
+            ax.yaxis.set_major_formatter(FuncFormatter(
+                lambda v, _: f"{v:g}%" if v >= 0.001 else f"{v:.0e}%".replace("e-0", "e-")))
             ax.yaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         if not drawn:
             ax.text(0.5, 0.5, "not measured", transform=ax.transAxes, ha="center", va="center", color="#888")
@@ -908,19 +910,19 @@ def render_overview(runs_dir: str | Path) -> str:
     for row in matrix:
         try:
             loaded[row["run_id"]] = load_run(row["run_dir"])
-        except Exception as exc:  # noqa: BLE001 - history_rows read it a moment ago; a broken run is skipped
+        except RunDirError as exc:  # history_rows read it a moment ago; a run broken since is skipped
             skipped.append((Path(row["run_dir"]), str(exc)))
     by_config: dict[str, list[dict[str, Any]]] = {}
     for row in matrix:
         if row["run_id"] in loaded:
             by_config.setdefault(row["config"], []).append(row)
-    letters = iter("ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+    letters = (chr(ord("A") + i) if i < 26 else str(i + 1) for i in itertools.count())
     changes: dict[str, tuple[str, str, list[tuple[str, Any, Any]]]] = {}  # run id -> (letter, previous, diff)
     for config_rows in by_config.values():
         for previous, row in zip(config_rows, config_rows[1:]):
             diff = _marked(environment_diff(loaded[previous["run_id"]].meta, loaded[row["run_id"]].meta))
             if diff:
-                changes[row["run_id"]] = (next(letters, "*"), previous["run_id"], diff)
+                changes[row["run_id"]] = (next(letters), previous["run_id"], diff)
     number = {r["run_id"]: i + 1 for config_rows in by_config.values() for i, r in enumerate(config_rows)}
     if matrix:
         parts.append("<h2 id='runs'>Matrix runs</h2>")
@@ -947,7 +949,9 @@ def render_overview(runs_dir: str | Path) -> str:
         parts.append(f"<h2>Config <code>{_e(config)}</code>: {len(config_rows)} run(s) over time</h2>")
         data = [_extremes(loaded[r["run_id"]]) for r in config_rows]
         layers = list(dict.fromkeys(k for d in data for k in d))
-        labels = [label for _, label in layers]
+        variants: dict[str, set[str]] = {}
+        for key in layers:
+            variants.setdefault(key[3], set()).add(key[1])
         marks = [(i, changes[r["run_id"]][0]) for i, r in enumerate(config_rows) if r["run_id"] in changes]
         if marks:
             items = "".join(
@@ -960,7 +964,7 @@ def render_overview(runs_dir: str | Path) -> str:
         if not layers:
             parts.append("<p class='muted'>Nothing was compared with the baseline or float64 in these runs.</p>")
         for key in layers:
-            title = key[1] if labels.count(key[1]) == 1 else f"{key[1]} {key[0].split('|')[1]}"
+            title = _distinct(key[3], key[1], variants[key[3]])
             parts.append(_series_plot(title, config_rows, [d.get(key, {}) for d in data], marks))
     if others:
         parts.append("<h2 id='other'>Audit and triage runs</h2>")

@@ -180,16 +180,21 @@ def render_run(summary: RunSummary) -> RenderableType:
 
 
 def render_known(known: Any) -> list[Text]:
-    """Known upstream bugs that results show (KNOWN) or that no longer reproduce (fixed upstream?)."""
+    """Known upstream bugs that results show (KNOWN), one line per bug, and those that no longer reproduce."""
     parts = []
+    groups: dict[tuple[str, bool], list[Any]] = {}
     for match in known:
-        if match.fixed:
-            parts.append(Text(f"Known bug no longer reproduces (fixed upstream?): {match.bug.title} "
-                              f"[{match.bug.id}] at {match.cell}", style="green"))
+        groups.setdefault((match.bug.id, match.fixed), []).append(match)
+    for (_, fixed), matches in groups.items():
+        bug = matches[0].bug
+        where = "; ".join(f"{m.cell}: {m.detail}" for m in matches[:3]) + (
+            f"; and {len(matches) - 3} more" if len(matches) > 3 else "")
+        if fixed:
+            parts.append(Text(f"Known bug no longer reproduces (fixed upstream?): {bug.title} [{bug.id}] ({where})",
+                              style="green"))
             continue
-        parts.append(Text.assemble(("KNOWN ", "bold magenta"), f"{match.bug.title}: {match.detail} at {match.cell}. ",
-                                   (match.bug.reference(), "magenta"),
-                                   f". Workaround: {match.bug.workaround}" if match.bug.workaround else ""))
+        parts.append(Text.assemble(("KNOWN ", "bold magenta"), f"{bug.title} ({where}). ", (bug.reference(), "magenta"),
+                                   f". Workaround: {bug.workaround}" if bug.workaround else ""))
     return parts
 
 

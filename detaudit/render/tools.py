@@ -19,14 +19,23 @@ from detaudit.render.terminal import render_known
 __all__ = ["adjoint_table", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table", "triage_report"]
 
 
+def _shape_spec(row: dict[str, Any]) -> str:
+    extra = f" d{row['dilation']}" if row["dilation"] != 1 else ""
+    padding = "" if row["output_padding"] is None else f" output_padding={row['output_padding']}"
+    return f"kernel {row['kernel']}, stride {row['stride']}, {row['padding']}{extra}{padding}"
+
+
 def shapes_table(rows: list[dict[str, Any]], path: str) -> Table:
     """The shape audit: formula vs TensorFlow on the measured path, the other path's prediction, the round trip."""
-    grid = Table(title=f"Transposed-convolution shapes (one spatial axis; predicted and measured with {path})",
-                 title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("input", "kernel", "stride", "padding", "dilation", "output_padding", "Keras formula",
-                   "TensorFlow", "other path", "Conv round trip", "fix"):
-        grid.add_column(column, justify="left" if column in ("padding", "Conv round trip", "fix", "other path")
-                        else "right", overflow="fold")
+    specs = list(dict.fromkeys(_shape_spec(r) for r in rows))
+    shared = len(specs) == 1
+    title = f"Transposed-convolution shapes{': ' + specs[0] if shared else ''} (one spatial axis; {path})"
+    grid = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    if not shared:
+        grid.add_column("layer", overflow="fold")
+    for column in ("input", "Keras", "TensorFlow", "other path", "Conv round trip", "fix"):
+        grid.add_column(column, no_wrap=column != "fix", overflow="fold",
+                        justify="right" if column in ("input", "Keras", "TensorFlow") else "left")
     for row in rows:
         measured = row.get("measured")
         formula = Text("rejected", style="yellow") if row["rejected"] else Text(str(row["output"]))
@@ -42,9 +51,8 @@ def shapes_table(rows: list[dict[str, Any]], path: str) -> Table:
                     style="green" if row["round_trip_ok"] else "yellow")
         fix = "-" if row["round_trip_ok"] else (
             f"output_padding={row['fixing_output_padding']}" if row["fixing_output_padding"] is not None else "none")
-        grid.add_row(str(row["n"]), str(row["kernel"]), str(row["stride"]), row["padding"], str(row["dilation"]),
-                     str(row["output_padding"]), formula, tf_text, Text(other, style="yellow" if other != "same"
-                                                                        else "dim"), trip, fix)
+        grid.add_row(*([] if shared else [_shape_spec(row)]), str(row["n"]), formula, tf_text,
+                     Text(other, style="yellow" if other != "same" else "dim"), trip, fix)
     return grid
 
 
@@ -168,10 +176,11 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
     if relevant:
         fixes = Table(title="Environment: what decides reproducibility here, and the fix", title_justify="left",
                       box=box.SIMPLE_HEAD)
-        for column in ("check", "state", "risk", "fix"):
+        columns = ("check", "state", "risk", "fix") if show_all else ("check", "state", "fix")
+        for column in columns:
             fixes.add_column(column, overflow="fold")
         for check in relevant:
-            fixes.add_row(*(Text(str(check[k])) for k in ("check", "state", "risk", "fix")))
+            fixes.add_row(*(Text(str(check[k])) for k in columns))
         parts.append(fixes)
     folded = [c["check"] for c in checks if not _applies(c, gpus)]
     if folded:
