@@ -84,18 +84,24 @@ def _make_run(root: Path, run_id: str, started: str, meta: dict | None = None, c
     return store
 
 
-@pytest.fixture()
-def run(tmp_path):
-    return load_run(_make_run(tmp_path / "runs", "r1", "2026-01-01T00:00:00+00:00", crash_message=SCRIPT).path)
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("html") / "runs"
+    return load_run(_make_run(root, "r1", "2026-01-01T00:00:00+00:00", crash_message=SCRIPT).path)
+
+
+@pytest.fixture(scope="module")
+def page(run):
+    """The run's page, rendered once (matplotlib takes most of a second)."""
+    return render_html(run, build_summary(run))
 
 
 def _rows(page: str, cls: str) -> int:
     return len(re.findall(rf"<tr class='{cls}'", page))
 
 
-def test_the_status_line_is_the_summarys_and_the_counts_are_shown(run):
+def test_the_status_line_is_the_summarys_and_the_counts_are_shown(run, page):
     summary = build_summary(run)
-    page = render_html(run, summary)
     assert page.startswith("<!doctype html>")
     match = re.search(r'<p class="status" id="status" style="background:(#\w+)">(.*?)</p>', page)
     assert match and html.unescape(match.group(2)) == summary.status_line
@@ -103,9 +109,8 @@ def test_the_status_line_is_the_summarys_and_the_counts_are_shown(run):
     assert "8 cells: " not in page and "16 cells: " in page and "Failed expectations (" in page
 
 
-def test_the_drift_matrix_has_one_row_per_setting_change(run):
+def test_the_drift_matrix_has_one_row_per_setting_change(run, page):
     summary = build_summary(run)
-    page = render_html(run, summary)
     changes = [f for f in summary.findings if f.comparison == "baseline"]
     assert len(changes) == 2
     assert "<table class='drift'>" in page and _rows(page, "change") == len(changes)
@@ -116,30 +121,27 @@ def test_the_drift_matrix_has_one_row_per_setting_change(run):
     assert "≥1024" in page  # the legend of the log scale
 
 
-def test_skipped_cells_are_folded_into_one_line_per_reason(run):
-    page = render_html(run, build_summary(run))
+def test_skipped_cells_are_folded_into_one_line_per_reason(page):
     assert page.count("no GPU visible to TensorFlow") == 1
     assert "<b>8 cell(s)</b>: no GPU visible to TensorFlow" in page
     assert "device=gpu" not in page.split("id='cells'")[1].split("SKIPPED")[0]  # no skipped row in the cell table
 
 
-def test_the_heat_map_keeps_matrix_order_and_hides_columns_with_only_skipped_cells(run):
-    page = render_html(run, build_summary(run))
+def test_the_heat_map_keeps_matrix_order_and_hides_columns_with_only_skipped_cells(page):
     heat = page.split("<table class='heat'>")[1].split("</table>")[0]
     assert heat.index(">determinism</th>") < heat.index(">xla</th>")  # outer axis first, as the matrix nests them
     assert re.findall(r"<th colspan='\d+' title='xla=(\w+)'>", heat) == ["off", "on", "off", "on"]
     assert ">device</th>" not in heat and "4 setting(s) not shown: every cell SKIPPED" in page
 
 
-def test_tables_are_sortable_and_numbers_are_numbers(run):
-    page = render_html(run, build_summary(run))
+def test_tables_are_sortable_and_numbers_are_numbers(page):
     assert 'class="sortable"' in page and "data-type=num" in page and "addEventListener('click'" in page
     cells = page.split("id='cells'")[1]
     assert "run to run grad_bias (ULP)" in cells and 'data-v="3.0"' in cells  # the nondeterministic repeat
     assert "{" not in cells.split("</table>")[0]  # no raw JSON left
 
 
-def test_no_comparison_header_when_nothing_changed(tmp_path, run):
+def test_no_comparison_header_when_nothing_changed(run):
     page = render_html(run, build_summary(run), compare_runs(run, run))
     assert "Drift against" not in page and "Against run r1: OK" in page
 
@@ -172,8 +174,7 @@ def test_everything_from_the_run_is_escaped(run):
     assert page.count("<script>") == 1  # the page's own sort script only
 
 
-def test_the_page_is_self_contained(run):
-    page = render_html(run, build_summary(run))
+def test_the_page_is_self_contained(page):
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)
     assert "<link" not in page and "@import" not in page and "<script src" not in page
     assert page.count("data:image/png;base64,") == 1  # the histograms; the heat map is a table
@@ -281,8 +282,7 @@ document.documentElement.setAttribute('data-probe', t.textContent+'|'+t.getAttri
 
 
 @pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Debian's chromium (apt-get install chromium)")
-def test_the_sort_script_runs_in_a_real_browser(tmp_path, run):
-    page = render_html(run, build_summary(run))
+def test_the_sort_script_runs_in_a_real_browser(tmp_path, page):
     page = page.replace("<head>", "<head>" + _PROBE, 1).replace("</body>", _CLICK + "</body>", 1)
     path = tmp_path / "page.html"
     path.write_text(page, encoding="utf-8")
