@@ -14,6 +14,9 @@ import difflib
 import re
 from collections.abc import Iterable
 
+__all__ = ["ConfigError", "DetauditError", "DiskFullError", "RunDirError", "UsageError", "WorkerError", "did_you_mean",
+           "install_hint", "one_line"]
+
 
 class DetauditError(Exception):
     """Base class of errors caused by the user's input; the CLI exits with 2."""

@@ -116,7 +116,7 @@ def test_report_writes_a_page(runs):
     result = detaudit("report", str(done["whole"]), "--html", str(page), "--compare-to", str(done["s1"]))
     assert result.returncode == 0, result.stderr
     text = page.read_text()
-    assert "data:image/png;base64," in text and "Drift against s1" in text
+    assert "<table class='heat'>" in text and "Drift against s1" in text
 
 
 def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):

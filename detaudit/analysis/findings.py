@@ -21,9 +21,9 @@ import pandas as pd
 
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.analysis.verdicts import settings_of
+from detaudit.analysis.verdicts import layer_label, settings_of
 
-__all__ = ["Finding", "TensorGap", "findings", "layer_label", "relative_error", "ulp_unit"]
+__all__ = ["Finding", "TensorGap", "findings", "layer_label", "percent", "relative_error", "ulp_unit"]
 
 _REPEAT, _PROCESS, _BASELINE, _REFERENCE = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
                                             ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value)
@@ -45,22 +45,16 @@ def relative_error(row: dict[str, Any]) -> float | None:
     return float(gap) / float(scale)
 
 
-def _pct(value: float | None) -> str:
-    if value is None:
+def percent(fraction: float | None) -> str:
+    """A relative error as a readable percentage: ``0%``, ``<0.001%``, ``0.23%``, ``21%`` (``-``: not measured)."""
+    if fraction is None:
         return "-"
-    pct = 100 * value
+    pct = 100 * fraction
     if pct == 0 or math.isinf(pct):
         return "0%" if pct == 0 else "inf%"
     if pct < 0.001:
         return "<0.001%"
     return f"{pct:.2g}%" if pct < 10 else f"{pct:.0f}%"
-
-
-def layer_label(row: dict[str, Any]) -> str:
-    """``Conv2DTranspose [4, 16, 16, 8]``: the kind (class name for a user layer) and the input shape."""
-    shape = row["input_shape"]
-    shape = json.loads(shape) if isinstance(shape, str) else list(shape)
-    return f"{str(row['layer']).rpartition(':')[2]} {shape}"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,7 +86,7 @@ class TensorGap:
                 f"max {self.max_ulp:,}{unit} ULP raw{scaled}")
         if self.truth and sides and any(v is not None for v in self.truth):
             left, right = self.truth
-            text += f"; vs float64 {_pct(left)} -> {_pct(right)}"
+            text += f"; vs float64 {percent(left)} -> {percent(right)}"
             if left is not None and right is not None and left != right:
                 text += f" ({sides[0] if left < right else sides[1]} is closer)"
         if self.known:

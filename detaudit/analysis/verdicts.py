@@ -9,6 +9,7 @@ of a config (``expect``), the fixed adjoint limit and the known upstream bugs
 from __future__ import annotations
 
 import enum
+import json
 from typing import Any
 
 import pandas as pd
@@ -17,7 +18,7 @@ from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Config, Settings
 
-__all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "settings_of",
+__all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "layer_label", "settings_of",
            "threshold_breaches"]
 
 #: Above this many epsilons the adjoint test fails: conv_transpose is then not the adjoint of conv (a TF bug).
@@ -116,6 +117,28 @@ def threshold_breaches(table: pd.DataFrame, config: Config) -> pd.DataFrame:
     return pd.DataFrame(found, columns=[*table.columns, "breach"])
 
 
+def _axes(values: Any) -> str:
+    values = values if isinstance(values, list) else [values]
+    return str(values[0]) if len(set(values)) == 1 else "x".join(map(str, values))
+
+
+def layer_label(row: dict[str, Any]) -> str:
+    """``Conv2DTranspose k3 s2 same [4, 16, 16, 8]``: the kind (class name for a user layer), the kernel,
+    stride (or upsampling) and padding that tell layers of one kind apart, and the input shape."""
+    shape = row["input_shape"]
+    shape = json.loads(shape) if isinstance(shape, str) else list(shape)
+    params = row.get("params") or "{}"
+    params = json.loads(params) if isinstance(params, str) else params
+    bits = [f"k{_axes(params['kernel_size'])}"] if isinstance(params.get("kernel_size"), (list, int)) else []
+    if isinstance(params.get("strides"), list):
+        bits.append(f"s{_axes(params['strides'])}")
+    if isinstance(params.get("size"), list):
+        bits.append(f"up{_axes(params['size'])}")
+    if isinstance(params.get("padding"), str):
+        bits.append(params["padding"])
+    return " ".join([str(row["layer"]).rpartition(":")[2], *bits, str(shape)])
+
+
 def cell_label(row: dict[str, Any]) -> str:
-    """``Layer [settings, seed=N]`` for a row of the table or of cell_verdicts."""
-    return f"{str(row['layer']).rpartition(':')[2]} {row['input_shape']} [{settings_of(row).label()}, seed={row['seed']}]"
+    """``Layer k3 s2 same [shape] [settings, seed=N]`` for a row of the table or of cell_verdicts."""
+    return f"{layer_label(row)} [{settings_of(row).label()}, seed={row['seed']}]"

@@ -22,6 +22,9 @@ from typing import Any
 
 import numpy as np
 
+__all__ = ["BUILDERS", "Case", "DeviceCheckedPass", "NotALayer", "apply_environment", "device_name",
+           "resolve_user_layer", "run_statements", "seeded_values", "tensor_names"]
+
 _RAW_FORMATS = {
     (1, "channels_last"): "NWC", (1, "channels_first"): "NCW",
     (2, "channels_last"): "NHWC", (2, "channels_first"): "NCHW",

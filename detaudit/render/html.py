@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 
 from detaudit.analysis.compare import RunComparison, environment_diff
-from detaudit.analysis.findings import Finding, layer_label, relative_error
+from detaudit.analysis.findings import Finding, layer_label, percent, relative_error
 from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.summary import CellView, Gap, KnownMatch, RunSummary
 from detaudit.analysis.verdicts import Verdict
@@ -130,17 +130,8 @@ def _page(title: str, body: Iterable[str]) -> str:
 
 
 def _percent(fraction: float | None) -> str:
-    """A relative error as a readable percentage (as the terminal prints it)."""
-    if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)):
-        return "-"
-    value = 100 * fraction
-    if value == 0:
-        return "0%"
-    if math.isinf(value):
-        return "inf%"
-    if value < 0.001:
-        return "<0.001%"
-    return f"{value:.2g}%" if value < 10 else f"{value:,.0f}%"
+    """A relative error as the terminal prints it (NaN: not measured)."""
+    return percent(None if fraction is None or (isinstance(fraction, float) and math.isnan(fraction)) else fraction)
 
 
 def _scaled(value: float | None) -> str:
@@ -645,7 +636,7 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
 # -- audit and triage pages ----------------------------------------------------------------------------------------
 
 def _audit_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
-    from detaudit.render.tools import _applies  # one rule for which environment checks apply, shared with the terminal
+    from detaudit.render.tools import applies_here  # one rule for which environment checks apply, shared with the terminal
 
     verdict = str(result.get("verdict", "?"))
     tf = result.get("tensorflow") or stored.meta.get("tensorflow") or {}
@@ -709,12 +700,12 @@ def _audit_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
             for k, v in restart.items()], sortable=False))
     checks = result.get("checks") or []
     gpus = int(result.get("gpus_visible") or 0)
-    relevant = [c for c in checks if _applies(c, gpus)]
+    relevant = [c for c in checks if applies_here(c, gpus)]
     if relevant:
         parts.append("<h2 id='checks'>Environment: what decides reproducibility here, and the fix</h2>")
         parts.append(_table(["check", "state", "risk", "fix"],
                             [[_td(c.get(k, "")) for k in ("check", "state", "risk", "fix")] for c in relevant]))
-    folded = [c.get("check", "") for c in checks if not _applies(c, gpus)]
+    folded = [c.get("check", "") for c in checks if not applies_here(c, gpus)]
     if folded:
         where = "no GPU visible" if not gpus else "a GPU is visible"
         parts.append(f"<p class='small muted'>Not shown ({where}, they do not apply): {_e(', '.join(folded))}</p>")

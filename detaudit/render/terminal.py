@@ -20,6 +20,7 @@ from rich.table import Table
 from rich.text import Text
 
 from detaudit.analysis.compare import Category, RunComparison
+from detaudit.analysis.findings import percent
 from detaudit.analysis.summary import CellView, Gap, RunStatus, RunSummary
 from detaudit.analysis.verdicts import Verdict
 
@@ -62,18 +63,6 @@ def _percent(gap: Gap | None) -> Text:
     if gap is None or gap.rel_error is None:
         return Text("-", style="dim")
     return Text(percent(gap.rel_error), style="red" if gap.rel_error >= 0.01 else "default")
-
-
-def percent(fraction: float) -> str:
-    """A relative error as a readable percentage: ``0%``, ``<0.001%``, ``0.23%``, ``21%``."""
-    value = 100 * fraction
-    if value == 0:
-        return "0%"
-    if math.isinf(value):
-        return "inf%"
-    if value < 0.001:
-        return "<0.001%"
-    return f"{value:.2g}%" if value < 10 else f"{value:.0f}%"
 
 
 def _cell_table(cells: list[CellView], tensors: list[str], show_baseline: bool, show_reference: bool) -> Table:

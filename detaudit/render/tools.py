@@ -16,7 +16,8 @@ from rich.text import Text
 
 from detaudit.render.terminal import render_known
 
-__all__ = ["adjoint_table", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table", "triage_report"]
+__all__ = ["adjoint_table", "applies_here", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
+           "triage_report"]
 
 
 def _shape_spec(row: dict[str, Any]) -> str:
@@ -129,7 +130,8 @@ def adjoint_table(report: dict[str, Any]) -> RenderableType:
 _AUDIT_STYLES = {"REPRODUCIBLE": "bold green", "NONDETERMINISTIC": "bold red", "NOT RESTART-REPRODUCIBLE": "bold red"}
 
 
-def _applies(check: dict[str, Any], gpus: int) -> bool:
+def applies_here(check: dict[str, Any], gpus: int) -> bool:
+    """Whether an environment check applies to the devices present (cpu, gpu or any)."""
     return check.get("applies", "any") == "any" or (check["applies"] == "gpu") == (gpus > 0)
 
 
@@ -172,7 +174,7 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
             f"{k.replace('_', ' ')} {'same' if v else 'DIFFERS'}" for k, v in restart.items())))
     checks = result.get("checks") or []
     gpus = int(result.get("gpus_visible") or 0)
-    relevant = [c for c in checks if _applies(c, gpus)]
+    relevant = [c for c in checks if applies_here(c, gpus)]
     if relevant:
         fixes = Table(title="Environment: what decides reproducibility here, and the fix", title_justify="left",
                       box=box.SIMPLE_HEAD)
@@ -182,7 +184,7 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
         for check in relevant:
             fixes.add_row(*(Text(str(check[k])) for k in columns))
         parts.append(fixes)
-    folded = [c["check"] for c in checks if not _applies(c, gpus)]
+    folded = [c["check"] for c in checks if not applies_here(c, gpus)]
     if folded:
         where = "no GPU visible" if not gpus else "a GPU is visible"
         parts.append(Text(f"Not shown ({where}, they do not apply): {', '.join(folded)}", style="dim"))
@@ -201,7 +203,7 @@ def audit_markdown(result: dict[str, Any]) -> str:
     lines += [f"| {r['layer']} | {r['class']} | {r['forward']} | {r['backward']} | {r['max_ulp']} | "
               f"{r.get('first_step') or '-'} |" for r in result["layers"]]
     gpus = int(result.get("gpus_visible") or 0)
-    checks = [c for c in result.get("checks") or [] if _applies(c, gpus)]
+    checks = [c for c in result.get("checks") or [] if applies_here(c, gpus)]
     if checks:
         lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
         lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in checks]

@@ -57,7 +57,7 @@ _MAIN = '''
 
 # ---- the comparison: detaudit.core.numerics, verbatim --------------------------------------------------
 NUMERICS_SOURCE = r"""{numerics}"""
-numerics = types.ModuleType("detaudit_numerics")
+numerics = sys.modules["detaudit_numerics"] = types.ModuleType("detaudit_numerics")  # dataclasses look it up
 exec(compile(NUMERICS_SOURCE, "detaudit_numerics", "exec"), numerics.__dict__)
 
 
