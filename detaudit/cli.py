@@ -308,13 +308,25 @@ def _cmd_triage(args: Any) -> int:
             out.print(Text(f"Triage {cell.cell_id} ({kind}): {cell.layer.describe()} "
                            f"[{cell.settings.label()}, seed={cell.seed}]", style="bold"))
 
+        stage = ["starting"]
+        done = [0, 0]
+
         def on_step(step: Any) -> None:
             if step.outcome == "running":
-                progress.update(f"{step.stage}: {step.what}")
+                stage[0] = f"{step.stage}: {step.what}"
+                progress.update(stage[0])
             else:
                 out.print(Text(f"  {step.stage:8s} {step.what}: {step.outcome}"), highlight=False)
 
-        triage_dir, outcomes = triage_run(stored, args.cell, args.budget_s, args.out, on_cell=on_cell, on_step=on_step)
+        def on_event(event: Any) -> None:  # the cells of each measurement, as they finish
+            if event.kind == "planned":
+                done[:] = [0, event.total]
+            elif event.kind == "cell_finished":
+                done[0] += 1
+            progress.update(f"{stage[0]} ({done[0]}/{done[1]} cells)")
+
+        triage_dir, outcomes = triage_run(stored, args.cell, args.budget_s, args.out, on_cell=on_cell, on_step=on_step,
+                                          on_event=on_event)
     if triage_dir is None:
         out.print(Text("Nothing to triage: no cell differs run to run" + (" or from the baseline" if args.cell else "")
                        + ".", style="bold green"))

@@ -122,7 +122,7 @@ def test_the_run_directory_holds_everything(kinds_run):
 @pytest.mark.tf
 def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     config = parse_config({
-        "name": "failures", "seeds": [0], "repeats": 2, "timeout_s": 20,
+        "name": "failures", "seeds": [0], "repeats": 2, "timeout_s": 8,
         "layers": [
             {"kind": "tests.support_layers:KillsProcess", "input_shape": [1, 2]},
             {"kind": "tests.support_layers:Hangs", "input_shape": [1, 2]},

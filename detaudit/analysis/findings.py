@@ -11,7 +11,6 @@ of each side against it in percent, with the side that is closer.
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 from typing import Any
 

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from detaudit.analysis.findings import Finding, findings, layer_label, relative_error, ulp_unit
-from detaudit.analysis.knowledge import KnownBug, known_bugs, match_known_bug
+from detaudit.analysis.knowledge import KnownBug, known_bugs
 from detaudit.analysis.runs import Completeness, StoredRun
 from detaudit.analysis.verdicts import (
     ADJOINT_LIMIT_EPS,

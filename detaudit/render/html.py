@@ -449,7 +449,7 @@ def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
         ths = "".join(f"<th colspan='{n}' title='{_e(axis)}={_e(key[-1])}'>{_e(key[-1])}</th>" for key, n in spans)
         header_rows.append(f"<tr><th class='axis'>{_e(axis)}</th>{ths}</tr>")
     if not varying:
-        header_rows.append(f"<tr><th class='axis'>settings</th>"
+        header_rows.append("<tr><th class='axis'>settings</th>"
                            + "".join(f"<th>{_e(s.label())}</th>" for s in settings) + "</tr>")
     body = []
     for layer in layers:

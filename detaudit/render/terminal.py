@@ -9,7 +9,6 @@ verdicts never wrap, identical skip rows are folded into one line.
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from typing import Any, TextIO

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -100,10 +99,11 @@ def _baseline_for(cell: Cell, config: Config) -> Cell:
     return Cell(cell.layer, config.baseline, cell.seed, cell.repeats)
 
 
-def _measure(cells: list[Cell], mode: str, config: Config, work: Path, label: str) -> dict[str, Measurement]:
+def _measure(cells: list[Cell], mode: str, config: Config, work: Path, label: str,
+             on_event: Callable[[Any], None] | None = None) -> dict[str, Measurement]:
     """Run cells (with their baselines for drift) in workers; say per cell whether the difference is there."""
     todo = list(cells) + ([_baseline_for(c, config) for c in cells] if mode == "drift" else [])
-    table = run_cells(todo, config, out=work, run_id=label)
+    table = run_cells(todo, config, out=work, run_id=label, on_event=on_event)
     comparison = "repeat" if mode == "repeat" else "baseline"
     out = {}
     for cell in cells:
@@ -188,7 +188,7 @@ def _size(spec: LayerSpec) -> int:
 
 def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: float = 300,
                 on_step: Callable[[TriageStep], None] | None = None, tf_version: str | None = None,
-                message: str = "") -> TriageResult | None:
+                message: str = "", on_event: Callable[[Any], None] | None = None) -> TriageResult | None:
     """Confirm, toggle, shrink, explain for one cell (measurements under ``work``). None when it does not reproduce."""
     steps: list[TriageStep] = []
 
@@ -200,7 +200,7 @@ def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: flo
     started = time.monotonic()
     cell = Cell(cell.layer, cell.settings, cell.seed, max(cell.repeats, 5))
     step("confirm", f"{mode} difference, {cell.repeats} repeats", "running")
-    confirmed = _measure([cell], mode, config, work, "confirm")[cell.cell_id]
+    confirmed = _measure([cell], mode, config, work, "confirm", on_event)[cell.cell_id]
     step("confirm", f"{mode} difference with {cell.repeats} repeats", confirmed.detail)
     if not confirmed.differs:
         return None
@@ -209,7 +209,7 @@ def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: flo
     toggles = []
     if variants:
         step("toggle", f"{len(variants)} settings, one at a time", "running")
-        measured = _measure([v for _, _, v in variants], mode, config, work, "toggles")
+        measured = _measure([v for _, _, v in variants], mode, config, work, "toggles", on_event)
         for axis, value, variant in variants:
             result = measured[variant.cell_id]
             outcome = ("failed" if not result.measurable else "removed" if not result.differs
@@ -225,7 +225,7 @@ def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: flo
         if not candidates:
             break
         step("shrink", f"round {round_}: {len(candidates)} smaller layers", "running")
-        measured = _measure([c for _, c in candidates], mode, config, work, f"shrink-{round_}")
+        measured = _measure([c for _, c in candidates], mode, config, work, f"shrink-{round_}", on_event)
         keep = [(name, c) for name, c in candidates if measured[c.cell_id].differs]
         if not keep:
             step("shrink", f"round {round_}", "no smaller layer keeps the difference")
@@ -286,7 +286,9 @@ def environment_of(stored: StoredRun) -> dict[str, Any]:
 
 def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str | Path,
                on_cell: Callable[[Cell, str], None] | None = None,
-               on_step: Callable[[TriageStep], None] | None = None) -> tuple[Path | None, list[tuple[Cell, TriageResult | None]]]:
+               on_step: Callable[[TriageStep], None] | None = None,
+               on_event: Callable[[Any], None] | None = None,
+               ) -> tuple[Path | None, list[tuple[Cell, TriageResult | None]]]:
     """Triage the selected cells of a stored matrix run into a new triage run under ``out``.
 
     Returns:
@@ -320,7 +322,7 @@ def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str
                 on_cell(cell, mode)
             result = triage_cell(cell, mode, stored.config, store.inside(f"{selected_id}/measurements"), budget_s,
                                  on_step=on_step, tf_version=environment["tensorflow_version"],
-                                 message=records[selected_id].get("message", ""))
+                                 message=records[selected_id].get("message", ""), on_event=on_event)
             if result is not None:
                 _write_outputs(result, store, environment, stored.config)
             outcomes.append((cell, result))
