@@ -59,7 +59,7 @@ _DESCRIPTIONS = {
     "description": "free text",
     "seeds": "each seed builds its own weights, input and upstream gradient",
     "repeats": "forward+backward passes per cell, each compared with the first",
-    "timeout_s": "seconds a worker may spend on one environment group before it is killed",
+    "timeout_s": "seconds one cell may take before its worker is killed (TensorFlow's start-up gets at least 120)",
     "replay_process": "replay every cell in a second fresh worker (the `process` comparison)",
     "keep_tensors": "keep each cell's first-repeat tensors in tensors/ (baseline and process ULPs need them)",
     "layers": "the layers under test",

@@ -47,6 +47,8 @@ _STDERR_TAIL = 1500
 #: remaining cells of its group are recorded as crashes (a broken TensorFlow install, say).
 START_RETRIES = 2
 FAILED_STATUSES = ("crash", "timeout")
+#: Seconds a worker may take to start TensorFlow (a loaded 2-core machine can take tens of seconds).
+STARTUP_S = 120.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -149,8 +151,9 @@ def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s:
                   on_message: Callable[[dict[str, Any]], None], processes: _Processes | None) -> _WorkerOutcome:
     """Run one worker process to completion, death or time-out, forwarding its messages.
 
-    ``timeout_s`` bounds the start-up and each cell separately. The job goes in
-    on stdin, which stays open as the worker's lifeline.
+    ``timeout_s`` bounds each cell (and the start-up, given at least
+    :data:`STARTUP_S`). The job goes in on stdin, which stays open as the
+    worker's lifeline.
     """
     read_fd, write_fd = os.pipe()
     outcome = _WorkerOutcome(set(), None, None, False, "", None)
@@ -169,7 +172,8 @@ def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s:
         with contextlib.suppress(BrokenPipeError):
             proc.stdin.write((json.dumps(job) + "\n").encode())
             proc.stdin.flush()
-        deadline = [time.monotonic() + timeout_s]
+        # TensorFlow's start-up gets at least STARTUP_S, whatever a cell's timeout_s is.
+        deadline = [time.monotonic() + max(timeout_s, STARTUP_S)]
         finished = threading.Event()
 
         def watchdog() -> None:
