@@ -28,6 +28,7 @@ import numpy as np
 
 __all__ = [
     "Comparison",
+    "same_bits",
     "FLOAT_DTYPES",
     "compare",
     "digest",
@@ -91,6 +92,16 @@ def _same_bytes(bits_a: np.ndarray, bits_b: np.ndarray) -> bool:
     if _MEMCMP is not None:
         return _MEMCMP(bits_a.ctypes.data, bits_b.ctypes.data, bits_a.nbytes) == 0
     return bool(np.array_equal(bits_a, bits_b))
+
+
+def same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two arrays of one dtype and shape hold the same bits (memcmp: the cheapest exact check)."""
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.flags.c_contiguous and b.flags.c_contiguous:
+        return _MEMCMP(a.ctypes.data, b.ctypes.data, a.nbytes) == 0 if _MEMCMP is not None else \
+            bool(np.array_equal(a.view(np.uint8), b.view(np.uint8)))
+    return _same_bytes(_bits(a), _bits(b))
 
 
 def _bits(x: np.ndarray) -> np.ndarray:

@@ -24,10 +24,21 @@ from detaudit.core.config import LayerSpec
 from detaudit.engine import standalone
 from detaudit.engine.store import load_tensors, save_tensors
 
-__all__ = ["adjoint_of", "build_case", "reference_of"]
+__all__ = ["adjoint_of", "build_case", "reference_of", "rounded_reference"]
 
 _ADJOINT_CACHE: dict[tuple[Any, ...], dict[str, Any]] = {}
 _REFERENCE_CACHE: dict[str, dict[str, np.ndarray]] = {}
+_ROUNDED_CACHE: dict[tuple[int, str, str], tuple[np.ndarray, float]] = {}
+
+
+def rounded_reference(truth: dict[str, np.ndarray], name: str, dtype: np.dtype) -> tuple[np.ndarray, float]:
+    """A reference tensor rounded to ``dtype`` and its largest finite magnitude, once per run and dtype."""
+    key = (id(truth), name, dtype.name)
+    if key not in _ROUNDED_CACHE:
+        values = truth[name]
+        finite = np.abs(values[np.isfinite(values)])
+        _ROUNDED_CACHE[key] = (values.astype(dtype), float(finite.max()) if finite.size else 0.0)
+    return _ROUNDED_CACHE[key]
 
 
 def build_case(spec: LayerSpec, seed: int, xla: bool) -> standalone.Case:

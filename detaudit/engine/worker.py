@@ -110,15 +110,6 @@ def compare_on_device(device: str) -> bool:
     return not device.startswith("/CPU") or os.environ.get("DETAUDIT_COMPARE_ON_DEVICE") == "1"
 
 
-def _with_scale(comparison: Any, reference: Any) -> dict[str, Any]:
-    """A comparison's row plus ``ref_scale``, the reference's largest finite magnitude (for relative errors)."""
-    import numpy as np
-
-    values = np.abs(reference.astype(np.float64)) if reference.size else np.zeros(1)
-    finite = values[np.isfinite(values)]
-    return {**comparison.to_dict(), "ref_scale": float(finite.max()) if finite.size else 0.0}
-
-
 def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None) -> dict[str, Any]:
     """Run one cell: ``repeats`` forward+backward passes, each compared with the first (streaming).
 
@@ -127,7 +118,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
     """
     import tensorflow as tf
 
-    from detaudit.engine.cases import adjoint_of, build_case, reference_of
+    from detaudit.engine.cases import adjoint_of, build_case, reference_of, rounded_reference
 
     started = time.perf_counter()
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
@@ -153,10 +144,12 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             truth = reference_of(cell.layer, case, cell.seed, cache_dir)
             if truth is not None:
                 # Against the float64 truth rounded to each tensor's own dtype.
-                record["reference"] = [
-                    {**_with_scale(compare(tensor, truth[name].astype(tensor.dtype), digest=False), truth[name]),
-                     "tensor": name}
-                    for name, tensor in zip(case.names, first) if name in truth]
+                record["reference"] = []
+                for name, tensor in zip(case.names, first):
+                    if name in truth:
+                        rounded, scale = rounded_reference(truth, name, tensor.dtype)
+                        record["reference"].append({**compare(tensor, rounded, digest=False).to_dict(),
+                                                    "ref_scale": scale, "tensor": name})
             try:
                 adjoint = adjoint_of(cell.layer, case, cell.seed, device)
                 if adjoint is not None:
