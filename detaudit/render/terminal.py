@@ -223,22 +223,20 @@ def render_comparison(comparison: RunComparison) -> RenderableType:
 
 
 def history_table(runs: list[dict[str, Any]]) -> Table:
-    """One line per stored run, newest first: id, date, kind, config, TensorFlow, device, outcome."""
+    """One line per stored run, newest first: id, start, TensorFlow, device and the outcome (kind, status, counts)."""
     grid = Table(title="Runs, newest first", title_justify="left", box=box.SIMPLE_HEAD)
-    for column in ("run", "started", "kind", "config", "tensorflow", "device", "outcome"):
-        grid.add_column(column, overflow="fold")
+    for column in ("run", "started", "tensorflow", "device", "outcome"):
+        grid.add_column(column, overflow="fold", no_wrap=column != "outcome", ratio=1 if column == "outcome" else None)
     for run in runs:
-        outcome = Text()
+        outcome = Text("" if run["kind"] == "matrix" else f"{run['kind']}: ")
         if run.get("status"):
             outcome.append(run["status"], style=RunStatus(run["status"]).style if run["status"] in
                            RunStatus._value2member_map_ else "bold")
             outcome.append(" ")
         for i, verdict in enumerate(v for v in Verdict if run["counts"].get(v.value)):
-            if i:
-                outcome.append(", ")
-            outcome.append(f"{run['counts'][verdict.value]} {verdict.value}", style=verdict.style)
+            outcome.append(", " if i else "")
+            outcome.append(f"{run['counts'][verdict.value]} {verdict.value.lower()}", style=verdict.style)
         if run.get("verdict"):
             outcome.append(str(run["verdict"]))
-        grid.add_row(run["run_id"], run["started"][:19].replace("T", " "), run["kind"], run["config"],
-                     run["tensorflow"], run["device"], outcome)
+        grid.add_row(run["run_id"], run["started"][5:16].replace("T", " "), run["tensorflow"], run["device"], outcome)
     return grid
