@@ -12,7 +12,14 @@ from typing import TYPE_CHECKING, Any
 from detaudit._version import __version__
 from detaudit.core import numerics
 from detaudit.core.config import Config, load_config
-from detaudit.errors import ConfigError, DetauditError, DiskFullError, RunDirError, UsageError, WorkerError
+from detaudit.errors import (
+    ConfigError,
+    DetauditError,
+    DiskFullError,
+    RunDirError,
+    UsageError,
+    WorkerError,
+)
 from detaudit.testing import assert_deterministic
 
 if TYPE_CHECKING:

@@ -213,8 +213,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_int_range(1, 10_000), default=3, help="training steps per execution")
     p.add_argument("--repeats", type=_int_range(2, 1000), default=3, help="executions compared with the first")
     p.add_argument("--seed", type=_int_range(0, (1 << 32) - 1), default=0, help="seed of inputs, targets and weights")
-    for name in ("device", "precision", "determinism", "xla"):
-        axis = AXES[name]
+    for name, axis in AXES.items():  # every axis is a setting of the audit's workers
         p.add_argument(f"--{name}", type=_axis(name), default=axis.default,
                        metavar="cpu|gpu|gpu:N" if name == "device" else None, choices=axis.choices,
                        help=axis.description)

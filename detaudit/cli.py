@@ -27,7 +27,7 @@ from detaudit.errors import DetauditError, UsageError
 __all__ = ["main"]
 
 
-def _out(as_json: bool = False) -> Any:
+def _out() -> Any:
     from detaudit.render.terminal import console
 
     return console()
@@ -185,6 +185,10 @@ def _cmd_compare(args: Any) -> int:
                 regressions.setdefault(change.cell_id, []).append(
                     f"{change.category.mark} {change.category.label}: {change.detail}")
         write_junit(junit, f"{comparison.base_id}..{comparison.new_id}", summary_cases(build_summary(new), regressions))
+    if new.completeness is not None and not new.completeness.complete:
+        _err().print(f"{new.run_id} is INCOMPLETE ({len(new.completeness.missing)} cells have no record): "
+                     "its missing cells are not compared.", style="bold yellow", highlight=False)
+        return EXIT_FAILED
     return EXIT_FAILED if comparison.regressions else EXIT_OK
 
 
@@ -339,6 +343,7 @@ def _cmd_triage(args: Any) -> int:
 
 
 def _cmd_audit(args: Any) -> int:
+    from detaudit.core.axes import AXES
     from detaudit.core.config import Settings
     from detaudit.render.progress import StageProgress
     from detaudit.render.tools import audit_markdown, audit_report
@@ -354,7 +359,7 @@ def _cmd_audit(args: Any) -> int:
         if not input_shape or any(n < 1 for n in input_shape) or len(input_shape) < 2:
             raise UsageError(f"Invalid value for argument `--input-shape`. Expected positive integers, batch first, "
                              f"such as 8,64,64,3. Received {args.input_shape!r}.")
-    settings = Settings(device=args.device, precision=args.precision, determinism=args.determinism, xla=args.xla)
+    settings = Settings(**{name: getattr(args, name) for name in AXES})
     with StageProgress(_err(), _live(args.json), "starting TensorFlow") as progress:
         result = run_audit(args.model, settings, out=args.out, input_shape=input_shape, inputs=args.inputs,
                            targets=args.targets, loss=args.loss, steps=args.steps, repeats=args.repeats,

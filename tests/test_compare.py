@@ -8,10 +8,10 @@ import xml.etree.ElementTree as ET
 import pytest
 
 from detaudit.analysis.compare import Category, compare_runs, environment_diff
-from detaudit.errors import RunDirError
-from detaudit.render.junit import JUnitCase, write_junit
 from detaudit.analysis.runs import list_runs, load_run, merge_runs, resolve_run
 from detaudit.engine.store import RunStore, save_tensors
+from detaudit.errors import RunDirError
+from detaudit.render.junit import JUnitCase, write_junit
 from tests.test_summary import CONFIG, _cell, _nudge, _record, _tensors
 
 BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},

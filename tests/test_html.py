@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 
 from detaudit.analysis.compare import compare_runs
-from detaudit.analysis.knowledge import KnownBug
 from detaudit.analysis.runs import load_run
 from detaudit.analysis.summary import KnownMatch, build_summary
 from detaudit.core.config import Cell, Settings, parse_config
+from detaudit.core.knowledge import KnownBug
 from detaudit.core.numerics import compare
 from detaudit.engine.store import RunKind, RunStore, save_tensors
 from detaudit.render.html import render_html, render_overview, render_result_page

@@ -7,11 +7,11 @@ import json
 import pandas as pd
 import pytest
 
-from detaudit.analysis.knowledge import explain
 from detaudit.analysis.runs import load_run
 from detaudit.analysis.summary import build_summary
 from detaudit.analysis.verdicts import cell_verdicts
 from detaudit.core.config import Settings, parse_config
+from detaudit.core.knowledge import explain
 from detaudit.engine.runner import Event, run, worker_environ
 from detaudit.engine.store import RunStore
 from detaudit.errors import UsageError

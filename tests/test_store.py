@@ -9,7 +9,6 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from detaudit.errors import RunDirError
 from detaudit.engine.store import (
     FORMAT_VERSION,
     RunStore,
@@ -17,6 +16,7 @@ from detaudit.engine.store import (
     new_run_id,
     save_tensors,
 )
+from detaudit.errors import RunDirError
 
 
 def _store(tmp_path, **kwargs) -> RunStore:

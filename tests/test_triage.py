@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from detaudit.analysis.knowledge import explain
+from detaudit.core.knowledge import explain
 from tests.test_cli import detaudit
 
 RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 4, "kernel_size": 3,

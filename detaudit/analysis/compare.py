@@ -16,7 +16,12 @@ from typing import Any
 import pandas as pd
 
 from detaudit.analysis.runs import StoredRun
-from detaudit.analysis.verdicts import Verdict, cell_label, cell_verdicts, threshold_breaches
+from detaudit.analysis.verdicts import (
+    Verdict,
+    cell_label,
+    cell_verdicts,
+    threshold_breaches,
+)
 from detaudit.core.axes import AXES
 from detaudit.errors import UsageError
 

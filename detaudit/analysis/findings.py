@@ -18,9 +18,9 @@ import ml_dtypes
 import numpy as np
 import pandas as pd
 
+from detaudit.analysis.verdicts import layer_label, settings_of
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.analysis.verdicts import layer_label, settings_of
 
 __all__ = ["Finding", "TensorGap", "findings", "layer_label", "percent", "relative_error", "ulp_unit"]
 

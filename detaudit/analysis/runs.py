@@ -17,8 +17,13 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.core.config import Cell, Config, parse_config
-from detaudit.engine.runner import expected_jobs, shard_cells
+from detaudit.core.config import (
+    Cell,
+    Config,
+    expected_cells,
+    expected_jobs,
+    parse_config,
+)
 from detaudit.engine.store import FORMAT_VERSION, RunKind, RunStore
 from detaudit.engine.table import build_table, latest_records, typed
 from detaudit.errors import ConfigError, RunDirError
@@ -79,20 +84,6 @@ def _config_of(store: RunStore) -> Config:
         raise RunDirError(f"{store.path}: its config.yaml does not validate: {str(exc).splitlines()[0]}") from None
 
 
-def expected_cells(config: Config, meta: dict[str, Any]) -> list[Cell]:
-    """The cells a run of ``config`` with this meta.json is made of (its shard, or its explicit list)."""
-    if meta.get("explicit_cells"):
-        cells = []
-        for data in meta["explicit_cells"]:
-            try:
-                cells.append(Cell.from_dict(data))
-            except ConfigError:
-                raise RunDirError(f"meta.json lists a malformed cell ({str(data)[:80]}).") from None
-        return cells
-    shard = meta.get("shard")
-    return shard_cells(config.cells(), tuple(shard) if shard else None)
-
-
 def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any]) -> Completeness:
     bad: list[int] = []
     records, replays = latest_records(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))
@@ -139,7 +130,10 @@ def load_run(path: str | Path) -> StoredRun:
         result = _read_json(store, "triage.json")
         return StoredRun(store, kind, meta, result=result, upgraded_from=upgraded)
     config = _config_of(store)
-    cells = expected_cells(config, meta)
+    try:
+        cells = expected_cells(config, meta)
+    except ConfigError as exc:
+        raise RunDirError(f"{store.path}: meta.json lists a malformed cell ({str(exc)[:200]}).") from None
     table = _table(store, config, cells, meta)
     table.attrs["run_dir"] = str(store.path)
     return StoredRun(store, kind, meta, config, table, cells, _completeness(store, config, cells, meta),
@@ -253,7 +247,8 @@ def merge_runs(paths: Sequence[str | Path], out: str | Path, run_id: str | None 
     with merged.lock():
         seen: set[tuple[str, bool]] = set()
         for store in runs:
-            for record in store.iter_records():
+            own, replays = latest_records(store.iter_records())  # a retried crash: its later record counts
+            for record in [*own.values(), *replays.values()]:
                 key = (record["cell_id"], bool(record.get("replay")))
                 if key in seen:
                     continue

@@ -16,8 +16,13 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.analysis.findings import Finding, findings, layer_label, relative_error, ulp_unit
-from detaudit.analysis.knowledge import KnownBug, known_bugs
+from detaudit.analysis.findings import (
+    Finding,
+    findings,
+    layer_label,
+    relative_error,
+    ulp_unit,
+)
 from detaudit.analysis.runs import Completeness, StoredRun
 from detaudit.analysis.verdicts import (
     ADJOINT_LIMIT_EPS,
@@ -27,9 +32,10 @@ from detaudit.analysis.verdicts import (
     settings_of,
     threshold_breaches,
 )
+from detaudit.core.axes import compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.kinds import kind_of
-from detaudit.engine.table import COMPUTE_DTYPE
+from detaudit.core.knowledge import KnownBug, judge_known_bugs
 
 __all__ = ["CellView", "Gap", "KnownMatch", "RunStatus", "RunSummary", "build_summary", "cell_facts"]
 
@@ -195,45 +201,46 @@ def cell_facts(row: dict[str, Any], onednn: str | None, tensorflow: str | None) 
     return {"comparison": row.get("comparison"), "kind": row.get("layer"), "rank": kind_of(str(row.get("layer"))).rank,
             "kernel": kernel[0] if isinstance(kernel, list) and len(set(kernel)) == 1 else kernel,
             "stride": stride[0] if isinstance(stride, list) and len(set(stride)) == 1 else stride,
-            "padding": params.get("padding"), "dtype": COMPUTE_DTYPE.get(str(row.get("precision")), row.get("dtype")),
+            "padding": params.get("padding"), "dtype": compute_dtype(str(row.get("precision"))),
             "precision": row.get("precision"), "xla": row.get("xla"), "device": str(row.get("device", "")).split(":")[0],
             "onednn": onednn, "tensor": row.get("tensor"), "tensorflow": tensorflow,
             "adjoint_eps": None if pd.isna(row.get("adjoint_eps")) else row.get("adjoint_eps"),
             "rel_error": relative_error(row) if row.get("comparison") == _REFERENCE else None}
 
 
-def _onednn_path(stored: StoredRun) -> dict[str, str]:
-    """oneDNN on/off per worker group, as the workers reported it (else the host's state)."""
-    host = str((stored.meta.get("host") or {}).get("onednn_state", "")).split(" ")[0] or None
-    groups = {g.split(":")[-1].split("-")[0]: str((a or {}).get("onednn", "")).split(" ")[0] or host
-              for g, a in (stored.meta.get("groups") or {}).items()}
-    return {"*": host or "", **groups}
+def _onednn_paths(stored: StoredRun) -> dict[str, str]:
+    """oneDNN on/off per cell, as its worker reported it (format 1: per group; "*": the host's state)."""
+    host = str((stored.meta.get("host") or {}).get("onednn_state", "")).split(" ")[0]
+    groups = {g: str((a or {}).get("onednn", "")).split(" ")[0] for g, a in (stored.meta.get("groups") or {}).items()}
+    out = {"*": host}
+    for record in stored.store.iter_records():
+        applied = str((record.get("applied") or {}).get("onednn", "")).split(" ")[0]
+        out[record["cell_id"]] = applied or groups.get(str(record.get("group", "")), "") or host
+    return out
 
 
 def _known(stored: StoredRun, table: pd.DataFrame) -> tuple[list[KnownMatch], dict[tuple[str, str], str], set[str]]:
     """Known upstream bugs among the adjoint and reference rows: matches, (cell, tensor) marks, cells excused."""
     tf_version = (stored.meta.get("tensorflow") or {}).get("tensorflow_version")
-    paths = _onednn_path(stored)
-    groups = {}
-    for record in stored.store.iter_records():
-        groups[record["cell_id"]] = str(record.get("group", ""))
+    onednn = _onednn_paths(stored)
     matches, marks, excused = [], {}, set()
     rows = table[table["comparison"].isin([_ADJOINT, _REFERENCE]) & (table["status"] == "ok")]
-    bugs = known_bugs()
     for row in rows.to_dict("records"):
-        facts = cell_facts(row, paths.get(groups.get(row["cell_id"], ""), paths["*"]), tf_version)
-        applicable = [b for b in bugs if b.applies_to(facts)]
-        for bug in applicable:
+        facts = cell_facts(row, onednn.get(row["cell_id"], onednn.get("*")), tf_version)
+        for bug, shows in judge_known_bugs(facts):
             label = cell_label(row)
-            if bug.shows_in(facts):
-                adjoint = row["comparison"] == _ADJOINT
-                detail = (f"adjoint test {facts['adjoint_eps']:.3g} eps" if adjoint
-                          else f"{row['tensor']} {100 * (facts['rel_error'] or 0):.2g}% off float64")
-                matches.append(KnownMatch(bug, label, detail, excused=adjoint and facts["adjoint_eps"] > ADJOINT_LIMIT_EPS))
-                marks[(row["cell_id"], row["tensor"])] = bug.reference()
-                excused.add(row["cell_id"])
-            else:
+            if not shows:
                 matches.append(KnownMatch(bug, label, "no longer reproduces", fixed=True))
+                continue
+            adjoint = row["comparison"] == _ADJOINT
+            detail = (f"adjoint test {facts['adjoint_eps']:.3g} eps" if adjoint
+                      else f"{row['tensor']} {100 * (facts['rel_error'] or 0):.2g}% off float64")
+            # Only a failure the bug explains is excused: an adjoint test above its limit.
+            excuses = adjoint and facts["adjoint_eps"] > ADJOINT_LIMIT_EPS
+            matches.append(KnownMatch(bug, label, detail, excused=excuses))
+            marks[(row["cell_id"], row["tensor"])] = bug.reference()
+            if excuses:
+                excused.add(row["cell_id"])
     return _dedupe(matches), marks, excused
 
 

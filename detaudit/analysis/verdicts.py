@@ -3,7 +3,7 @@
 A cell's verdict comes from its own run-to-run comparisons (those whose role
 is determinism: ``repeat`` and ``process``) and its status. The expectations
 of a config (``expect``), the fixed adjoint limit and the known upstream bugs
-(:mod:`detaudit.analysis.knowledge`) decide which cells fail the run.
+(:mod:`detaudit.core.knowledge`) decide which cells fail the run.
 """
 
 from __future__ import annotations

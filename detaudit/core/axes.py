@@ -23,7 +23,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["AXES", "Axis", "EnvironmentCheck", "Scope", "axis_names", "cell_statements", "environment_changes",
+__all__ = ["AXES", "Axis", "EnvironmentCheck", "Scope", "axis_names", "cell_statements", "compute_dtype",
+           "environment_changes",
            "parse_axis_value", "process_axes", "startup_statements"]
 
 
@@ -42,12 +43,17 @@ class Scope(enum.Enum):
 
 @dataclasses.dataclass(frozen=True)
 class EnvironmentCheck:
-    """What a model audit says about an axis: the risk it carries and the fix; ``applies`` to cpu, gpu or any."""
+    """What a model audit says about an axis: the risk it carries and the fix; ``applies`` to cpu, gpu or any.
+
+    ``state`` is a Python expression a worker evaluates to report the axis' state, with ``tf``, ``keras``,
+    ``os``, ``value`` (the axis' setting), ``onednn_state`` and ``op_determinism`` in scope.
+    """
 
     title: str
     risk: str
     fix: str
     applies: str = "any"
+    state: str = "value"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +154,8 @@ _define(
     scope=Scope.CELL, toggle="float32",
     statements=lambda value: [f"keras.config.set_dtype_policy({value!r})"],
     check=EnvironmentCheck("dtype policy", "mixed or low precision rounding dominates every other effect",
-                           "compare at the policy's precision, with ULP thresholds"))
+                           "compare at the policy's precision, with ULP thresholds",
+                           state="keras.config.dtype_policy().name"))
 _define(
     "determinism", "op determinism: off, on (tf.config.experimental.enable_op_determinism()) or env "
     "(TF_DETERMINISTIC_OPS=1, the pre-2.8 switch)",
@@ -160,7 +167,8 @@ _define(
     check=EnvironmentCheck("op determinism", "GPU kernels (cuDNN backprop algorithms, atomicAdd reductions) may "
                            "sum in a different order on each run",
                            "tf.config.experimental.enable_op_determinism() before building the model",
-                           applies="gpu"))
+                           applies="gpu", state="'on' if op_determinism() else "
+                           "('env' if os.environ.get('TF_DETERMINISTIC_OPS') else 'off')"))
 _define(
     "xla", "XLA compilation of the pass (tf.function(jit_compile=True))",
     default="off", expected="off or on", choices=("off", "on"), scope=Scope.CELL, toggle="off",
@@ -174,7 +182,8 @@ _define(
     environ=lambda value: {} if value == "default" else {"TF_ENABLE_ONEDNN_OPTS": "0" if value == "off" else "1"},
     check=EnvironmentCheck("oneDNN", "CPU results (and some error texts and shapes) differ between machines with "
                            "oneDNN on and off; TensorFlow turns it on by default on CPUs with AVX512_VNNI/BF16 or AMX",
-                           "set TF_ENABLE_ONEDNN_OPTS to one value on every machine", applies="cpu"))
+                           "set TF_ENABLE_ONEDNN_OPTS to one value on every machine", applies="cpu",
+                           state="onednn_state()"))
 _define(
     "threads", "intra-op threads of the CPU thread pool (0 = TensorFlow's default)",
     default=0, expected=f"an integer from 0 to {MAX_THREADS}", parse=_parse_threads, scope=Scope.STARTUP,
@@ -182,7 +191,8 @@ _define(
     statements=lambda value: [f"tf.config.threading.set_intra_op_parallelism_threads({int(value)})"] if value else [],
     json_schema={"type": "integer", "minimum": 0, "maximum": MAX_THREADS},
     check=EnvironmentCheck("intra-op threads", "the thread count changes how CPU kernels partition reductions",
-                           "pin tf.config.threading.set_intra_op_parallelism_threads(N) everywhere", applies="cpu"))
+                           "pin tf.config.threading.set_intra_op_parallelism_threads(N) everywhere", applies="cpu",
+                           state="str(tf.config.threading.get_intra_op_parallelism_threads() or 'default')"))
 _define(
     "tf32", "TensorFloat-32 for float32 convolutions and matmuls on Ampere and later GPUs: default (on) or off",
     default="default", expected="default or off", choices=("default", "off"), scope=Scope.CELL, toggle="off",
@@ -190,8 +200,14 @@ _define(
     statements=lambda value: [f"tf.config.experimental.enable_tensor_float_32_execution({value != 'off'})"],
     check=EnvironmentCheck("TF32", "on Ampere and later GPUs float32 convolutions round their inputs to a "
                            "10-bit mantissa", "tf.config.experimental.enable_tensor_float_32_execution(False)",
-                           applies="gpu"))
+                           applies="gpu", state="'on' if tf.config.experimental.tensor_float_32_execution_enabled() "
+                           "else 'off'"))
 _LOCKED = True
+
+
+def compute_dtype(precision: str) -> str:
+    """The dtype a precision computes in: a ``mixed_*`` policy computes in its 16-bit half."""
+    return precision.removeprefix("mixed_")
 
 
 def axis_names() -> tuple[str, ...]:

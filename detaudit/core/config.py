@@ -26,8 +26,23 @@ import yaml
 
 from detaudit.core.axes import AXES, process_axes
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.core.kinds import IMPORT_PATH, KINDS, USER_LAYER, LayerKind, canonical_params, kind_of
-from detaudit.core.validation import INVALID, Context, as_list, boolean, int_tuple, integer, mapping
+from detaudit.core.kinds import (
+    IMPORT_PATH,
+    KINDS,
+    USER_LAYER,
+    LayerKind,
+    canonical_params,
+    kind_of,
+)
+from detaudit.core.validation import (
+    INVALID,
+    Context,
+    as_list,
+    boolean,
+    int_tuple,
+    integer,
+    mapping,
+)
 from detaudit.errors import ConfigError, did_you_mean
 
 __all__ = [
@@ -40,10 +55,13 @@ __all__ = [
     "bundled_config_path",
     "cell_memory_bytes",
     "expand_matrix",
+    "expected_cells",
+    "expected_jobs",
     "iter_groups",
     "load_config",
     "parse_config",
     "parse_settings",
+    "shard_cells",
 ]
 
 _SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -494,6 +512,14 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
         "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
     }
+    expect, keep = fields["expect"], fields["keep_tensors"]
+    if expect is not INVALID and keep is False:  # parent-measured gaps need the kept tensors, or go unmeasured
+        for kind in ("max_ulp", "max_ulp_scaled"):
+            for comparison, _ in getattr(expect, kind):
+                if ComparisonKind(comparison).spec.measured_in == "parent":
+                    ctx.errors.append(ctx.at("expect").at(kind).at(comparison).fail(
+                        "no threshold on a comparison measured from kept tensors while keep_tensors is false "
+                        "(set keep_tensors: true)", dict(dict(getattr(expect, kind))[comparison])))
     ctx.raise_errors()
     return Config(source=source, **fields)
 
@@ -553,3 +579,30 @@ def iter_groups(cells: Sequence[Cell]) -> Iterator[tuple[tuple[Any, ...], list[C
     for cell in cells:
         groups.setdefault(cell.settings.process_key(), []).append(cell)
     yield from groups.items()
+
+
+def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
+    """The cells of shard ``i`` of ``n`` (1-based): every n-th cell in cell-id order, so stable and balanced."""
+    if shard is None:
+        return list(cells)
+    index, count = shard
+    keep = set(sorted(c.cell_id for c in cells)[index - 1::count])
+    return [c for c in cells if c.cell_id in keep]
+
+
+def expected_jobs(config: Config, cells: Sequence[Cell]) -> list[tuple[Cell, bool]]:
+    """Every (cell, replay) pair a complete run of these cells records."""
+    return [(c, replay) for c in cells for replay in ((False, True) if config.replay_process else (False,))]
+
+
+def expected_cells(config: Config, meta: Mapping[str, Any]) -> list[Cell]:
+    """The cells a run of ``config`` with this meta.json is made of: its explicit list (a triage measurement),
+    else its shard of the matrix.
+
+    Raises:
+        ConfigError: meta.json lists a malformed cell.
+    """
+    if meta.get("explicit_cells"):
+        return [Cell.from_dict(data) for data in meta["explicit_cells"]]
+    shard = meta.get("shard")
+    return shard_cells(config.cells(), (int(shard[0]), int(shard[1])) if shard else None)

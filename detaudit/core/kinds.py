@@ -14,10 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.machinery
+import importlib.util
 import json
 import os
 import re
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -166,20 +166,27 @@ def module_exists(module: str, cwd: str | None = None) -> bool:
     ``importlib.util.find_spec`` would import the parent packages; walking the
     path finder one component at a time does not run any of their code.
     """
-    path: list[str] | None = [cwd or os.getcwd(), *sys.path]
-    spec = None
     parts = module.split(".")
-    for i in range(len(parts)):
-        name = ".".join(parts[: i + 1])
-        if i == 0 and name in sys.builtin_module_names:
-            return len(parts) == 1
-        spec = importlib.machinery.PathFinder.find_spec(name, path)
+    here = cwd or os.getcwd()
+    # The top-level name through every finder (editable installs use import hooks), the working directory
+    # first as in the worker: find_spec of a top-level name imports nothing.
+    spec = importlib.machinery.PathFinder.find_spec(parts[0], [here])
+    if spec is None:
+        try:
+            spec = importlib.util.find_spec(parts[0])
+        except (ImportError, ValueError):
+            spec = None
+    if spec is None:
+        return False
+    path = list(spec.submodule_search_locations or [])
+    for i in range(1, len(parts)):  # below it, one path component at a time: no parent package runs
+        if not path:
+            return False  # a module, not a package, cannot hold submodules
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[: i + 1]), path)
         if spec is None:
             return False
         path = list(spec.submodule_search_locations or [])
-        if i < len(parts) - 1 and not path:
-            return False  # a module, not a package, cannot hold submodules
-    return spec is not None
+    return True
 
 
 def canonical_params(params: dict[str, Any]) -> str:

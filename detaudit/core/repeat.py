@@ -150,7 +150,7 @@ class DevicePass(Protocol):
         """Run one more pass and compare it with the first on the device; do not wait for it."""
 
     def results(self) -> list[tuple[int, Any | None]]:
-        """Wait once; per tensor, (later passes that differed, the one with the most differing elements or None)."""
+        """Wait once; per tensor, (later passes that differed, the one with the largest ULP gap or None)."""
 
 
 def repeat_on_device(device_pass: DevicePass, repeats: int, *, names: Sequence[str]) -> RepeatOutcome:
@@ -159,9 +159,9 @@ def repeat_on_device(device_pass: DevicePass, repeats: int, *, names: Sequence[s
     On a GPU, copying every repeat's tensors to the host costs more than the
     pass itself (TF-FACTS: 12x to 155x on an H100), so only the first repeat
     is copied; later repeats are compared with it on the device, and a repeat
-    is copied back only if it differed. ``n_repeats_differ`` is exact; the ULP
-    statistics are those of the repeat with the most differing elements
-    (the host path folds the worst of each statistic over all repeats).
+    is copied back only if it differed. ``n_repeats_differ`` and ``max_ulp``
+    are exact; the other statistics are those of the repeat with the largest
+    ULP gap (the host path folds the worst of each statistic over all repeats).
     """
     if repeats < 1:
         raise ValueError(f"Invalid value for argument `repeats`. Expected an integer >= 1. Received repeats={repeats}.")

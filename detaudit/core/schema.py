@@ -15,7 +15,13 @@ from typing import Any
 
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.core.config import _DESCRIPTIONS, MAX_REPEATS, MAX_SEED, MAX_TIMEOUT_S, TOP_KEYS
+from detaudit.core.config import (
+    _DESCRIPTIONS,
+    MAX_REPEATS,
+    MAX_SEED,
+    MAX_TIMEOUT_S,
+    TOP_KEYS,
+)
 from detaudit.core.kinds import IMPORT_PATH, KINDS, USER_LAYER
 
 __all__ = ["SCHEMA_ID", "config_schema"]

@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 import shutil
@@ -28,6 +29,7 @@ ENV_VARS = (
 _ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
 
 
+@functools.lru_cache(maxsize=1)
 def _cpu_info() -> tuple[str, set[str]]:
     model, flags = platform.processor() or platform.machine(), set()
     try:

@@ -24,8 +24,8 @@ import numpy as np
 import tensorflow as tf
 
 from detaudit.core.axes import AXES
-from detaudit.core.repeat import TensorOutcome, repeat_and_compare
 from detaudit.core.numerics import digest
+from detaudit.core.repeat import TensorOutcome, repeat_and_compare
 from detaudit.engine import channel
 from detaudit.errors import UsageError, one_line
 
@@ -86,34 +86,26 @@ def load_model(spec: str, unsafe: bool = False) -> keras.Model:
         raise UsageError(f"{spec}: cannot load the model: {text}") from None
 
 
-def _axis_state(name: str, xla: bool) -> str:
-    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled is internal
+def _axis_state(name: str, settings: dict[str, Any]) -> str:
+    """The axis' state in this process, by the expression its declaration gives."""
+    from tensorflow.python.framework import (
+        config as tf_config,  # is_op_determinism_enabled is internal
+    )
 
     from detaudit.engine.fingerprint import onednn_state
 
-    if name == "determinism":
-        on = tf_config.is_op_determinism_enabled()
-        return "on" if on else ("env" if os.environ.get("TF_DETERMINISTIC_OPS") else "off")
-    if name == "onednn":
-        return onednn_state()
-    if name == "threads":
-        return str(tf.config.threading.get_intra_op_parallelism_threads() or "default")
-    if name == "xla":
-        return "on" if xla else "off"
-    if name == "tf32":
-        return "on" if tf.config.experimental.tensor_float_32_execution_enabled() else "off"
-    if name == "precision":
-        return keras.config.dtype_policy().name
-    return "gpu" if tf.config.list_logical_devices("GPU") else "cpu"
+    scope = {"tf": tf, "keras": keras, "os": os, "value": settings.get(name, AXES[name].default),
+             "onednn_state": onednn_state, "op_determinism": tf_config.is_op_determinism_enabled}
+    return str(eval(AXES[name].check.state, scope))  # noqa: S307 - detaudit's own declarations, not user text
 
 
-def environment_checks(model: keras.Model, xla: bool) -> list[dict[str, str]]:
+def environment_checks(model: keras.Model, settings: dict[str, Any]) -> list[dict[str, str]]:
     """The settings that decide reproducibility (one per axis), each with its state, risk, fix and where it applies.
 
     ``applies`` is cpu, gpu or any; renderers show a row only where it applies
     to the devices present. Unseeded random layers of the model are added.
     """
-    checks = [{"check": axis.check.title, "state": _axis_state(name, xla), "risk": axis.check.risk,
+    checks = [{"check": axis.check.title, "state": _axis_state(name, settings), "risk": axis.check.risk,
                "fix": axis.check.fix, "applies": axis.check.applies} for name, axis in AXES.items()]
     for layer in model.layers:
         if type(layer).__name__ in _RANDOM_LAYERS and getattr(layer, "seed", None) is None:
@@ -165,7 +157,7 @@ def _hash64(array: np.ndarray) -> np.uint64:
 
 def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: np.ndarray | None = None, *,
                 input_shape: list[int] | None = None, loss: str = "mse", steps: int = 3, repeats: int = 3,
-                seed: int = 0, xla: bool = False) -> AuditResult:
+                seed: int = 0, xla: bool = False, settings: dict[str, Any] | None = None) -> AuditResult:
     """Audit ``model`` in this process (TensorFlow already imported). See the module docstring.
 
     Raises:
@@ -227,7 +219,7 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
                 *(np.array(h, dtype=np.uint64) for h in per_step)]
 
     outcome = repeat_and_compare(execute, repeats, names=names, keep_first_difference=True)
-    return _summarize(model, layers, variables, outcome.tensors, steps, initial, xla)
+    return _summarize(model, layers, variables, outcome.tensors, steps, initial, {**(settings or {}), "xla": "on" if xla else "off"})
 
 
 def _first_step(hashes: TensorOutcome) -> int | None:
@@ -238,7 +230,7 @@ def _first_step(hashes: TensorOutcome) -> int | None:
 
 
 def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tensors: list[TensorOutcome],
-               steps: int, initial: list[np.ndarray], xla: bool) -> AuditResult:
+               steps: int, initial: list[np.ndarray], settings: dict[str, Any]) -> AuditResult:
     n_layers, n_vars = len(layers), len(variables)
     losses = tensors[:steps]
     forward = tensors[steps:steps + n_layers]
@@ -285,7 +277,7 @@ def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tens
         losses=[{"step": i + 1, "equal": t.bitwise_equal, "max_ulp": t.comparison.max_ulp if t.comparison else 0,
                  "value": float(t.first)} for i, t in enumerate(losses)],
         culprit=None if reproducible else culprit,
-        checks=environment_checks(model, xla),
+        checks=environment_checks(model, settings),
         digests={"initial_weights": digest(flat(initial)), "first_step_outputs": digest(flat(first_outputs)),
                  "final_weights": digest(flat([t.first for t in final]))},
     )
@@ -312,7 +304,7 @@ def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
             result = audit_model(model, inputs, targets, input_shape=payload.get("input_shape"),
                                  loss=payload.get("loss", "mse"), steps=payload.get("steps", 3),
                                  repeats=payload.get("repeats", 3), seed=payload.get("seed", 0),
-                                 xla=payload.get("xla") == "on")
+                                 xla=payload.get("xla") == "on", settings=payload.get("settings"))
     except UsageError as exc:
         return {"bad_input": str(exc)}
     except (OSError, ValueError) as exc:

@@ -33,14 +33,30 @@ from typing import Any
 import pandas as pd
 
 from detaudit.core.axes import environment_changes
-from detaudit.core.config import Cell, Config, Settings, iter_groups, load_config, parse_config
+from detaudit.core.config import (
+    Cell,
+    Config,
+    Settings,
+    expected_cells,
+    iter_groups,
+    load_config,
+    parse_config,
+    shard_cells,
+)
 from detaudit.core.kinds import USER_LAYER, module_exists
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.store import RunKind, RunStore
-from detaudit.errors import ConfigError, DetauditError, DiskFullError, UsageError, WorkerError
+from detaudit.errors import (
+    ConfigError,
+    DetauditError,
+    DiskFullError,
+    RunDirError,
+    UsageError,
+    WorkerError,
+)
 
 __all__ = ["Event", "RunInterrupted", "check_user_modules", "parse_shard", "require_tensorflow", "run",
-           "run_cells", "run_probe", "run_worker_job", "shard_cells", "spawn_env_probe", "worker_environ"]
+           "run_cells", "run_probe", "run_worker_job", "spawn_env_probe", "worker_environ"]
 
 _STDERR_TAIL = 1500
 #: A worker that dies before finishing a cell is replaced this many times in a row before the
@@ -131,6 +147,8 @@ class _Processes:
 
 
 def _kill(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is not None:
+        return  # reaped: its process group id may belong to someone else by now
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
 
@@ -168,10 +186,6 @@ def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s:
         write_fd = -1
         if processes:
             processes.add(proc)
-        assert proc.stdin is not None
-        with contextlib.suppress(BrokenPipeError):
-            proc.stdin.write((json.dumps(job) + "\n").encode())
-            proc.stdin.flush()
         # TensorFlow's start-up gets at least STARTUP_S, whatever a cell's timeout_s is.
         deadline = [time.monotonic() + max(timeout_s, STARTUP_S)]
         finished = threading.Event()
@@ -183,7 +197,12 @@ def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s:
                     _kill(proc)
                     return
 
+        # The watchdog first: writing a large job blocks until the worker reads it.
         threading.Thread(target=watchdog, name="worker-timeout", daemon=True).start()
+        assert proc.stdin is not None
+        with contextlib.suppress(BrokenPipeError):
+            proc.stdin.write((json.dumps(job) + "\n").encode())
+            proc.stdin.flush()
         try:
             with os.fdopen(read_fd, encoding="utf-8", errors="replace") as stream:
                 read_fd = -1
@@ -288,8 +307,8 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
             elif message["event"] == "hello" and on_hello:
                 on_hello(message)
 
-        try:
-            log = log_path.open("ab+")
+        try:  # never through a link (a resumed run directory may come from elsewhere)
+            log = os.fdopen(os.open(log_path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "ab+")
         except OSError as exc:
             from detaudit.engine.store import disk_full
 
@@ -392,15 +411,6 @@ def spawn_env_probe(timeout_s: float = 120) -> dict[str, Any]:
     return {**outcome.hello.get("env", {}), "applied_defaults": outcome.hello.get("applied", {})}
 
 
-def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
-    """The cells of shard ``i`` of ``n`` (1-based): every n-th cell in cell-id order, so stable and balanced."""
-    if shard is None:
-        return list(cells)
-    index, count = shard
-    keep = set(sorted(c.cell_id for c in cells)[index - 1::count])
-    return [c for c in cells if c.cell_id in keep]
-
-
 def parse_shard(text: str) -> tuple[int, int]:
     """``"i/n"`` -> (i, n), with 1 <= i <= n <= 10000."""
     try:
@@ -410,11 +420,6 @@ def parse_shard(text: str) -> tuple[int, int]:
     if not 1 <= index <= count <= 10_000:
         raise UsageError(f"Invalid value for argument `--shard`. Expected 1 <= i <= n <= 10000. Received {text!r}.")
     return index, count
-
-
-def expected_jobs(config: Config, cells: Sequence[Cell]) -> list[tuple[Cell, bool]]:
-    """Every (cell, replay) pair a complete run of these cells records."""
-    return [(c, replay) for c in cells for replay in ((False, True) if config.replay_process else (False,))]
 
 
 def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str] = "runs",
@@ -460,14 +465,19 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         check_user_modules(config)
         with store.lock():
             meta = store.read_meta()
-            shard = tuple(meta["shard"]) if meta.get("shard") else None  # type: ignore[assignment]
             meta.setdefault("resumed", []).append(_now())
+            meta["finished"], meta["interrupted"] = None, None  # until this resume finishes, the run is not final
+            with contextlib.suppress(FileNotFoundError):
+                store.results_path.unlink()  # a stale table must not be read as the final one
             latest = {}
             for record in store.iter_records():
                 latest[(record["cell_id"], bool(record.get("replay")))] = record["status"]
             done = {key for key, status in latest.items() if not (retry_failed and status in FAILED_STATUSES)}
-            return _run_in(store, config, meta, shard_cells(config.cells(), shard), done, workers, on_event,
-                           fresh=False)
+            try:
+                cells = expected_cells(config, meta)
+            except ConfigError as exc:
+                raise RunDirError(f"{store.path}: meta.json lists a malformed cell ({exc}).") from None
+            return _run_in(store, config, meta, cells, done, workers, on_event, fresh=False)
     if config is None:
         raise UsageError("No config given.")
     check_user_modules(config)
@@ -560,6 +570,36 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
     by_id = {c.cell_id: c for c in cells}
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     stop: DetauditError | None = None
+
+    def handle(kind: str, payload: Any) -> None:
+        if kind == "record":
+            record = {**payload, "cell": by_id[payload["cell_id"]].to_dict()}
+            store.append_record(record)
+            emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
+        elif kind == "hello":
+            group, hello = payload
+            meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
+            meta.setdefault("groups", {})[group] = hello.get("applied")
+            store.write_meta(meta)
+        else:
+            emit(payload)
+
+    def drain() -> None:
+        """Keep the records that arrived while the run was stopping: every finished cell is kept."""
+        while True:
+            try:
+                kind, payload = messages.get_nowait()
+            except queue.Empty:
+                return
+            if kind == "record":
+                with contextlib.suppress(DiskFullError):
+                    handle(kind, payload)
+
+    def stop_all() -> None:
+        processes.kill_all()
+        pool.shutdown(wait=True, cancel_futures=True)
+        drain()
+
     try:
         futures = [pool.submit(run_job, *job) for job in jobs]
         pending = set(futures)
@@ -575,36 +615,28 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
                         stop = exc
                 continue
             try:
-                if kind == "record":
-                    record = {**payload, "cell": by_id[payload["cell_id"]].to_dict()}
-                    store.append_record(record)
-                    emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
-                elif kind == "hello":
-                    group, hello = payload
-                    meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
-                    meta.setdefault("groups", {})[group] = hello.get("applied")
-                    store.write_meta(meta)
-                else:
-                    emit(payload)
+                handle(kind, payload)
             except DiskFullError as exc:
                 stop = exc
     except KeyboardInterrupt:
-        processes.kill_all()
-        pool.shutdown(wait=True, cancel_futures=True)
-        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True)) from None
+        stop_all()
+        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True, cells=cells)) from None
+    except BaseException:
+        stop_all()  # a bug or a failure of the machine: no worker outlives it, what finished is kept
+        raise
     if stop is not None:
-        processes.kill_all()
-        pool.shutdown(wait=True, cancel_futures=True)
+        stop_all()
         if isinstance(stop, ConfigError):
             raise stop
-        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True), reason=stop)
+        raise RunInterrupted(store.path, _finish(store, config, meta, interrupted=True, cells=cells), reason=stop)
     pool.shutdown(wait=True)
-    table = _finish(store, config, meta, interrupted=False)
+    table = _finish(store, config, meta, interrupted=False, cells=cells)
     emit(Event("finished", total=total))
     return table
 
 
-def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: bool) -> pd.DataFrame:
+def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: bool,
+            cells: list[Cell] | None = None) -> pd.DataFrame:
     """Write the end time and the table; on a full disk keep going with the table in memory."""
     from detaudit.engine.table import build_table
 
@@ -612,11 +644,13 @@ def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: 
     meta["interrupted"] = interrupted
     with contextlib.suppress(DiskFullError):
         store.write_meta(meta)
-    table = build_table(store, config)
+    table = build_table(store, config, cells)
+    tmp = store.results_path.with_name(f".results.{os.getpid()}.parquet")
     try:
-        table.to_parquet(store.results_path, index=False)
+        table.to_parquet(tmp, index=False)
+        os.replace(tmp, store.results_path)  # whole or absent: a torn table is never read
     except OSError:
         with contextlib.suppress(OSError):
-            store.results_path.unlink()  # a torn parquet would be read instead of cells.jsonl
+            tmp.unlink()
     table.attrs["run_dir"] = str(store.path)
     return table

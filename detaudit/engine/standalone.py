@@ -254,15 +254,23 @@ class Case:
 _BITS = {"float16": "int16", "bfloat16": "int16", "float32": "int32", "float64": "int64"}
 
 
+def _ordered_key(tensor: Any) -> Any:
+    """The float's bits as an order-preserving number (float64: exact below 2**53, enough to rank gaps)."""
+    import tensorflow as tf
+
+    bits = tf.cast(tf.bitcast(tensor, _BITS[tensor.dtype.name]), tf.int64)
+    magnitude = tf.bitwise.bitwise_and(bits, tf.constant((1 << (8 * tensor.dtype.size - 1)) - 1, tf.int64))
+    return tf.cast(tf.where(bits < 0, -magnitude, magnitude), tf.float64)
+
+
 class DeviceCheckedPass:
     """Repeats of a case compared with the first where they are computed, inside the pass's own graph.
 
-    One ``tf.function`` runs the pass and, per tensor, counts the elements
-    whose bits differ from the first repeat's, counts the repeats that
-    differed, and keeps the repeat with the most differing elements, all in
-    device memory. Every repeat, the first included, runs this same function,
-    so XLA fuses every repeat the same way. Nothing waits for the device until
-    :meth:`results`, once per cell.
+    One ``tf.function`` runs the pass and, per tensor, tells whether its bits
+    differ from the first repeat's, counts the repeats that differed, and keeps
+    the repeat with the largest ULP gap, all in device memory. Every repeat, the
+    first included, runs this same function, so XLA fuses every repeat the same
+    way. Nothing waits for the device until :meth:`results`, once per cell.
     """
 
     def __init__(self, case: Case):
@@ -271,8 +279,9 @@ class DeviceCheckedPass:
         self.case = case
         specs = case.compiled.get_concrete_function(case.x, case.upstream).structured_outputs
         self.first_bits = [tf.Variable(tf.zeros(s.shape, _BITS[s.dtype.name]), trainable=False) for s in specs]
+        self.first_key = [tf.Variable(tf.zeros(s.shape, tf.float64), trainable=False) for s in specs]
         self.worst = [tf.Variable(tf.zeros(s.shape, s.dtype), trainable=False) for s in specs]
-        self.worst_count = [tf.Variable(tf.constant(0, tf.int64), trainable=False) for _ in specs]
+        self.worst_gap = [tf.Variable(tf.constant(0.0, tf.float64), trainable=False) for _ in specs]
         self.n_differ = [tf.Variable(0, trainable=False) for _ in specs]
         forward_backward = case.forward_backward
 
@@ -280,10 +289,14 @@ class DeviceCheckedPass:
             outputs = forward_backward(x, dy)
             for i, tensor in enumerate(outputs):
                 bits = tf.bitcast(tensor, _BITS[tensor.dtype.name])
-                differing = tf.math.count_nonzero(tf.not_equal(bits, self.first_bits[i]), dtype=tf.int64)
-                self.n_differ[i].assign_add(tf.cast(differing > 0, tf.int32))
-                self.worst[i].assign(tf.where(differing > self.worst_count[i], tensor, self.worst[i]))
-                self.worst_count[i].assign(tf.maximum(differing, self.worst_count[i]))
+                differs = tf.reduce_any(tf.not_equal(bits, self.first_bits[i]))
+                self.n_differ[i].assign_add(tf.cast(differs, tf.int32))
+                keys = _ordered_key(tensor)
+                gap = tf.reduce_max(tf.abs(keys - self.first_key[i])) if tensor.shape.num_elements() else 0.0
+                gap = tf.where(tf.math.is_nan(gap), tf.constant(float("inf"), tf.float64), gap)
+                worse = tf.logical_and(differs, gap >= self.worst_gap[i])
+                self.worst[i].assign(tf.where(worse, tensor, self.worst[i]))
+                self.worst_gap[i].assign(tf.where(worse, gap, self.worst_gap[i]))
             return outputs
 
         self.checked = tf.function(checked, jit_compile=case.xla)
@@ -294,8 +307,9 @@ class DeviceCheckedPass:
         outputs = self.checked(self.case.x, self.case.upstream)
         for i, tensor in enumerate(outputs):  # the reference, kept on the device
             self.first_bits[i].assign(tf.bitcast(tensor, _BITS[tensor.dtype.name]))
+            self.first_key[i].assign(_ordered_key(tensor))
             self.n_differ[i].assign(0)
-            self.worst_count[i].assign(0)
+            self.worst_gap[i].assign(0.0)
         return [t.numpy() for t in outputs]
 
     def later(self) -> None:

@@ -32,6 +32,7 @@ import fcntl
 import json
 import os
 import re
+import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,9 @@ FORMAT_VERSION = 2
 OLDEST_READABLE = 1
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+#: What a run directory holds; none of it may be a symbolic link (a downloaded run could point them anywhere).
+_MEMBERS = ("meta.json", "config.yaml", "cells.jsonl", "results.parquet", ".lock", "logs", "tensors", "cache",
+            "audit.json", "triage.json")
 
 
 class RunKind(str, enum.Enum):
@@ -175,6 +179,9 @@ class RunStore:
         if not meta_path.is_file() or meta_path.is_symlink():
             raise RunDirError(f"{path}: not a detaudit run directory (no meta.json).")
         store = cls(path)
+        for name in _MEMBERS:
+            if (path / name).is_symlink():
+                raise RunDirError(f"{path}: refusing a run directory whose {name} is a symbolic link.")
         meta = store.read_meta()
         version = meta.get("format_version")
         if not isinstance(version, int) or isinstance(version, bool):
@@ -253,8 +260,11 @@ class RunStore:
         resolved = candidate.resolve()
         if resolved != root and root not in resolved.parents:
             raise RunDirError(f"{self.path}: refusing the path {str(relative)!r}, which leaves the run directory.")
-        if resolved != candidate.absolute() and candidate.exists():
-            raise RunDirError(f"{self.path}: refusing {str(relative)!r}, a symbolic link.")
+        step = self.path
+        for part in Path(os.path.normpath(relative)).parts:  # links above the run directory are the user's own
+            step = step / part
+            if step.is_symlink():
+                raise RunDirError(f"{self.path}: refusing {str(relative)!r}, a symbolic link.")
         return candidate
 
     def tensor_path(self, cell_id: str, replay: bool = False) -> Path:
@@ -296,7 +306,8 @@ class RunStore:
             self._repair_tail()
         line = (json.dumps(record, sort_keys=True, default=str, allow_nan=True) + "\n").encode("utf-8")
         try:
-            with self.cells_path.open("ab") as f:
+            fd = os.open(self.cells_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+            with os.fdopen(fd, "ab") as f:
                 f.write(line)
                 f.flush()
                 os.fsync(f.fileno())
@@ -340,7 +351,11 @@ class RunStore:
             RunDirError: another process holds the run (its pid is named).
         """
         path = self.path / ".lock"
-        handle = open(path, "a+", encoding="utf-8")  # noqa: SIM115 - held for the duration
+        try:  # never through a link: a hostile run directory could point .lock at a file of yours
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        except OSError as exc:
+            raise RunDirError(f"{path}: cannot lock the run ({exc.strerror}).") from None
+        handle = os.fdopen(fd, "r+", encoding="utf-8")
         try:
             fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -381,7 +396,10 @@ def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.npz")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(tmp, **arrays)
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())  # on disk before the cell's record is: a power cut cannot leave a torn file
         os.replace(tmp, path)
     except OSError as exc:
         with contextlib.suppress(OSError):
@@ -390,9 +408,16 @@ def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
 
 
 def load_tensors(path: Path) -> dict[str, np.ndarray]:
-    """Inverse of :func:`save_tensors`. A symbolic link is not followed (it raises OSError)."""
+    """Inverse of :func:`save_tensors`. A symbolic link is not followed (it raises OSError).
+
+    Raises:
+        OSError, ValueError: a missing, torn or foreign file.
+    """
     if path.is_symlink():
         raise OSError(f"{path} is a symbolic link")
-    with np.load(path) as data:
-        dtypes = json.loads(bytes(data["__dtypes__"]).decode())
-        return {name: data[name].view(FLOAT_DTYPES[dtype]) for name, dtype in dtypes.items()}
+    try:
+        with np.load(path) as data:
+            dtypes = json.loads(bytes(data["__dtypes__"]).decode())
+            return {name: data[name].view(FLOAT_DTYPES[dtype]) for name, dtype in dtypes.items()}
+    except (EOFError, zipfile.BadZipFile, KeyError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path}: not a tensors file ({exc.__class__.__name__})") from None

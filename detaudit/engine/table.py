@@ -19,14 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from detaudit.core.axes import AXES
+from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
 from detaudit.core.numerics import compare, narrower_dtype
 from detaudit.engine.store import RunStore, load_tensors
 from detaudit.errors import ConfigError
 
-__all__ = ["COLUMNS", "COMPUTE_DTYPE", "build_table", "latest_records"]
+__all__ = ["COLUMNS", "build_table", "latest_records", "typed"]
 
 #: Column order of the results table; the first 29 are a contract with users' scripts.
 COLUMNS = [
@@ -42,9 +42,6 @@ _FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds",
 _STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
-#: The dtype each precision computes in; a comparison across precisions rounds to the narrower one.
-COMPUTE_DTYPE = {"float64": "float64", "float32": "float32", "float16": "float16", "bfloat16": "bfloat16",
-                 "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 REPEAT, PROCESS, BASELINE, REFERENCE, ADJOINT = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
                                                  ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value,
                                                  ComparisonKind.ADJOINT.value)
@@ -85,7 +82,7 @@ def _cached_tensors(path: Path, mtime: float) -> dict[str, np.ndarray]:
 def _tensors(path: Path) -> dict[str, np.ndarray] | None:
     try:
         return _cached_tensors(path, path.stat().st_mtime)
-    except (OSError, ValueError, KeyError):
+    except Exception:  # noqa: BLE001 - missing, torn (EOFError, BadZipFile) or foreign: measured as not kept
         return None
 
 
@@ -99,7 +96,7 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
     bfloat16 accuracy, so its gap to float32 is counted in bfloat16 ULPs.
     """
     reference_cell = reference.cell_id
-    compute = [COMPUTE_DTYPE[cell.settings.precision], COMPUTE_DTYPE[reference.settings.precision]]
+    compute = [compute_dtype(cell.settings.precision), compute_dtype(reference.settings.precision)]
     base = {**_base_row(run_id, cell), "comparison": comparison, "reference_cell": reference_cell,
             "status": "ok", "message": "", "seconds": None}
     if other["status"] != "ok":
@@ -157,7 +154,7 @@ def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None
     ``repeat`` rows come from the workers' records; ``process`` rows pair each
     cell with its fresh-process replay; ``baseline`` rows compare each cell with
     the baseline cell of the same layer and seed, in the lower precision of the two.
-    Records that do not belong to a cell of the run are skipped.
+    A record whose embedded cell does not hash to its cell id is skipped.
     """
     records, replays = latest_records(store.iter_records())
     run_id = store.run_id

@@ -23,22 +23,20 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
 from detaudit.core.axes import cell_statements, startup_statements
 from detaudit.core.config import Cell, Settings
+from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
 from detaudit.engine import channel, standalone
 from detaudit.errors import DiskFullError, one_line
 
-# TF-FACTS: the two shapes of "no deterministic kernel" messages.
-_DETERMINISM_REFUSAL = re.compile(r"Determinism is not yet supported|deterministic GPU implementation", re.I)
 LIFELINE_EXIT = 70  # the parent is gone
 
 
@@ -61,7 +59,9 @@ def apply_settings(settings: Any) -> dict[str, Any]:
     """
     import keras
     import tensorflow as tf
-    from tensorflow.python.framework import config as tf_config  # is_op_determinism_enabled is internal
+    from tensorflow.python.framework import (
+        config as tf_config,  # is_op_determinism_enabled is internal
+    )
 
     from detaudit.engine.fingerprint import onednn_state
 
@@ -81,11 +81,15 @@ def apply_settings(settings: Any) -> dict[str, Any]:
 
 
 def _applied_per_cell() -> dict[str, Any]:
+    """What TensorFlow reports for this cell: its per-cell settings, and the worker's oneDNN path (so a merged
+    run knows every cell's path whatever worker group it came from)."""
     import keras
     import tensorflow as tf
 
+    from detaudit.engine.fingerprint import onednn_state
+
     return {"dtype_policy": keras.config.dtype_policy().name,
-            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled())}
+            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()), "onednn": onednn_state()}
 
 
 def _device_scope(device: str) -> tuple[str | None, str | None]:
@@ -118,7 +122,12 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
     """
     import tensorflow as tf
 
-    from detaudit.engine.cases import adjoint_of, build_case, reference_of, rounded_reference
+    from detaudit.engine.cases import (
+        adjoint_of,
+        build_case,
+        reference_of,
+        rounded_reference,
+    )
 
     started = time.perf_counter()
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
@@ -165,16 +174,12 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
     except tf.errors.UnimplementedError as exc:
         # A refusal to be deterministic is a finding (unsupported); other gaps, such as
         # NCHW convolutions on the CPU, are errors of the configuration.
-        status = "unsupported" if _DETERMINISM_REFUSAL.search(str(exc)) else "error"
+        status = "unsupported" if is_determinism_refusal(str(exc)) else "error"
         record.update(status=status, message=one_line(exc))
     except Exception as exc:  # noqa: BLE001 - any failure of the cell is data, not a crash
         record.update(status="error", message=one_line(exc))
     record["seconds"] = round(time.perf_counter() - started, 6)
     return record
-
-
-def _emit(stream: TextIO, event: dict[str, Any]) -> None:
-    channel.emit(event)
 
 
 def _refusals(kinds: list[str]) -> list[dict[str, str]]:
@@ -197,30 +202,30 @@ def main(argv: list[str]) -> int:
     applied = apply_settings(settings)
     from detaudit.engine.fingerprint import tensorflow_fingerprint
 
-    _emit(stream, {"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
+    channel.emit({"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
     refused = _refusals(job.get("user_kinds", []))
     if refused:
-        _emit(stream, {"event": "refused", "refused": refused})
+        channel.emit({"event": "refused", "refused": refused})
         return 0
     if job.get("probe"):
         from detaudit.engine.probes import PROBES
 
-        _emit(stream, {"event": "probe", "result": PROBES[job["probe"]](job.get("items", []))})
-        _emit(stream, {"event": "done"})
+        channel.emit({"event": "probe", "result": PROBES[job["probe"]](job.get("items", []))})
+        channel.emit({"event": "done"})
         return 0
     tensor_dir = Path(job["tensor_dir"]) if job.get("tensor_dir") else None
     cache_dir = Path(job["cache_dir"]) if job.get("cache_dir") else None
     for data in job.get("cells", []):
         cell = Cell.from_dict(data)
-        _emit(stream, {"event": "start", "cell_id": cell.cell_id})
+        channel.emit({"event": "start", "cell_id": cell.cell_id})
         path = tensor_dir / f"{cell.cell_id}.npz" if tensor_dir else None
         try:
             record = run_cell(cell, path, cache_dir)
         except DiskFullError as exc:
-            _emit(stream, {"event": "disk_full", "cell_id": cell.cell_id, "message": str(exc)})
+            channel.emit({"event": "disk_full", "cell_id": cell.cell_id, "message": str(exc)})
             return 0
-        _emit(stream, record)
-    _emit(stream, {"event": "done"})
+        channel.emit(record)
+    channel.emit({"event": "done"})
     return 0
 
 

@@ -636,7 +636,9 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
 # -- audit and triage pages ----------------------------------------------------------------------------------------
 
 def _audit_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
-    from detaudit.render.tools import applies_here  # one rule for which environment checks apply, shared with the terminal
+    from detaudit.render.tools import (
+        applies_here,  # one rule for which environment checks apply, shared with the terminal
+    )
 
     verdict = str(result.get("verdict", "?"))
     tf = result.get("tensorflow") or stored.meta.get("tensorflow") or {}

@@ -61,7 +61,7 @@ def run_audit(model: str, settings: Any, *, out: str | Path = "runs", input_shap
                "inputs": str(Path(inputs).resolve()) if inputs else None,
                "targets": str(Path(targets).resolve()) if targets else None,
                "loss": loss, "steps": steps, "repeats": repeats, "seed": seed, "xla": settings.xla,
-               "device": settings.device}
+               "device": settings.device, "settings": settings.as_dict()}
 
     def relay(prefix: str) -> Callable[[dict[str, Any]], None]:
         def forward(message: dict[str, Any]) -> None:

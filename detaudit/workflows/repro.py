@@ -62,7 +62,12 @@ exec(compile(NUMERICS_SOURCE, "detaudit_numerics", "exec"), numerics.__dict__)
 
 
 def _tensors(setting, repeats):
-    """The tensors of `repeats` passes under one setting of SETTINGS, in this process."""
+    """(names, the first pass's tensors, later passes to compare with it) under one setting, in this process.
+
+    On a GPU the passes run as detaudit ran them there: compared on the device, inside the pass's own
+    graph (DeviceCheckedPass), so the first pass's bits are the run's and only the most different later
+    pass comes back to the host.
+    """
     spec = SETTINGS[setting]
     apply_environment(spec["environment"])
     import tensorflow as tf
@@ -72,11 +77,19 @@ def _tensors(setting, repeats):
     with tf.device(device_name(spec["values"]["device"])):
         case = Case(CASE["builder"], CASE["kind"], CASE["params"], CASE["input_shape"], CASE["seed"],
                     xla=spec["values"]["xla"] == "on")
-        return case.names, [case.step() for _ in range(repeats)]
+        if spec["values"]["device"] == "cpu":
+            first = case.step()
+            return case.names, first, [case.step() for _ in range(repeats - 1)]
+        checked = case.device_pass()
+        first = checked.first()
+        for _ in range(repeats - 1):
+            checked.later()
+        worst = [first[i] if w is None else w for i, (_, w) in enumerate(checked.results())]
+        return case.names, first, [worst]
 
 
 def _child(setting, path):
-    names, (first,) = _tensors(setting, 1)
+    names, first, _ = _tensors(setting, 1)
     import numpy as np
 
     np.savez(path, **{{f"t{{i}}": t.view(f"u{{t.dtype.itemsize}}") for i, t in enumerate(first)}},
@@ -108,14 +121,14 @@ def main(argv):
         _child(argv[2], argv[3])
         return 0
     if "--digests" in argv:
-        names, (first, *_) = _tensors("cell", 1)
+        names, first, _ = _tensors("cell", 1)
         print(json.dumps({{n: numerics.digest(t) for n, t in zip(names, first)}}, indent=1))
         return 0
     differ = False
     if CASE["mode"] == "repeat":
-        names, runs = _tensors("cell", CASE["repeats"])
-        for later in runs[1:]:
-            for name, a, b in zip(names, later, runs[0]):
+        names, first, laters = _tensors("cell", CASE["repeats"])
+        for later in laters:
+            for name, a, b in zip(names, later, first):
                 differ |= _report(name, a, b, "run to run")
     else:  # drift: the case under two settings, each in a fresh process
         outputs = []

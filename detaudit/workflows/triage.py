@@ -20,12 +20,13 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.analysis.knowledge import explain
 from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.verdicts import cell_verdicts
 from detaudit.core.axes import AXES
+from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config, LayerSpec
 from detaudit.core.kinds import canonical_params
+from detaudit.core.knowledge import explain
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.runner import run_cells
 from detaudit.engine.store import RunKind, RunStore
@@ -90,7 +91,7 @@ def select_cells(table: pd.DataFrame, cell_id: str | None) -> list[tuple[str, st
             return []
         if row["verdict"].iloc[0] == "NONDETERMINISTIC":
             return [(cell_id, "repeat")]
-        drift = table[(table["cell_id"] == cell_id) & (table["comparison"] == "baseline")]
+        drift = table[(table["cell_id"] == cell_id) & (table["comparison"] == ComparisonKind.BASELINE.value)]
         return [(cell_id, "drift")] if (drift["bitwise_equal"] == False).any() else [(cell_id, "none")]  # noqa: E712
     return [(c, "repeat") for c in verdicts[verdicts["verdict"] == "NONDETERMINISTIC"]["cell_id"]]
 
@@ -104,13 +105,13 @@ def _measure(cells: list[Cell], mode: str, config: Config, work: Path, label: st
     """Run cells (with their baselines for drift) in workers; say per cell whether the difference is there."""
     todo = list(cells) + ([_baseline_for(c, config) for c in cells] if mode == "drift" else [])
     table = run_cells(todo, config, out=work, run_id=label, on_event=on_event)
-    comparison = "repeat" if mode == "repeat" else "baseline"
+    comparisons = ComparisonKind.deciding_determinism() if mode == "repeat" else (ComparisonKind.BASELINE.value,)
     out = {}
     for cell in cells:
         if mode == "drift" and cell.settings == config.baseline:
             out[cell.cell_id] = Measurement(False, 0, "identical: these are the baseline settings", [])
             continue
-        rows = table[(table["cell_id"] == cell.cell_id) & (table["comparison"] == comparison)]
+        rows = table[(table["cell_id"] == cell.cell_id) & table["comparison"].isin(comparisons)]
         failed = rows[rows["status"] != "ok"]
         differing = rows[rows["bitwise_equal"] == False]  # noqa: E712
         if not failed.empty or rows.empty:

@@ -1,8 +1,10 @@
 """What detaudit knows about TensorFlow, as data (knowledge.yaml): causes for triage, known upstream bugs.
 
-Pure Python. :func:`match_known_bug` tells whether a result is a known
-upstream bug (shown as KNOWN, not failing unless ``--strict``);
-:func:`explain` picks the most likely cause of a triaged difference.
+Pure Python. :func:`judge_known_bugs` is the one rule for known upstream
+bugs: which bugs live where a result lives, and whether the result shows each
+(KNOWN, not failing unless ``--strict``) or not (fixed upstream?).
+:func:`explain` picks the most likely cause of a triaged difference;
+:func:`is_determinism_refusal` recognises TensorFlow's refusal texts.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 
 import yaml
 
-__all__ = ["KnownBug", "explain", "known_bugs", "match_known_bug", "version_in_range"]
+__all__ = ["KnownBug", "explain", "is_determinism_refusal", "judge_known_bugs", "known_bugs", "version_in_range"]
 
 _PATH = Path(__file__).with_name("knowledge.yaml")
 
@@ -59,7 +61,7 @@ class KnownBug:
 
     def reference(self) -> str:
         """The link, or "not yet reported" with the minimal repro's first line."""
-        return self.link if self.reported else "not yet reported (minimal repro in detaudit/analysis/knowledge.yaml)"
+        return self.link if self.reported else "not yet reported (minimal repro in detaudit/core/knowledge.yaml)"
 
 
 def known_bugs() -> list[KnownBug]:
@@ -69,9 +71,20 @@ def known_bugs() -> list[KnownBug]:
             for e in _knowledge().get("known_bugs", [])]
 
 
-def match_known_bug(facts: Mapping[str, Any]) -> KnownBug | None:
-    """The known bug a result with these facts shows, if any (``facts``: the keys knowledge.yaml describes)."""
-    return next((bug for bug in known_bugs() if bug.applies_to(facts) and bug.shows_in(facts)), None)
+def judge_known_bugs(facts: Mapping[str, Any]) -> list[tuple[KnownBug, bool]]:
+    """(bug, shows) for every known bug that lives where a result with these ``facts`` lives.
+
+    ``shows`` is whether the result shows the bug's symptom: True is KNOWN,
+    False means the bug no longer reproduces there (fixed upstream?).
+    ``facts``: the keys knowledge.yaml's matchers describe.
+    """
+    return [(bug, bug.shows_in(facts)) for bug in known_bugs() if bug.applies_to(facts)]
+
+
+def is_determinism_refusal(message: str) -> bool:
+    """Whether an error is TensorFlow refusing an op for want of a deterministic kernel (the cause's own regex)."""
+    entry = next(c for c in _knowledge()["causes"] if c["id"] == "unimplemented-deterministic-kernel")
+    return bool(re.search(entry["when"]["message"], message or "", re.I))
 
 
 def _matches(match: Mapping[str, Any], facts: Mapping[str, Any]) -> bool:
