@@ -95,8 +95,8 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None)
         if summary.completeness.resume_command:  # a command to copy is never wrapped
             out.print(f"Resume with: {summary.completeness.resume_command}", style="bold yellow", highlight=False,
                       soft_wrap=True)
-        out.print(f"Results: {stored.store.results_path}  (again: detaudit show {stored.path})", highlight=False,
-                  soft_wrap=True)
+        where = stored.store.results_path if stored.store.results_path.is_file() else stored.store.cells_path
+        out.print(f"Results: {where}  (again: detaudit show {stored.path})", highlight=False, soft_wrap=True)
         if comparison is not None:
             out.print(render_comparison(comparison))
     return _summary_code(summary)
@@ -110,13 +110,19 @@ def _cmd_run(args: Any) -> int:
     from detaudit.render.junit import summary_cases, write_junit
     from detaudit.render.progress import RunProgress
 
-    shard = parse_shard(args.shard) if args.shard else None
-    if args.resume and (args.config or shard):
-        raise UsageError("--resume finishes a run with its own config and shard; give no CONFIG or --shard with it.")
+    shard = parse_shard(args.shard) if args.shard is not None else None
+    if args.run_id is not None and not args.run_id:
+        raise UsageError("Invalid value for argument `--run-id`. Expected a non-empty name. Received ''.")
+    if args.resume and (args.config or shard or args.run_id or args.out != "runs"):
+        raise UsageError("--resume finishes a run with its own config, shard, id and place; give no CONFIG, --shard, "
+                         "--run-id or --out with it.")
     junit = _writable(args.junit, "--junit")
     config = None if args.resume else load_config(args.config or bundled_config_path("quick"))
-    if args.compare_to and args.compare_to not in ("latest", "previous"):
-        load_run(args.compare_to)  # a bad path is bad input, before the run, not after it
+    runs_dir = Path(args.resume).parent if args.resume else Path(args.out)
+    base_path = None
+    if args.compare_to:  # resolved before the run: a bad path or no earlier run is bad input, before any work
+        base_path = resolve_run(args.compare_to, runs_dir, relative_to=Path(args.resume) if args.resume else None)
+        load_run(base_path)
     try:
         with RunProgress(_err(), _live(args.json)) as progress:
             table = run(config, out=args.out, workers=args.workers, on_event=progress.on_event, run_id=args.run_id,
@@ -129,11 +135,7 @@ def _cmd_run(args: Any) -> int:
                      soft_wrap=True)  # a command to copy is never wrapped
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
-    comparison = None
-    if args.compare_to:
-        base = resolve_run(args.compare_to, args.out if not args.resume else Path(args.resume).parent,
-                           relative_to=stored.path)
-        comparison = compare_runs(load_run(base), stored)
+    comparison = compare_runs(load_run(base_path), stored) if base_path is not None else None
     code = _print_run(stored, args.json, args.strict, comparison)
     if junit is not None:
         from detaudit.analysis.summary import build_summary
@@ -245,6 +247,9 @@ def _cmd_shapes(args: Any) -> int:
     from detaudit.workflows.shapes import config_items, run_shapes
 
     if args.config:
+        given = [f"--{n}" for n in ("kernel", "stride", "padding", "input", "output_padding") if getattr(args, n) is not None]
+        if given:
+            raise UsageError(f"shapes takes a CONFIG or the flags, not both: {', '.join(given)} given with {args.config}.")
         items = config_items(load_config(args.config))
     else:
         missing = [f"--{name}" for name in ("kernel", "stride", "padding", "input") if getattr(args, name) is None]
@@ -418,7 +423,7 @@ def main(argv: list[str] | None = None) -> int:
         print(version_text())
         return EXIT_OK
     if args.command is None:
-        parser.print_help()
+        print("detaudit: error: a command is required (see `detaudit --help`)", file=sys.stderr)
         return EXIT_BAD_INPUT
     try:
         return _HANDLERS[args.command](args)

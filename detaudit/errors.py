@@ -14,8 +14,8 @@ import difflib
 import re
 from collections.abc import Iterable
 
-__all__ = ["ConfigError", "DetauditError", "DiskFullError", "RunDirError", "UsageError", "WorkerError", "did_you_mean",
-           "install_hint", "one_line"]
+__all__ = ["ConfigError", "DetauditError", "DiskFullError", "RunDirError", "UsageError", "WorkerError", "a_or_an",
+           "did_you_mean", "install_hint", "one_line"]
 
 
 class DetauditError(Exception):
@@ -75,6 +75,11 @@ def one_line(exc: BaseException, limit: int = 600) -> str:
     """``Type: message`` on one line, without the wrappers Keras and TensorFlow add."""
     text = _NOISE.sub(" ", str(getattr(exc, "message", None) or exc))
     return f"{type(exc).__name__}: {' '.join(text.split())}"[:limit]
+
+
+def a_or_an(word: str) -> str:
+    """``an audit``, ``a matrix``: the word with its indefinite article."""
+    return f"{'an' if word[:1].lower() in 'aeiou' else 'a'} {word}"
 
 
 def install_hint(extra: str) -> str:

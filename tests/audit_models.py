@@ -26,3 +26,16 @@ def random_order():
         RandomOrderSumConv2DTranspose(filters=2, kernel_size=3, strides=2, padding="same", name="shaky"),
         keras.layers.Conv2D(2, 3, padding="same", name="head"),
     ])
+
+
+def one_layer():
+    """A model of one layer: its tap returns a bare tensor, not a list."""
+    return keras.Sequential([keras.Input((4, 4, 2)),
+                             keras.layers.Conv2DTranspose(2, 3, strides=2, padding="same", name="only")])
+
+
+def broken():
+    raise RuntimeError("a broken factory")
+
+
+not_a_function = 5

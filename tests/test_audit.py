@@ -78,11 +78,21 @@ def test_the_command_audits_a_factory_across_a_restart(tmp_path):
     (["tests.audit_models:decoder", "--input-shape", "2,5,5,3"], "expected ['any', 4, 4, 3]"),
     (["tests.audit_models:decoder", "--determinism", "maybe"], "argument --determinism: expected one of off, on, env"),
     (["tests.audit_models:decoder", "--device", "gpu:7"], "no such GPU visible"),
+    (["tests.audit_models:broken"], "tests.audit_models:broken() raised RuntimeError: a broken factory"),
+    (["tests.audit_models:not_a_function"], "is not callable (int)"),
 ])
 def test_bad_inputs_are_one_line_and_exit_2(tmp_path, args, fragment):
     result = detaudit("audit", *args, "--out", str(tmp_path))
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and fragment in result.stderr
+
+
+def test_a_one_layer_model_is_audited(keras_modules):
+    import detaudit
+
+    _, models = keras_modules
+    result = detaudit.audit_model(models.one_layer(), steps=2, repeats=2)
+    assert result.verdict == "REPRODUCIBLE" and [row["layer"] for row in result.layers] == ["only"]
 
 
 def test_a_lambda_layer_needs_unsafe(tmp_path, keras_modules):

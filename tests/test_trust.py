@@ -92,6 +92,64 @@ def test_bad_arguments_are_refused_up_front(args, fragments):
     _bad(detaudit(*args), *fragments)
 
 
+@pytest.mark.parametrize("text, fragment", [
+    ("name: t\nname: u\nlayers: []\n", "the key 'name' is given twice"),
+    ("name: t\nlayers: " + "[" * 3000 + "]" * 3000 + "\n", "nested too deeply"),
+    ("name: t\ndescription: 5\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, input_shape: [1, 4, 2]}]\n",
+     "`description`"),
+    ("name: t\nlayers: [{kind: conv1d_transpose, filters: 2, kernel_size: 3, strides: 2, padding: same, "
+     "output_shape: [1, 99, 2], input_shape: [1, 4, 2]}]\n", "`layers[0].output_shape`"),
+    ("name: t\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, input_shape: [1, 4, 2]}]\n"
+     "expect: {max_ulp: {baseline: four}}\n", "a finite number >= 0, or a mapping"),
+])
+def test_hostile_yaml_is_one_line_per_problem(tmp_path, text, fragment):
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    _bad(detaudit("run", str(path), "--out", str(tmp_path / "runs")), fragment)
+
+
+@pytest.mark.parametrize("args, fragment", [
+    ([], "a command is required"),
+    (["run", "/dev/zero"], "not a config file"),
+    (["run", "--shard", ""], "--shard"),
+    (["run", "--run-id", ""], "--run-id"),
+    (["run", "--resume", "x", "--out", "y"], "give no CONFIG, --shard, --run-id or --out"),
+    (["run", "--compare-to", "latest", "--out", "/definitely/not/here"], "no matrix run to take as latest"),
+    (["shapes", "configs/quick.yaml", "--kernel", "3"], "a CONFIG or the flags, not both"),
+])
+def test_more_bad_arguments(args, fragment):
+    _bad(detaudit(*args), fragment)
+
+
+def test_compare_to_latest_without_an_earlier_run_is_refused_before_running(tmp_path):
+    config = _config(tmp_path / "c.yaml")
+    _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", "latest"), "no matrix run")
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_hostile_meta_and_records_are_refused_or_skipped(tmp_path):
+    run_dir = _copy_fixture(tmp_path)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "shard": "x"}))
+    _bad(detaudit("show", str(run_dir)), "`shard` must be [i, n]")
+    (run_dir / "meta.json").write_text(json.dumps({**meta, "tensorflow": "str"}))
+    _bad(detaudit("show", str(run_dir)), "`tensorflow` must be a JSON object")
+    history = detaudit("history", str(run_dir.parent))
+    assert history.returncode == 0 and "skipped" in history.stderr and "Traceback" not in history.stderr
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    lines = (run_dir / "cells.jsonl").read_text().splitlines()
+    record = json.loads(lines[0])
+    (run_dir / "cells.jsonl").write_text("\n".join([json.dumps({**record, "reference": "oops"}), *lines[1:]]) + "\n")
+    (run_dir / "results.parquet").unlink()
+    shown = detaudit("show", str(run_dir))
+    assert shown.returncode == 1 and "unreadable line" in shown.stdout and "Traceback" not in shown.stderr
+
+
+def test_merging_a_run_with_itself_is_refused(tmp_path):
+    run_dir = _copy_fixture(tmp_path)
+    _bad(detaudit("merge", str(run_dir), str(run_dir), "--out", str(tmp_path / "m")), "given twice")
+
+
 def test_output_paths_that_are_directories_are_refused(tmp_path):
     _bad(detaudit("run", "--junit", str(tmp_path)), "`--junit`", "a directory")
 
@@ -275,9 +333,9 @@ def test_a_config_may_name_only_layer_subclasses_and_nothing_is_called(tmp_path)
         config = _config(tmp_path / "evil.yaml", layers=[{"kind": kind, "input_shape": [1, 2], "command": "id"}])
         line = _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs"), cwd=tmp_path if kind == "os:system"
                              else None), "not a Keras Layer subclass", kind)
-        assert "`kind`" in line
+        assert "evil.yaml: invalid value for `layers[0].kind`" in line
     assert not (REPO / "CALLED").exists() and not (tmp_path / "CALLED").exists()
-    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    assert not (tmp_path / "runs").exists()  # neither a run directory nor the --out it would have made
 
 
 @pytest.mark.tf

@@ -24,6 +24,7 @@ from detaudit.analysis.verdicts import (
 )
 from detaudit.core.axes import AXES
 from detaudit.errors import UsageError
+from detaudit.errors import a_or_an as _a
 
 __all__ = ["Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
 
@@ -124,7 +125,7 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
     """
     for run in (base, new):
         if run.config is None:
-            raise UsageError(f"{run.path}: a {run.kind.value} run; compare takes runs of `detaudit run`.")
+            raise UsageError(f"{run.path}: {_a(run.kind.value)} run; compare takes runs of `detaudit run`.")
     base_axes, new_axes = base.config.axes, new.config.axes
     ignored = {axis: (base_axes[axis][0], new_axes[axis][0]) for axis in AXES
                if len(base_axes[axis]) == 1 and len(new_axes[axis]) == 1 and base_axes[axis] != new_axes[axis]}

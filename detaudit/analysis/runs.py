@@ -27,6 +27,7 @@ from detaudit.core.config import (
 from detaudit.engine.store import FORMAT_VERSION, RunKind, RunStore
 from detaudit.engine.table import build_table, latest_records, typed
 from detaudit.errors import ConfigError, RunDirError
+from detaudit.errors import a_or_an as _a
 
 __all__ = ["ALIASES", "Completeness", "StoredRun", "list_runs", "load_run", "merge_runs", "resolve_run"]
 
@@ -128,6 +129,8 @@ def load_run(path: str | Path) -> StoredRun:
         return StoredRun(store, kind, meta, result=_audit_result(store, meta), upgraded_from=upgraded)
     if kind is RunKind.TRIAGE:
         result = _read_json(store, "triage.json")
+        if not isinstance(result.get("cells", []), list):
+            raise RunDirError(f"{store.path / 'triage.json'}: not a triage result.")
         return StoredRun(store, kind, meta, result=result, upgraded_from=upgraded)
     config = _config_of(store)
     try:
@@ -154,15 +157,20 @@ def _read_json(store: RunStore, name: str) -> dict[str, Any]:
 def _audit_result(store: RunStore, meta: dict[str, Any]) -> dict[str, Any]:
     """The stored audit; format 1 kept only the layer table and the verdict, so that is what it shows."""
     if (store.path / "audit.json").is_file():
-        return _read_json(store, "audit.json")
+        result = _read_json(store, "audit.json")
+        if not isinstance(result.get("layers", []), list) or "verdict" not in result:
+            raise RunDirError(f"{store.path / 'audit.json'}: not an audit result (no verdict or layers).")
+        return {"model": "?", "layers": [], "losses": [], "checks": [], **result}
     try:
         layers = pd.read_parquet(store.results_path).to_dict("records")
-    except Exception as exc:  # noqa: BLE001 - any unreadable parquet is the same problem for the user
-        raise RunDirError(f"{store.results_path}: unreadable ({exc.__class__.__name__}).") from None
-    for row in layers:
-        row["max_ulp"] = int(row.get("max_ulp") or 0)
-        row["first_step"] = None if pd.isna(row.get("first_step")) else int(row["first_step"])
-    model = layers[0]["model"] if layers else meta.get("config_name", "?")
+        for row in layers:
+            row["max_ulp"] = int(row.get("max_ulp") or 0)
+            row["first_step"] = None if pd.isna(row.get("first_step")) else int(row["first_step"])
+            row["layer"], row["class"], row["forward"], row["backward"]  # noqa: B018 - the columns must exist
+    except Exception as exc:  # noqa: BLE001 - any unreadable or foreign parquet is the same problem for the user
+        raise RunDirError(f"{store.results_path}: not the layer table of an audit ({exc.__class__.__name__}).") \
+            from None
+    model = layers[0].get("model", "?") if layers else meta.get("config_name", "?")
     return {"model": model, "verdict": meta.get("verdict", "?"), "culprit": meta.get("culprit"), "layers": layers,
             "losses": [], "checks": [], "restart": None, "tensorflow": meta.get("tensorflow"),
             "note": "written by detaudit format 1: losses, restart and checks were not stored"}
@@ -203,9 +211,11 @@ def resolve_run(spec: str | Path, runs_dir: str | Path = "runs", relative_to: Pa
     """
     if str(spec) not in ALIASES:
         return Path(spec)
+    what = "/".join(k.value for k in kinds) + " " if kinds else ""
+    if not Path(runs_dir).is_dir():
+        raise RunDirError(f"{runs_dir}: no {what}run to take as {spec} (no such runs directory).")
     runs = [s.path for s in list_runs(runs_dir, kinds=kinds)]
     resolved = [p.resolve() for p in runs]
-    what = "/".join(k.value for k in kinds) + " " if kinds else ""
     if str(spec) == "latest":
         candidates = [p for p, r in zip(runs, resolved) if relative_to is None or r != Path(relative_to).resolve()]
         if not candidates:
@@ -233,10 +243,14 @@ def merge_runs(paths: Sequence[str | Path], out: str | Path, run_id: str | None 
     """
     if len(paths) < 2:
         raise RunDirError("merge needs at least two run directories.")
+    resolved = [Path(p).resolve() for p in paths]
+    for i, path in enumerate(resolved):
+        if path in resolved[:i]:
+            raise RunDirError(f"{paths[i]}: given twice; merge joins different shards of one config.")
     runs = [RunStore.open(p) for p in paths]
     for store in runs:
         if store.kind is not RunKind.MATRIX:
-            raise RunDirError(f"{store.path}: a {store.kind.value} run; only runs of `detaudit run` merge.")
+            raise RunDirError(f"{store.path}: {_a(store.kind.value)} run; only runs of `detaudit run` merge.")
     configs = [r.read_config() for r in runs]
     for store, config in zip(runs[1:], configs[1:]):
         if config != configs[0]:

@@ -304,7 +304,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     """Summarize a stored matrix run once; ``strict`` makes known upstream bugs fail it."""
     config, table = stored.config, stored.table
     if config is None or stored.completeness is None:
-        raise TypeError(f"{stored.path}: a {stored.kind.value} run has no cell summary")
+        raise TypeError(f"{stored.path}: a run of kind {stored.kind.value} has no cell summary")
     verdicts = cell_verdicts(table)
     matches, marks, excused = _known(stored, table)
     per_cell = _failures(stored, verdicts, excused, strict)

@@ -21,6 +21,7 @@ from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
+from detaudit.errors import a_or_an as _a
 
 __all__ = ["RUN_COLUMNS", "load_runs"]
 
@@ -68,7 +69,7 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
     for path in paths:
         stored = load_run(path)
         if stored.kind is not RunKind.MATRIX:
-            raise RunDirError(f"{path}: a {stored.kind.value} run; load_runs reads runs of `detaudit run`.")
+            raise RunDirError(f"{path}: {_a(stored.kind.value)} run; load_runs reads runs of `detaudit run`.")
         table = stored.table.copy()
         for key, value in _run_facts(stored.meta).items():
             table[key] = value

@@ -342,12 +342,29 @@ def _layer(raw: Any, ctx: Context) -> LayerSpec:
     if strides and dilation and any(s > 1 for s in strides) and any(d > 1 for d in dilation):
         raise ctx.at("dilation_rate").fail(
             "1 when any stride is greater than 1 (Keras and tf.nn refuse both at once)", list(dilation))
+    if params.get("output_shape") is not None:
+        _check_output_shape(params, input_shape, ctx.at("output_shape"))
     if params.get("output_padding") is not None:
         for p, s in zip(params["output_padding"], params["strides"]):
             if p >= s:
                 raise ctx.at("output_padding").fail(f"values smaller than the stride {list(params['strides'])}",
                                                     list(params["output_padding"]))
     return LayerSpec(kind_name, canonical_params(params), input_shape)
+
+
+def _check_output_shape(params: dict[str, Any], input_shape: tuple[int, ...], ctx: Context) -> None:
+    """A raw op's output_shape must map back to the input under its convolution, or TensorFlow refuses it at run time."""
+    from detaudit.core.shapes import conv_length
+
+    shape, channels_first = list(params["output_shape"]), params["data_format"] == "channels_first"
+    spatial_in = input_shape[2:] if channels_first else input_shape[1:-1]
+    spatial_out = shape[2:] if channels_first else shape[1:-1]
+    channels = shape[1] if channels_first else shape[-1]
+    back = [conv_length(m, k, s, params["padding"], d)
+            for m, k, s, d in zip(spatial_out, params["kernel_size"], params["strides"], params["dilation_rate"])]
+    if shape[0] != input_shape[0] or channels != params["filters"] or back != list(spatial_in):
+        raise ctx.fail(f"the input's batch {input_shape[0]}, `filters` {params['filters']} channels, and lengths whose "
+                       f"convolution gives back the input's {list(spatial_in)} (this one gives {back})", shape)
 
 
 def cell_memory_bytes(spec: LayerSpec) -> int:
@@ -414,11 +431,12 @@ def _expectations(raw: Any, ctx: Context) -> Expectations:
         elif value in ("none", False):
             deterministic = ()
         else:
+            known = len(dctx.errors)
             selector = mapping(value, dctx, tuple(AXES))
             deterministic = tuple(
                 (axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
                 for axis, vals in selector.items())
-            if not deterministic:
+            if not deterministic and len(dctx.errors) == known:  # an unknown key was reported already
                 raise dctx.fail("all, none, or a mapping of axis to values", value)
     thresholds = {}
     precisions = tuple(AXES["precision"].choices or ()) + ("*",)
@@ -428,7 +446,11 @@ def _expectations(raw: Any, ctx: Context) -> Expectations:
         parsed = []
         for comparison, per_precision in table.items():
             cctx = kctx.at(comparison)
-            if isinstance(per_precision, (int, float)) and not isinstance(per_precision, bool):
+            if not isinstance(per_precision, dict):
+                if isinstance(per_precision, bool) or not isinstance(per_precision, (int, float)) \
+                        or not 0 <= per_precision < math.inf:
+                    raise cctx.fail("a finite number >= 0, or a mapping of precision (or \"*\") to such a number",
+                                    per_precision)
                 per_precision = {"*": per_precision}
             per = mapping(per_precision, cctx, precisions)
             for precision, limit in per.items():
@@ -499,6 +521,8 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
     """
     ctx = Context(source)
     data = mapping(data, ctx, TOP_KEYS)
+    if not isinstance(data.get("description", ""), str):
+        ctx.errors.append(ctx.at("description").fail("text", data["description"]))
     fields = {
         "name": ctx.attempt(_name, data, ctx, source),
         "seeds": ctx.attempt(_seeds, data, ctx),
@@ -532,19 +556,41 @@ def load_config(path: str | Path) -> Config:
     """
     path = Path(path)
     try:
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found." if not path.exists() else
+                              f"{path}: not a config file (a directory or a device).")
+        if path.stat().st_size > MAX_CONFIG_BYTES:
+            raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
         text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found.") from None
-    except (IsADirectoryError, PermissionError, UnicodeDecodeError, OSError) as exc:
+    except (PermissionError, UnicodeDecodeError, OSError) as exc:
         raise ConfigError(f"{path}: cannot read the config file ({exc.__class__.__name__}).") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or "not valid YAML"
         raise ConfigError(f"{path}: YAML syntax error{where}: {problem}.") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: the YAML is nested too deeply to be a config.") from None
     return parse_config(data, source=str(path))
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
 
 
 def bundled_config_path(name: str = "quick") -> Path:

@@ -62,9 +62,15 @@ def load_model(spec: str, unsafe: bool = False) -> keras.Model:
         module_name, _, attr = spec.partition(":")
         try:
             factory = getattr(importlib.import_module(module_name), attr)
-        except (ImportError, AttributeError) as exc:
+        except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error
             raise UsageError(f"cannot import the model factory {spec!r}: {one_line(exc)}") from None
-        model = factory()
+        if not callable(factory):
+            raise UsageError(f"{spec} is not callable ({type(factory).__name__}); expected a function returning a "
+                             "Keras model.")
+        try:
+            model = factory()
+        except Exception as exc:  # noqa: BLE001 - the user's factory failed: their code, their message
+            raise UsageError(f"{spec}() raised {one_line(exc)}") from None
         if not isinstance(model, keras.Model):
             raise UsageError(f"{spec}() returned {type(model).__name__}, not a Keras model.")
         return model
@@ -150,6 +156,11 @@ def _tap(model: keras.Model, layers: list[Any], x: np.ndarray) -> keras.Model:
     return keras.Model(inputs[0] if len(inputs) == 1 else inputs, [layer.output for layer in layers])
 
 
+def _as_list(outputs: Any) -> list[Any]:
+    """A tap's outputs as a list: a model with one layer returns its one output bare."""
+    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
+
+
 def _hash64(array: np.ndarray) -> np.uint64:
     """A 64-bit fingerprint of an array's bytes: one per training step, so the first differing step shows."""
     return np.frombuffer(hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).digest(), np.uint64)[0]
@@ -176,7 +187,7 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     tap = _tap(model, layers, x)
     if targets is None:
-        y = tap(x)[-1]
+        y = _as_list(tap(x))[-1]
         targets = np.random.default_rng([seed, 1]).standard_normal(tuple(y.shape)).astype(y.dtype.name)
     initial = [v.numpy() for v in model.weights]
     variables = model.trainable_variables
@@ -184,7 +195,7 @@ def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: n
     @tf.function(jit_compile=xla)
     def train_step(x: tf.Tensor, t: tf.Tensor) -> Any:
         with tf.GradientTape(persistent=True) as tape:
-            outputs = tap(x, training=True)
+            outputs = _as_list(tap(x, training=True))
             value = tf.reduce_mean(loss_fn(t, outputs[-1]))
         upstream = tape.gradient(value, outputs, unconnected_gradients="zero")
         grads = tape.gradient(value, variables, unconnected_gradients="zero")

@@ -54,6 +54,7 @@ from detaudit.errors import (
     UsageError,
     WorkerError,
 )
+from detaudit.errors import a_or_an as _a
 
 __all__ = ["Event", "RunInterrupted", "check_user_modules", "parse_shard", "require_tensorflow", "run",
            "run_cells", "run_probe", "run_worker_job", "spawn_env_probe", "worker_environ"]
@@ -89,7 +90,7 @@ class RunInterrupted(Exception):  # noqa: N818 - the name says what happened
         self.run_dir, self.table, self.reason = run_dir, table, reason
 
 
-def worker_environ(settings: Any, base: dict[str, str] | None = None) -> dict[str, str]:
+def worker_environ(settings: Any, base: dict[str, str] | None = None, tmp: Path | None = None) -> dict[str, str]:
     """The environment a worker of this group starts with: the axes' environment changes applied.
 
     ``determinism: off`` removes an inherited TF_DETERMINISTIC_OPS, so off
@@ -104,6 +105,8 @@ def worker_environ(settings: Any, base: dict[str, str] | None = None) -> dict[st
             env[name] = value
     env["PYTHONHASHSEED"] = "0"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if tmp is not None:  # TensorFlow's own temporary files (autograph) stay in the run, removed when it finishes
+        env["TMPDIR"] = str(tmp)
     # User layers are imported by path relative to where detaudit was started, as `python -m` would.
     env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
     return env
@@ -265,11 +268,21 @@ def _describe_death(outcome: _WorkerOutcome, timeout_s: float) -> tuple[str, str
     return "crash", why + detail
 
 
-def _refusal_error(refused: list[dict[str, str]], config_source: str | None = None) -> ConfigError:
-    where = f"{config_source}: " if config_source else ""
-    return ConfigError("\n".join(f"{where}invalid value for a layer `kind`. Expected a Keras Layer subclass "
-                                 f"('package.module:Class'). Received kind={r['kind']!r}: {r['message']}"
-                                 for r in refused))
+class _Refused(Exception):  # noqa: N818 - a worker's report, turned into the config's error by the run
+    def __init__(self, refused: list[dict[str, str]]):
+        super().__init__(refused)
+        self.refused = refused
+
+
+def _refusal_error(refused: list[dict[str, str]], config: Config) -> ConfigError:
+    """The config's error for kinds a worker refused: the file, the layer's key path, what was found."""
+    lines = []
+    for r in refused:
+        for i, spec in enumerate(config.layers):
+            if spec.kind == r["kind"]:
+                lines.append(f"{config.source}: invalid value for `layers[{i}].kind`. Expected a Keras Layer "
+                             f"subclass ('package.module:Class'). Received kind={r['kind']!r}: {r['message']}")
+    return ConfigError("\n".join(dict.fromkeys(lines)))
 
 
 def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, log_stem: Path,
@@ -277,7 +290,7 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
                    on_event: Callable[[Event], None] | None = None,
                    on_hello: Callable[[dict[str, Any]], None] | None = None,
                    processes: _Processes | None = None, cache_dir: Path | None = None,
-                   user_kinds: Sequence[str] = ()) -> None:
+                   user_kinds: Sequence[str] = (), tmp_dir: Path | None = None) -> None:
     """Run ``cells`` (one environment group) in worker processes until each has a record.
 
     A worker that crashes or times out in a cell turns that cell into a
@@ -314,9 +327,9 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
 
             raise disk_full(exc, log_path) or exc from None
         with log:
-            outcome = _spawn_worker(job, worker_environ(settings), log, timeout_s, forward, processes)
+            outcome = _spawn_worker(job, worker_environ(settings, tmp=tmp_dir), log, timeout_s, forward, processes)
         if outcome.refused:
-            raise _refusal_error(outcome.refused)
+            raise _Refused(outcome.refused)
         if outcome.disk_full:
             raise DiskFullError(outcome.disk_full)
         if processes and processes.stopping:
@@ -460,11 +473,12 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
             raise UsageError("Give either a config or --resume RUN_DIR, not both: a resumed run keeps its own config.")
         store = RunStore.open(resume)
         if store.kind is not RunKind.MATRIX:
-            raise UsageError(f"{store.path}: a {store.kind.value} run cannot be resumed; only `detaudit run` runs can.")
+            raise UsageError(f"{store.path}: {_a(store.kind.value)} run cannot be resumed; only `detaudit run` runs can.")
         config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
         check_user_modules(config)
         with store.lock():
             meta = store.read_meta()
+            original = dict(meta)
             meta.setdefault("resumed", []).append(_now())
             meta["finished"], meta["interrupted"] = None, None  # until this resume finishes, the run is not final
             with contextlib.suppress(FileNotFoundError):
@@ -477,7 +491,11 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
                 cells = expected_cells(config, meta)
             except ConfigError as exc:
                 raise RunDirError(f"{store.path}: meta.json lists a malformed cell ({exc}).") from None
-            return _run_in(store, config, meta, cells, done, workers, on_event, fresh=False)
+            try:
+                return _run_in(store, config, meta, cells, done, workers, on_event, fresh=False)
+            except ConfigError:
+                store.write_meta(original)  # refused before anything ran: the run is as it was
+                raise
     if config is None:
         raise UsageError("No config given.")
     check_user_modules(config)
@@ -526,6 +544,8 @@ def _run_in(store: RunStore, config: Config, meta: dict[str, Any], cells: list[C
     except ConfigError:
         if fresh and not any(True for _ in store.iter_records()):
             shutil.rmtree(store.path, ignore_errors=True)  # nothing ran: leave no half-made run behind
+            with contextlib.suppress(OSError):
+                store.path.parent.rmdir()  # and no empty --out this run created
         raise
 
 
@@ -552,6 +572,9 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
     attempt = f"-r{len(meta.get('resumed', []))}" if meta.get("resumed") else ""
     cache_dir = store.cache_dir
     cache_dir.mkdir(exist_ok=True)
+    tmp_dir = store.path / "tmp"
+    shutil.rmtree(tmp_dir, ignore_errors=True)  # a killed run's leftovers
+    tmp_dir.mkdir()
 
     def run_job(group: str, group_cells: list[Cell], replay: bool) -> None:
         tensor_dir = None
@@ -564,7 +587,7 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
             on_record=lambda r: messages.put(("record", {**r, "replay": replay, "group": group})),
             on_event=lambda e: messages.put(("event", e)),
             on_hello=lambda h: messages.put(("hello", (group + suffix, h))),
-            processes=processes, user_kinds=user_kinds,
+            processes=processes, user_kinds=user_kinds, tmp_dir=tmp_dir,
         )
 
     by_id = {c.cell_id: c for c in cells}
@@ -611,7 +634,9 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
                     pending.discard(finished)
                     try:
                         finished.result()
-                    except (ConfigError, DiskFullError) as exc:
+                    except _Refused as exc:
+                        stop = _refusal_error(exc.refused, config)
+                    except DiskFullError as exc:
                         stop = exc
                 continue
             try:
@@ -640,6 +665,7 @@ def _finish(store: RunStore, config: Config, meta: dict[str, Any], interrupted: 
     """Write the end time and the table; on a full disk keep going with the table in memory."""
     from detaudit.engine.table import build_table
 
+    shutil.rmtree(store.path / "tmp", ignore_errors=True)
     meta["finished"] = _now()
     meta["interrupted"] = interrupted
     with contextlib.suppress(DiskFullError):

@@ -12,6 +12,7 @@ Layout (format_version 2):
 - ``tensors/``        first-repeat tensors per cell (``keep_tensors``), ``tensors/replay/``
                       for the process replay
 - ``cache/``          the float64 references shared by the cells of the run
+- ``tmp/``            the workers' temporary files while the run is going (removed when it ends)
 - ``.lock``           held by the process writing the run
 
 Format 1 (before the ``kind`` key, the ``ref_scale`` column and this layout's
@@ -32,6 +33,7 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -51,9 +53,10 @@ FORMAT_VERSION = 2
 OLDEST_READABLE = 1
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_STATUSES = ("ok", "skipped", "unsupported", "error", "crash", "timeout")
 #: What a run directory holds; none of it may be a symbolic link (a downloaded run could point them anywhere).
 _MEMBERS = ("meta.json", "config.yaml", "cells.jsonl", "results.parquet", ".lock", "logs", "tensors", "cache",
-            "audit.json", "triage.json")
+            "tmp", "audit.json", "triage.json")
 
 
 class RunKind(str, enum.Enum):
@@ -75,7 +78,7 @@ def disk_full(exc: OSError, path: Path) -> DiskFullError | None:
     """A :class:`DiskFullError` for a write that failed for lack of space, else None."""
     if exc.errno in _DISK_FULL:
         reason = "the file size limit was reached" if exc.errno == errno.EFBIG else "the disk is full"
-        return DiskFullError(f"{path}: cannot write, {reason} ({os.strerror(exc.errno)}).")
+        return DiskFullError(f"{path}: cannot write, {reason} ({os.strerror(exc.errno)})")
     return None
 
 
@@ -160,7 +163,10 @@ class RunStore:
             if config_dict is not None:
                 _write_text(store.path / "config.yaml", yaml.safe_dump(dict(config_dict), sort_keys=False))
             store.cells_path.touch()
-        except OSError as exc:
+        except (OSError, DiskFullError) as exc:
+            shutil.rmtree(store.path, ignore_errors=True)  # no half-made run directory is left behind
+            if isinstance(exc, DiskFullError):
+                raise
             raise disk_full(exc, store.path) or exc from None
         store._kind = kind  # written with the first meta.json
         return store
@@ -214,7 +220,7 @@ class RunStore:
             raise RunDirError(f"{meta_path}: unreadable ({exc.__class__.__name__}).") from None
         if not isinstance(meta, dict):
             raise RunDirError(f"{meta_path}: expected a JSON object.")
-        return meta
+        return _checked_meta(meta, meta_path)
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         """Write meta.json at this detaudit's format (a run being written is always of the current format)."""
@@ -376,9 +382,44 @@ class RunStore:
             handle.close()
 
 
+def _checked_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """meta.json with its structured fields of the right types (a hand-edited or foreign file is refused)."""
+    for key in ("tensorflow", "host", "groups", "audit"):
+        if meta.get(key) is not None and not isinstance(meta[key], dict):
+            raise RunDirError(f"{path}: `{key}` must be a JSON object, not {type(meta[key]).__name__}.")
+    shard = meta.get("shard")
+    if shard is not None and not (isinstance(shard, list) and len(shard) == 2
+                                  and all(isinstance(v, int) and not isinstance(v, bool) for v in shard)
+                                  and 1 <= shard[0] <= shard[1]):
+        raise RunDirError(f"{path}: `shard` must be [i, n] with 1 <= i <= n, not {shard!r}.")
+    if meta.get("explicit_cells") is not None and not isinstance(meta["explicit_cells"], list):
+        raise RunDirError(f"{path}: `explicit_cells` must be a list of cells.")
+    for key in ("started", "finished", "config_name", "run_id"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise RunDirError(f"{path}: `{key}` must be a string, not {type(meta[key]).__name__}.")
+    return meta
+
+
 def _is_record(record: Any) -> bool:
-    return (isinstance(record, dict) and isinstance(record.get("cell_id"), str) and bool(CELL_ID.match(record["cell_id"]))
-            and isinstance(record.get("status"), str))
+    """Whether a cells.jsonl line holds a well-formed cell record (anything else is an unreadable line)."""
+    if not (isinstance(record, dict) and isinstance(record.get("cell_id"), str) and CELL_ID.match(record["cell_id"])
+            and record.get("status") in _STATUSES):
+        return False
+    seconds = record.get("seconds")
+    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
+        return False
+    if not isinstance(record.get("cell", {}), dict) or not isinstance(record.get("applied", {}), dict):
+        return False
+    tensors, reference = record.get("tensors", []), record.get("reference", [])
+    if not isinstance(tensors, list) or not isinstance(reference, list):
+        return False
+    for row in [*tensors, *reference]:
+        if not (isinstance(row, dict) and isinstance(row.get("tensor"), str)):
+            return False
+    if any(not isinstance(row.get("digest"), str) or not isinstance(row.get("dtype"), str) for row in tensors):
+        return False
+    adjoint = record.get("adjoint")
+    return adjoint is None or isinstance(adjoint, dict)
 
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:

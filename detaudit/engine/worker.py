@@ -43,10 +43,12 @@ LIFELINE_EXIT = 70  # the parent is gone
 def _watch_lifeline() -> None:
     """Exit as soon as stdin reaches end of file: the parent closed it, or died."""
     def watch() -> None:
+        # os.read on the descriptor, not sys.stdin: a thread blocked in a buffered read makes the
+        # interpreter abort at exit ("_enter_buffered_busy"), which would hide the worker's own error.
         try:
-            while sys.stdin.buffer.read(65536):
+            while os.read(0, 65536):
                 pass
-        except (OSError, ValueError):
+        except OSError:
             pass
         os._exit(LIFELINE_EXIT)
     threading.Thread(target=watch, name="lifeline", daemon=True).start()
@@ -193,8 +195,19 @@ def _refusals(kinds: list[str]) -> list[dict[str, str]]:
     return refused
 
 
+def _read_job() -> dict[str, Any]:
+    """The job's one JSON line from stdin, read from the descriptor (stdin then stays open as the lifeline)."""
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = os.read(0, 1 << 16)
+        if not chunk:
+            break
+        data += chunk
+    return json.loads(data)
+
+
 def main(argv: list[str]) -> int:
-    job = json.loads(sys.stdin.readline())
+    job = _read_job()
     _watch_lifeline()
     stream = os.fdopen(int(argv[1]), "w", encoding="utf-8")
     channel.set_stream(stream)

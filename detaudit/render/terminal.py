@@ -153,9 +153,10 @@ def render_run(summary: RunSummary) -> RenderableType:
     parts.extend(render_known(summary.known))
     completeness = summary.completeness
     if completeness.bad_lines:
+        missing = "" if completeness.complete else "; their cells count as missing"
         parts.append(Text(f"Warning: {len(completeness.bad_lines)} unreadable line(s) in cells.jsonl (line "
-                          f"{', '.join(map(str, completeness.bad_lines[:5]))}): cut writes, skipped; their cells "
-                          "count as missing.", style="yellow"))
+                          f"{', '.join(map(str, completeness.bad_lines[:5]))}): cut writes or edits, skipped{missing}.",
+                          style="yellow"))
     if completeness.interrupted and completeness.complete:
         parts.append(Text("The run was interrupted after its last cell finished.", style="dim"))
     if summary.failures:

@@ -31,6 +31,7 @@ from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.runner import run_cells
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import UsageError
+from detaudit.errors import a_or_an as _a
 from detaudit.workflows.repro import render_repro
 
 __all__ = ["TriageResult", "TriageStep", "environment_of", "select_cells", "triage_cell", "triage_run"]
@@ -300,7 +301,7 @@ def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str
         UsageError: ``cell_id`` is not a cell of the run, or the run is not a matrix run.
     """
     if stored.config is None:
-        raise UsageError(f"{stored.path}: a {stored.kind.value} run; triage takes runs of `detaudit run`.")
+        raise UsageError(f"{stored.path}: {_a(stored.kind.value)} run; triage takes runs of `detaudit run`.")
     if cell_id and cell_id not in set(stored.table["cell_id"]):
         raise UsageError(f"{stored.path}: no cell {cell_id!r}. Cell ids are in results.parquet "
                          "(detaudit show RUN_DIR --json lists them).")
