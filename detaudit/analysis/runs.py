@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
-import json
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -128,7 +127,7 @@ def load_run(path: str | Path) -> StoredRun:
     if kind is RunKind.AUDIT:
         return StoredRun(store, kind, meta, result=_audit_result(store, meta), upgraded_from=upgraded)
     if kind is RunKind.TRIAGE:
-        result = _read_json(store, "triage.json")
+        result = store.read_json("triage.json")
         if not isinstance(result.get("cells", []), list):
             raise RunDirError(f"{store.path / 'triage.json'}: not a triage result.")
         return StoredRun(store, kind, meta, result=result, upgraded_from=upgraded)
@@ -143,21 +142,10 @@ def load_run(path: str | Path) -> StoredRun:
                      upgraded_from=upgraded)
 
 
-def _read_json(store: RunStore, name: str) -> dict[str, Any]:
-    path = store.inside(name)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
-    if not isinstance(data, dict):
-        raise RunDirError(f"{path}: expected a JSON object.")
-    return data
-
-
 def _audit_result(store: RunStore, meta: dict[str, Any]) -> dict[str, Any]:
     """The stored audit; format 1 kept only the layer table and the verdict, so that is what it shows."""
     if (store.path / "audit.json").is_file():
-        result = _read_json(store, "audit.json")
+        result = store.read_json("audit.json")
         if not isinstance(result.get("layers", []), list) or "verdict" not in result:
             raise RunDirError(f"{store.path / 'audit.json'}: not an audit result (no verdict or layers).")
         return {"model": "?", "layers": [], "losses": [], "checks": [], **result}

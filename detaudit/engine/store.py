@@ -241,6 +241,21 @@ class RunStore:
             raise RunDirError(f"{path}: expected a mapping.")
         return data
 
+    def read_json(self, name: str) -> dict[str, Any]:
+        """A JSON object stored in the run (audit.json, triage.json).
+
+        Raises:
+            RunDirError: missing, unreadable or not an object.
+        """
+        path = self.inside(name)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
+        if not isinstance(data, dict):
+            raise RunDirError(f"{path}: expected a JSON object.")
+        return data
+
     def write_json(self, name: str, data: Any) -> Path:
         path = self.inside(name)
         path.parent.mkdir(parents=True, exist_ok=True)
