@@ -78,8 +78,8 @@ def _summary_code(summary: Any) -> int:
     return EXIT_OK if summary.status is RunStatus.PASS else EXIT_FAILED
 
 
-def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None) -> int:
-    """Print a matrix run's summary (and a comparison with it); return its exit code."""
+def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None) -> tuple[int, Any]:
+    """Print a matrix run's summary (and a comparison with it); return its exit code and the summary."""
     from detaudit.analysis.summary import build_summary
     from detaudit.render.terminal import render_comparison, render_run
 
@@ -99,7 +99,7 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None)
         out.print(f"Results: {where}  (again: detaudit show {stored.path})", highlight=False, soft_wrap=True)
         if comparison is not None:
             out.print(render_comparison(comparison))
-    return _summary_code(summary)
+    return _summary_code(summary), summary
 
 
 def _cmd_run(args: Any) -> int:
@@ -128,7 +128,7 @@ def _cmd_run(args: Any) -> int:
             table = run(config, out=args.out, workers=args.workers, on_event=progress.on_event, run_id=args.run_id,
                         shard=shard, resume=args.resume, retry_failed=args.retry_failed)
     except RunInterrupted as stop:
-        _print_run(load_run(stop.run_dir), args.json, args.strict)
+        _print_run(load_run(stop.run_dir), args.json, args.strict)  # its code: the interruption's, below
         why = f"Stopped: {stop.reason}" if stop.reason else "Interrupted"
         _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}\n"
                      f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow", highlight=False,
@@ -136,11 +136,9 @@ def _cmd_run(args: Any) -> int:
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
     comparison = compare_runs(load_run(base_path), stored) if base_path is not None else None
-    code = _print_run(stored, args.json, args.strict, comparison)
+    code, summary = _print_run(stored, args.json, args.strict, comparison)
     if junit is not None:
-        from detaudit.analysis.summary import build_summary
-
-        write_junit(junit, stored.run_id, summary_cases(build_summary(stored, strict=args.strict)))
+        write_junit(junit, stored.run_id, summary_cases(summary))
     return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
 
 
@@ -151,7 +149,7 @@ def _cmd_show(args: Any) -> int:
 
     stored = load_run(resolve_run(args.run_dir, args.runs, kinds=None))
     if stored.kind is RunKind.MATRIX:
-        return _print_run(stored, args.json, args.strict)
+        return _print_run(stored, args.json, args.strict)[0]
     assert stored.result is not None
     if args.json:
         _print_json({"run_id": stored.run_id, "kind": stored.kind.value, **stored.result})
@@ -384,7 +382,7 @@ def _cmd_audit(args: Any) -> int:
 def _cmd_merge(args: Any) -> int:
     from detaudit.analysis.runs import merge_runs
 
-    return _print_run(merge_runs(args.run_dirs, args.out), args.json, False)
+    return _print_run(merge_runs(args.run_dirs, args.out), args.json, False)[0]
 
 
 def _cmd_env(args: Any) -> int:

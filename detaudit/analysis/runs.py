@@ -67,6 +67,7 @@ class StoredRun:
     completeness: Completeness | None = None
     result: dict[str, Any] | None = None
     upgraded_from: int | None = None  # the format this run was written in, when older than this detaudit's
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # cells.jsonl, read once
 
     @property
     def run_id(self) -> str:
@@ -84,9 +85,9 @@ def _config_of(store: RunStore) -> Config:
         raise RunDirError(f"{store.path}: its config.yaml does not validate: {str(exc).splitlines()[0]}") from None
 
 
-def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any]) -> Completeness:
-    bad: list[int] = []
-    records, replays = latest_records(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))
+def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any],
+                  all_records: list[dict[str, Any]], bad: list[int]) -> Completeness:
+    records, replays = latest_records(all_records)
     missing = []
     expected = expected_jobs(config, cells)
     for cell, replay in expected:
@@ -98,7 +99,8 @@ def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict
                         f"detaudit run --resume {store.path}" if missing and resumable else None)
 
 
-def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any]) -> pd.DataFrame:
+def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any],
+           records: list[dict[str, Any]]) -> pd.DataFrame:
     """results.parquet when it is the final table of a finished run of this format, else rebuilt from cells.jsonl."""
     final = (store.format_version == FORMAT_VERSION and meta.get("finished") and not meta.get("interrupted")
              and store.results_path.is_file())
@@ -107,7 +109,7 @@ def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, A
             return typed(pd.read_parquet(store.results_path))
         except Exception:  # noqa: BLE001 - an unreadable parquet is rebuilt like a missing one
             pass
-    return build_table(store, config, cells)
+    return build_table(store, config, cells, records)
 
 
 def load_run(path: str | Path) -> StoredRun:
@@ -136,10 +138,12 @@ def load_run(path: str | Path) -> StoredRun:
         cells = expected_cells(config, meta)
     except ConfigError as exc:
         raise RunDirError(f"{store.path}: meta.json lists a malformed cell ({str(exc)[:200]}).") from None
-    table = _table(store, config, cells, meta)
+    bad: list[int] = []
+    records = list(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))  # read once for all that follows
+    table = _table(store, config, cells, meta, records)
     table.attrs["run_dir"] = str(store.path)
-    return StoredRun(store, kind, meta, config, table, cells, _completeness(store, config, cells, meta),
-                     upgraded_from=upgraded)
+    return StoredRun(store, kind, meta, config, table, cells, _completeness(store, config, cells, meta, records, bad),
+                     upgraded_from=upgraded, records=records)
 
 
 def _audit_result(store: RunStore, meta: dict[str, Any]) -> dict[str, Any]:

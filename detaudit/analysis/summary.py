@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import math
 from collections import Counter
 from typing import Any
@@ -196,7 +197,7 @@ def _gaps(table: pd.DataFrame, comparison: str) -> dict[str, Gap]:
 def cell_facts(row: dict[str, Any], onednn: str | None, tensorflow: str | None) -> dict[str, Any]:
     """The facts knowledge.yaml's matchers read, for one table row."""
     params = row.get("params")
-    params = __import__("json").loads(params) if isinstance(params, str) else (params or {})
+    params = json.loads(params) if isinstance(params, str) else (params or {})
     kernel, stride = params.get("kernel_size"), params.get("strides")
     return {"comparison": row.get("comparison"), "kind": row.get("layer"), "rank": kind_of(str(row.get("layer"))).rank,
             "kernel": kernel[0] if isinstance(kernel, list) and len(set(kernel)) == 1 else kernel,
@@ -213,7 +214,7 @@ def _onednn_paths(stored: StoredRun) -> dict[str, str]:
     host = str((stored.meta.get("host") or {}).get("onednn_state", "")).split(" ")[0]
     groups = {g: str((a or {}).get("onednn", "")).split(" ")[0] for g, a in (stored.meta.get("groups") or {}).items()}
     out = {"*": host}
-    for record in stored.store.iter_records():
+    for record in stored.records:
         applied = str((record.get("applied") or {}).get("onednn", "")).split(" ")[0]
         out[record["cell_id"]] = applied or groups.get(str(record.get("group", "")), "") or host
     return out

@@ -31,6 +31,7 @@ __all__ = [
     "same_bits",
     "FLOAT_DTYPES",
     "compare",
+    "max_finite_abs",
     "digest",
     "float_dtype",
     "narrower_dtype",
@@ -92,6 +93,13 @@ def _same_bytes(bits_a: np.ndarray, bits_b: np.ndarray) -> bool:
     if _MEMCMP is not None:
         return _MEMCMP(bits_a.ctypes.data, bits_b.ctypes.data, bits_a.nbytes) == 0
     return bool(np.array_equal(bits_a, bits_b))
+
+
+def max_finite_abs(x: np.ndarray) -> float:
+    """The largest finite magnitude of ``x`` (0.0 when it has none): the scale a relative error is taken against."""
+    values = np.abs(np.asarray(x, dtype=np.float64))
+    finite = values[np.isfinite(values)]
+    return float(finite.max()) if finite.size else 0.0
 
 
 def same_bits(a: np.ndarray, b: np.ndarray) -> bool:

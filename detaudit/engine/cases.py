@@ -21,6 +21,7 @@ import tensorflow as tf
 
 from detaudit.core import reference
 from detaudit.core.config import LayerSpec
+from detaudit.core.numerics import max_finite_abs
 from detaudit.engine import standalone
 from detaudit.engine.store import load_tensors, save_tensors
 
@@ -35,9 +36,7 @@ def rounded_reference(truth: dict[str, np.ndarray], name: str, dtype: np.dtype) 
     """A reference tensor rounded to ``dtype`` and its largest finite magnitude, once per run and dtype."""
     key = (id(truth), name, dtype.name)
     if key not in _ROUNDED_CACHE:
-        values = truth[name]
-        finite = np.abs(values[np.isfinite(values)])
-        _ROUNDED_CACHE[key] = (values.astype(dtype), float(finite.max()) if finite.size else 0.0)
+        _ROUNDED_CACHE[key] = (truth[name].astype(dtype), max_finite_abs(truth[name]))
     return _ROUNDED_CACHE[key]
 
 

@@ -22,7 +22,7 @@ import pandas as pd
 from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
-from detaudit.core.numerics import compare, narrower_dtype
+from detaudit.core.numerics import compare, max_finite_abs, narrower_dtype
 from detaudit.engine.store import RunStore, load_tensors
 from detaudit.errors import ConfigError
 
@@ -116,9 +116,7 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
             a, b = mine[name], theirs[name]
             common = functools.reduce(narrower_dtype, [a.dtype, b.dtype, *compute])
             result = compare(a.astype(common), b.astype(common), digest=False)
-            finite = np.abs(b.astype(np.float64))
-            finite = finite[np.isfinite(finite)]
-            row.update(dtype=common.name, ref_scale=float(finite.max()) if finite.size else 0.0,
+            row.update(dtype=common.name, ref_scale=max_finite_abs(b),
                        **{k: getattr(result, k) for k in _STAT_FIELDS})
         elif t["dtype"] == ref["dtype"]:  # tensors not kept: bits only
             row.update(dtype=t["dtype"], n_elements=t["n_elements"], bitwise_equal=t["digest"] == ref["digest"])
@@ -148,7 +146,8 @@ def _cell_of(record: dict[str, Any], known: dict[str, Cell]) -> Cell | None:
     return cell if cell.cell_id == record["cell_id"] else None  # a record whose cell does not hash to its id
 
 
-def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None) -> pd.DataFrame:
+def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None,
+                records: Iterable[dict[str, Any]] | None = None) -> pd.DataFrame:
     """The long results table of a run: one row per cell x tensor x comparison.
 
     ``repeat`` rows come from the workers' records; ``process`` rows pair each
@@ -156,7 +155,7 @@ def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None
     the baseline cell of the same layer and seed, in the lower precision of the two.
     A record whose embedded cell does not hash to its cell id is skipped.
     """
-    records, replays = latest_records(store.iter_records())
+    records, replays = latest_records(store.iter_records() if records is None else records)
     run_id = store.run_id
     order = {c.cell_id: c for c in (cells if cells is not None else config.cells())}
     rows: list[dict[str, Any]] = []

@@ -142,11 +142,12 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
         record["applied"] = _applied_per_cell()
         with tf.device(device):
             case = build_case(cell.layer, cell.seed, xla=cell.settings.xla == "on")
-            if compare_on_device(device):
+            on_device = compare_on_device(device)
+            if on_device:
                 outcome = repeat_on_device(case.device_pass(), cell.repeats, names=case.names)
             else:
                 outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
-            record["compared_on"] = "device" if compare_on_device(device) else "host"
+            record["compared_on"] = "device" if on_device else "host"
             first = [t.first for t in outcome.tensors]
             record["tensors"] = [
                 {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
