@@ -176,3 +176,37 @@ def test_a_torn_line_is_reported_and_its_cell_is_missing(store):
     store.cells_path.write_text(text[:-40])  # the last record cut short
     summary = build_summary(load_run(store.path))
     assert summary.status is RunStatus.INCOMPLETE and summary.completeness.bad_lines == (8,)
+
+
+def _skipped_run(tmp_path, run_id: str, ran: list[Cell]) -> RunStore:
+    """A complete run whose cells were all skipped (no GPU), except those in ``ran``."""
+    store = RunStore.create(tmp_path, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
+    store.write_meta({"run_id": run_id, "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x",
+                                                       "gpus": []}, "interrupted": False})
+    for cell in CONFIG.cells():
+        for replay in (False, True):
+            if cell in ran:
+                store.append_record({**_record(cell, _tensors(0)), "replay": replay})
+                save_tensors(store.tensor_path(cell.cell_id, replay), _tensors(0))
+            else:
+                store.append_record({"event": "cell", "cell_id": cell.cell_id, "status": "skipped", "tensors": [],
+                                     "message": "no GPU visible to TensorFlow on this machine", "seconds": 0.0,
+                                     "cell": cell.to_dict(), "replay": replay})
+    return store
+
+
+def test_a_run_that_measured_nothing_fails_and_junit_says_so(tmp_path):
+    from detaudit.render.junit import summary_cases
+
+    summary = build_summary(load_run(_skipped_run(tmp_path, "gpu-gone", []).path))
+    assert summary.completeness.complete and summary.nothing_measured
+    assert summary.status is RunStatus.FAIL
+    assert summary.status_line == "FAIL: nothing was measured: all 4 cells were skipped"
+    cases = summary_cases(summary)
+    assert sum(c.skipped is not None for c in cases) == 4
+    assert [c.failure for c in cases if c.failure] == [summary.status_headline]
+
+
+def test_one_cell_that_ran_is_enough_to_pass(tmp_path):
+    summary = build_summary(load_run(_skipped_run(tmp_path, "one-ran", [_cell(determinism="on")]).path))
+    assert not summary.nothing_measured and summary.status is RunStatus.PASS, summary.failures

@@ -121,6 +121,11 @@ class RunSummary:
     upgraded_from: int | None
 
     @property
+    def nothing_measured(self) -> bool:
+        """Every cell was skipped (no cell ran): the run fails, whatever else holds."""
+        return bool(self.cells) and all(c.verdict is Verdict.SKIPPED for c in self.cells)
+
+    @property
     def status_line(self) -> str:
         """The one-line verdict every renderer prints last (with the resume command of an incomplete run)."""
         c = self.completeness
@@ -140,6 +145,8 @@ class RunSummary:
         excused = [k for k in self.known if k.excused]
         tail = f" ({len(excused)} known upstream bug(s) not counted; --strict counts them)" if excused and not self.strict \
             else ""
+        if self.status is RunStatus.FAIL and self.nothing_measured:
+            return f"FAIL: nothing was measured: all {len(self.cells)} cells were skipped"
         if self.status is RunStatus.FAIL:
             return f"FAIL: {len(self.failures)} expectation(s) failed{tail}"
         return f"PASS: every expectation held{tail}"
@@ -326,6 +333,9 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
             tuple(per_cell.get(row["cell_id"], ())), cell_label(row)))
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
+    if cells and all(c.verdict is Verdict.SKIPPED for c in cells):
+        # A run that measured nothing proved nothing: a nightly whose GPU vanished must not gate green.
+        failures += (f"nothing was measured: all {len(cells)} cells were skipped",)
     names = list(dict.fromkeys(t for c in cells for t in c.worst_ulp))
     known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
     tensors = tuple(sorted(names, key=lambda t: (known_order.index(t) if t in known_order else len(known_order), t)))
