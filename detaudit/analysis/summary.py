@@ -13,6 +13,7 @@ import enum
 import json
 import math
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -123,7 +124,7 @@ class RunSummary:
     @property
     def nothing_measured(self) -> bool:
         """Every cell was skipped (no cell ran): the run fails, whatever else holds."""
-        return bool(self.cells) and all(c.verdict is Verdict.SKIPPED for c in self.cells)
+        return _nothing_measured(self.cells)
 
     @property
     def status_line(self) -> str:
@@ -308,6 +309,10 @@ def _facts(stored: StoredRun) -> dict[str, str]:
     return facts
 
 
+def _nothing_measured(cells: Sequence[CellView]) -> bool:
+    return bool(cells) and all(c.verdict is Verdict.SKIPPED for c in cells)
+
+
 def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     """Summarize a stored matrix run once; ``strict`` makes known upstream bugs fail it."""
     config, table = stored.config, stored.table
@@ -333,7 +338,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
             tuple(per_cell.get(row["cell_id"], ())), cell_label(row)))
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
-    if cells and all(c.verdict is Verdict.SKIPPED for c in cells):
+    if _nothing_measured(cells):
         # A run that measured nothing proved nothing: a nightly whose GPU vanished must not gate green.
         failures += (f"nothing was measured: all {len(cells)} cells were skipped",)
     names = list(dict.fromkeys(t for c in cells for t in c.worst_ulp))

@@ -256,7 +256,7 @@ class Case:
         """One pass, its tensors on the host as read-only NumPy arrays.
 
         On the CPU they are views of TensorFlow's own buffers (``Tensor.numpy()``
-        copies every tensor, a quarter of the comparison's cost again); on a
+        copies every tensor, which costs about as much as comparing them); on a
         GPU ``np.asarray`` copies them to host memory.
         """
         arrays = [np.asarray(t) for t in self.step_tensors()]
