@@ -61,3 +61,24 @@ def test_a_reproducer_built_from_a_run_reproduces_its_digests(tmp_path):
         digests = json.loads(result.stdout)
         expected = dict(rows[rows["cell_id"] == cell.cell_id][["tensor", "digest"]].itertuples(index=False))
         assert digests == expected, cell.layer.kind
+
+
+@pytest.mark.tf
+@pytest.mark.parametrize("xla", [False, True])
+def test_a_pass_gives_read_only_views_that_later_passes_leave_alone(xla):
+    """step() reads TensorFlow's CPU buffers in place: the first repeat's arrays must outlive later passes
+    unchanged, and the traced graph called directly must give what calling the tf.function gives."""
+    pytest.importorskip("tensorflow")
+    from detaudit.engine.standalone import Case
+
+    case = Case("keras_transpose", "Conv2DTranspose", _cell(LAYERS[0]).layer.params, LAYERS[0]["input_shape"], 0, xla)
+    first = case.step()
+    kept = [a.copy() for a in first]
+    assert all(not a.flags.writeable for a in first)
+    with pytest.raises(ValueError, match="read-only"):
+        first[0][...] = 0
+    for _ in range(5):
+        later = case.step()
+    via_function = [t.numpy() for t in case.compiled(case.x, case.upstream)]
+    for a, b, c, d in zip(first, kept, later, via_function):
+        assert a.tobytes() == b.tobytes() == c.tobytes() == d.tobytes()
