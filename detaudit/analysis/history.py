@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from detaudit.analysis.runs import list_runs, load_run
+from detaudit.analysis.runs import StoredRun, list_runs, load_run
 from detaudit.analysis.summary import build_summary
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
 
-__all__ = ["history_rows"]
+__all__ = ["history_rows", "history_runs"]
 
 
 def history_rows(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | None = None) -> list[dict[str, Any]]:
     """One row per readable run: id, start, kind, config, TensorFlow, device, status and verdict counts."""
-    rows = []
+    return [row for row, _ in history_runs(runs_dir, on_skip)]
+
+
+def history_runs(runs_dir: str | Path,
+                 on_skip: Callable[[Path, str], None] | None = None) -> Iterator[tuple[dict[str, Any], StoredRun]]:
+    """:func:`history_rows` with each row's loaded run, one at a time, for callers that read runs further."""
     for store in list_runs(runs_dir, on_skip=on_skip):
         try:
             stored = load_run(store.path)
@@ -38,5 +43,4 @@ def history_rows(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | No
         else:
             cells = (stored.result or {}).get("cells", [])
             row["verdict"] = f"{sum(bool(c.get('reproduced')) for c in cells)}/{len(cells)} reproduced"
-        rows.append(row)
-    return rows
+        yield row, stored

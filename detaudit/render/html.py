@@ -33,7 +33,7 @@ from detaudit.analysis.verdicts import Verdict
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
-from detaudit.errors import RunDirError, UsageError, install_hint
+from detaudit.errors import UsageError, install_hint
 
 __all__ = ["render_html", "render_overview", "render_result_page"]
 
@@ -887,11 +887,15 @@ def render_overview(runs_dir: str | Path) -> str:
     error against float64 per tensor, run after run, with a dashed line where the environment (TensorFlow, Keras,
     devices, oneDNN, ...) changed from the run before. Audit and triage runs are listed apart.
     """
-    from detaudit.analysis.history import history_rows
-    from detaudit.analysis.runs import load_run
+    from detaudit.analysis.history import history_runs
 
     skipped: list[tuple[Path, str]] = []
-    rows = history_rows(runs_dir, on_skip=lambda path, why: skipped.append((path, why)))
+    rows: list[dict[str, Any]] = []
+    loaded: dict[str, StoredRun] = {}  # the matrix runs, read once here and used for the plots below
+    for row, stored in history_runs(runs_dir, on_skip=lambda path, why: skipped.append((path, why))):
+        rows.append(row)
+        if stored.kind is RunKind.MATRIX:
+            loaded[row["run_id"]] = stored
     matrix = [r for r in reversed(rows) if r["kind"] == RunKind.MATRIX.value]  # oldest first
     others = [r for r in rows if r["kind"] != RunKind.MATRIX.value]
     parts = [f"<h1>detaudit runs in {_e(runs_dir)}</h1>",
@@ -899,16 +903,9 @@ def render_overview(runs_dir: str | Path) -> str:
     if not rows:
         parts.append("<p>No readable run in this directory yet. Make one with <code>detaudit run --out "
                      f"{_e(runs_dir)}</code>.</p>")
-    loaded: dict[str, StoredRun] = {}
-    for row in matrix:
-        try:
-            loaded[row["run_id"]] = load_run(row["run_dir"])
-        except RunDirError as exc:  # history_rows read it a moment ago; a run broken since is skipped
-            skipped.append((Path(row["run_dir"]), str(exc)))
     by_config: dict[str, list[dict[str, Any]]] = {}
     for row in matrix:
-        if row["run_id"] in loaded:
-            by_config.setdefault(row["config"], []).append(row)
+        by_config.setdefault(row["config"], []).append(row)
     letters = (chr(ord("A") + i) if i < 26 else str(i + 1) for i in itertools.count())
     changes: dict[str, tuple[str, str, list[tuple[str, Any, Any]]]] = {}  # run id -> (letter, previous, diff)
     for config_rows in by_config.values():
