@@ -81,6 +81,18 @@ def test_added_and_removed_cells(tmp_path):
     assert not result.regressions
 
 
+def test_a_cell_measured_before_and_skipped_now_is_a_regression(tmp_path):
+    """A nightly whose GPU vanished still runs its CPU cells (the run passes): compare must not."""
+    t = _tensors(0)
+    on, off = _cell(determinism="on"), _cell(determinism="off")
+    base = _make_run(tmp_path, "b", "1", [(on, t, None, "ok"), (off, t, None, "ok")])
+    new = _make_run(tmp_path, "n", "2", [(on, t, None, "ok"), (off, t, None, "skipped")])
+    result = compare_runs(load_run(base.path), load_run(new.path))
+    assert [(c.category, c.cell_id) for c in result.changes] == [(Category.NEWLY_SKIPPED, off.cell_id)]
+    assert result.regressions and "DETERMINISTIC -> SKIPPED: worker skipped" in result.changes[0].detail
+    assert not compare_runs(load_run(new.path), load_run(new.path)).changes  # skipped in both: no change
+
+
 def test_environment_diff_ignores_run_bookkeeping():
     diff = environment_diff({"run_id": "a", "started": "1", "host": {"env": {"X": "1"}}},
                             {"run_id": "b", "started": "2", "host": {"env": {"X": "0"}}})

@@ -82,3 +82,17 @@ def test_a_pass_gives_read_only_views_that_later_passes_leave_alone(xla):
     via_function = [t.numpy() for t in case.compiled(case.x, case.upstream)]
     for a, b, c, d in zip(first, kept, later, via_function):
         assert a.tobytes() == b.tobytes() == c.tobytes() == d.tobytes()
+
+
+@pytest.mark.tf
+def test_a_view_of_an_output_that_aliases_a_variable_keeps_its_value_when_the_variable_changes():
+    """A user layer may return a variable's value as is; TensorFlow copies on write, so a held view stays."""
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+
+    variable = tf.Variable(np.arange(6, dtype=np.float32))
+    graph = tf.function(lambda: tf.identity(variable)).get_concrete_function()
+    held = np.asarray(graph())
+    variable.assign_add(tf.ones(6))
+    variable.assign(tf.zeros(6))
+    assert held.tolist() == [0, 1, 2, 3, 4, 5]

@@ -178,11 +178,11 @@ def test_a_torn_line_is_reported_and_its_cell_is_missing(store):
     assert summary.status is RunStatus.INCOMPLETE and summary.completeness.bad_lines == (8,)
 
 
-def _skipped_run(tmp_path, run_id: str, ran: list[Cell]) -> RunStore:
+def _skipped_run(tmp_path, run_id: str, ran: list[Cell], **meta) -> RunStore:
     """A complete run whose cells were all skipped (no GPU), except those in ``ran``."""
     store = RunStore.create(tmp_path, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
     store.write_meta({"run_id": run_id, "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x",
-                                                       "gpus": []}, "interrupted": False})
+                                                       "gpus": []}, "interrupted": False, **meta})
     for cell in CONFIG.cells():
         for replay in (False, True):
             if cell in ran:
@@ -202,9 +202,21 @@ def test_a_run_that_measured_nothing_fails_and_junit_says_so(tmp_path):
     assert summary.completeness.complete and summary.nothing_measured
     assert summary.status is RunStatus.FAIL
     assert summary.status_line == "FAIL: nothing was measured: all 4 cells were skipped"
+    assert not summary.failures and summary.to_dict()["nothing_measured"] is True  # no cell failed an expectation
     cases = summary_cases(summary)
     assert sum(c.skipped is not None for c in cases) == 4
     assert [c.failure for c in cases if c.failure] == [summary.status_headline]
+    assert not [c for c in summary_cases(summary, failures={}) if c.failure]  # `compare --junit` judges by itself
+
+
+def test_an_interrupted_run_of_skips_is_incomplete_and_a_shard_of_skips_waits_for_its_merge(tmp_path):
+    store = _skipped_run(tmp_path, "cut", [])
+    store.cells_path.write_text("".join(store.cells_path.read_text().splitlines(keepends=True)[:2]))
+    cut = build_summary(load_run(store.path))
+    assert cut.status is RunStatus.INCOMPLETE and not cut.nothing_measured
+    assert cut.status_headline == "INCOMPLETE: 6 of 8 cells have no record"  # records count replays
+    shard = build_summary(load_run(_skipped_run(tmp_path, "shard", [], shard=[2, 2]).path))
+    assert shard.status is RunStatus.PASS and not shard.nothing_measured
 
 
 def test_one_cell_that_ran_is_enough_to_pass(tmp_path):

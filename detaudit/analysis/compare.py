@@ -34,6 +34,7 @@ class Category(enum.Enum):
 
     NEWLY_NONDETERMINISTIC = ("!", True, "was deterministic, now is not")
     NEW_FAILURE = ("F", True, "newly crashes, times out, errors or refuses")
+    NEWLY_SKIPPED = ("s", True, "was measured, now skipped (its device is gone)")
     DIGEST_CHANGED = ("~", True, "same settings, different bits")
     ULP_REGRESSION = ("x", True, "a ULP threshold of the config newly exceeded")
     FIXED = ("+", False, "was nondeterministic or failing, now is deterministic")
@@ -188,6 +189,9 @@ def _cell_changes(old: dict[str, Any], new: dict[str, Any], label: str,
     was, now, cell_id = old["verdict"], new["verdict"], new["cell_id"]
     if now in _FAILED and now != was:
         return [Change(Category.NEW_FAILURE, cell_id, label, f"{was} -> {now}: {new['message']}"[:300])]
+    if now == Verdict.SKIPPED.value and was != now:
+        # A nightly whose GPU vanished still runs its CPU cells: the GPU cells must not pass by disappearing.
+        return [Change(Category.NEWLY_SKIPPED, cell_id, label, f"{was} -> {now}: {new['message']}"[:300])]
     changes = []
     if was == Verdict.DETERMINISTIC.value and now == Verdict.NONDETERMINISTIC.value:
         changes.append(Change(Category.NEWLY_NONDETERMINISTIC, cell_id, label, f"{was} -> {now}"))

@@ -13,7 +13,6 @@ import enum
 import json
 import math
 from collections import Counter
-from collections.abc import Sequence
 from typing import Any
 
 import pandas as pd
@@ -120,11 +119,9 @@ class RunSummary:
     status: RunStatus
     strict: bool
     upgraded_from: int | None
-
-    @property
-    def nothing_measured(self) -> bool:
-        """Every cell was skipped (no cell ran): the run fails, whatever else holds."""
-        return _nothing_measured(self.cells)
+    #: Every cell of a complete, unsharded run was skipped: it proved nothing and fails (a shard is judged once
+    #: merged: on a CPU node one may hold only GPU cells).
+    nothing_measured: bool = False
 
     @property
     def status_line(self) -> str:
@@ -146,7 +143,7 @@ class RunSummary:
         excused = [k for k in self.known if k.excused]
         tail = f" ({len(excused)} known upstream bug(s) not counted; --strict counts them)" if excused and not self.strict \
             else ""
-        if self.status is RunStatus.FAIL and self.nothing_measured:
+        if self.nothing_measured:
             return f"FAIL: nothing was measured: all {len(self.cells)} cells were skipped"
         if self.status is RunStatus.FAIL:
             return f"FAIL: {len(self.failures)} expectation(s) failed{tail}"
@@ -173,7 +170,7 @@ class RunSummary:
                          for f in self.findings],
             "known_bugs": [{"id": k.bug.id, "title": k.bug.title, "link": k.bug.link, "cell": k.cell,
                             "detail": k.detail, "fixed_upstream": k.fixed} for k in self.known],
-            "upgraded_from_format": self.upgraded_from,
+            "upgraded_from_format": self.upgraded_from, "nothing_measured": self.nothing_measured,
         }
 
 
@@ -309,10 +306,6 @@ def _facts(stored: StoredRun) -> dict[str, str]:
     return facts
 
 
-def _nothing_measured(cells: Sequence[CellView]) -> bool:
-    return bool(cells) and all(c.verdict is Verdict.SKIPPED for c in cells)
-
-
 def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     """Summarize a stored matrix run once; ``strict`` makes known upstream bugs fail it."""
     config, table = stored.config, stored.table
@@ -338,20 +331,20 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
             tuple(per_cell.get(row["cell_id"], ())), cell_label(row)))
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
-    if _nothing_measured(cells):
-        # A run that measured nothing proved nothing: a nightly whose GPU vanished must not gate green.
-        failures += (f"nothing was measured: all {len(cells)} cells were skipped",)
     names = list(dict.fromkeys(t for c in cells for t in c.worst_ulp))
     known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
     tensors = tuple(sorted(names, key=lambda t: (known_order.index(t) if t in known_order else len(known_order), t)))
     dtypes = sorted({str(d) for d in table["dtype"].dropna().unique()} & {"float64", "float32", "float16", "bfloat16"})
     completeness = stored.completeness
+    # A run that measured nothing proved nothing: a GPU config whose GPU vanished must not gate green.
+    nothing_measured = (completeness.complete and not stored.meta.get("shard") and bool(cells)
+                        and all(c.verdict is Verdict.SKIPPED for c in cells))
     if not completeness.complete:
         status = RunStatus.INCOMPLETE
     else:
-        status = RunStatus.FAIL if failures else RunStatus.PASS
+        status = RunStatus.FAIL if failures or nothing_measured else RunStatus.PASS
     return RunSummary(
         stored.run_id, str(stored.path), config.name, _facts(stored), tensors, tuple(cells),
         tuple(skipped.items()), {v.value: n for v in Verdict if (n := sum(c.verdict is v for c in cells))},
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
-        {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from)
+        {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured)
