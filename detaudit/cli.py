@@ -22,7 +22,7 @@ from detaudit.arguments import (
     build_parser,
     version_text,
 )
-from detaudit.errors import DetauditError, UsageError
+from detaudit.errors import DetauditError, RunDirError, UsageError
 
 __all__ = ["main"]
 
@@ -120,9 +120,16 @@ def _cmd_run(args: Any) -> int:
     config = None if args.resume else load_config(args.config or bundled_config_path("quick"))
     runs_dir = Path(args.resume).parent if args.resume else Path(args.out)
     base_path = None
-    if args.compare_to:  # resolved before the run: a bad path or no earlier run is bad input, before any work
-        base_path = resolve_run(args.compare_to, runs_dir, relative_to=Path(args.resume) if args.resume else None)
-        load_run(base_path)
+    if args.compare_to:  # resolved before the run: a bad path is bad input, before any work
+        try:
+            base_path = resolve_run(args.compare_to, runs_dir, relative_to=Path(args.resume) if args.resume else None,
+                                    config_name=config.name if config is not None else None)
+        except RunDirError as exc:  # `latest` on the first night: run, and be the base of the next one
+            _err().print(f"Nothing to compare with yet ({exc}): this run is not compared; the next run with "
+                         f"--compare-to {args.compare_to} is compared with it.", style="yellow", highlight=False,
+                         soft_wrap=True)
+        else:
+            load_run(base_path)
     try:
         with RunProgress(_err(), _live(args.json)) as progress:
             table = run(config, out=args.out, workers=args.workers, on_event=progress.on_event, run_id=args.run_id,
@@ -135,7 +142,11 @@ def _cmd_run(args: Any) -> int:
                      soft_wrap=True)  # a command to copy is never wrapped
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
-    comparison = compare_runs(load_run(base_path), stored) if base_path is not None else None
+    try:
+        comparison = compare_runs(load_run(base_path), stored) if base_path is not None else None
+    except UsageError:  # e.g. the two runs share no cell: show what ran, then say why it was not compared
+        _print_run(stored, args.json, args.strict)
+        raise
     code, summary = _print_run(stored, args.json, args.strict, comparison)
     if junit is not None:
         write_junit(junit, stored.run_id, summary_cases(summary))

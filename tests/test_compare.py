@@ -115,6 +115,19 @@ def test_history_resolves_latest_and_previous_and_skips_broken_runs(pair):
         resolve_run("previous", root, relative_to=base.path)
 
 
+def test_latest_and_previous_mean_runs_of_the_same_config(tmp_path):
+    t = _tensors(0)
+    on = _cell(determinism="on")
+    quick = _make_run(tmp_path, "quick-1", "1", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "fab"})
+    other = _make_run(tmp_path, "other-1", "2", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "other"})
+    assert resolve_run("latest", tmp_path) == other.path  # no config given: the newest of all
+    assert resolve_run("latest", tmp_path, config_name=CONFIG.name) == quick.path
+    newer = _make_run(tmp_path, "quick-2", "3", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "fab"})
+    assert resolve_run("previous", tmp_path, relative_to=newer.path) == quick.path  # not other-1, stored between
+    with pytest.raises(RunDirError, match="no matrix run of config 'nightly' to take as latest"):
+        resolve_run("latest", tmp_path, config_name="nightly")
+
+
 def test_merge_refuses_different_configs_and_joins_shards(tmp_path, pair):
     root, base, new = pair
     other = RunStore.create(tmp_path / "other", {**CONFIG.to_dict(), "seeds": [5]}, "x", run_id="other")

@@ -114,17 +114,27 @@ def test_hostile_yaml_is_one_line_per_problem(tmp_path, text, fragment):
     (["run", "--shard", ""], "--shard"),
     (["run", "--run-id", ""], "--run-id"),
     (["run", "--resume", "x", "--out", "y"], "give no CONFIG, --shard, --run-id or --out"),
-    (["run", "--compare-to", "latest", "--out", "/definitely/not/here"], "no matrix run to take as latest"),
     (["shapes", "configs/quick.yaml", "--kernel", "3"], "a CONFIG or the flags, not both"),
 ])
 def test_more_bad_arguments(args, fragment):
     _bad(detaudit(*args), fragment)
 
 
-def test_compare_to_latest_without_an_earlier_run_is_refused_before_running(tmp_path):
+def test_compare_to_a_run_that_does_not_exist_is_refused_before_running(tmp_path):
     config = _config(tmp_path / "c.yaml")
-    _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", "latest"), "no matrix run")
+    _bad(detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", str(tmp_path / "nope")),
+         "nope")
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+@pytest.mark.tf
+def test_the_first_run_with_compare_to_latest_runs_and_says_there_is_nothing_to_compare_with(tmp_path):
+    """The README's nightly line on a fresh machine: night one must run (and be the base of night two)."""
+    config = _config(tmp_path / "c.yaml")
+    first = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", "latest")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Nothing to compare with yet" in first.stderr and "config 'c'" in first.stderr
+    assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
 def test_hostile_meta_and_records_are_refused_or_skipped(tmp_path):

@@ -7,6 +7,7 @@ reported and skipped, never fatal; one named explicitly is a RunDirError.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as _dt
 import shutil
@@ -192,33 +193,41 @@ def list_runs(runs_dir: str | Path, on_skip: Callable[[Path, str], None] | None 
 
 
 def resolve_run(spec: str | Path, runs_dir: str | Path = "runs", relative_to: Path | None = None,
-                kinds: Sequence[RunKind] | None = (RunKind.MATRIX,)) -> Path:
+                kinds: Sequence[RunKind] | None = (RunKind.MATRIX,), config_name: str | None = None) -> Path:
     """A run directory from a path, or from ``latest``/``previous`` among the runs of ``kinds`` in ``runs_dir``.
 
     ``latest`` is the newest run other than ``relative_to``; ``previous`` is the
     run just before ``relative_to`` when it is one of them, else the second newest.
+    Only runs of ``config_name`` count, which defaults to ``relative_to``'s
+    config: "the run before this one" means one of the same config, not the
+    newest run of another config stored beside it.
 
     Raises:
         RunDirError: no such run.
     """
     if str(spec) not in ALIASES:
         return Path(spec)
-    what = "/".join(k.value for k in kinds) + " " if kinds else ""
+    if config_name is None and relative_to is not None and (Path(relative_to) / "meta.json").is_file():
+        with contextlib.suppress(RunDirError):
+            config_name = RunStore.open(Path(relative_to)).read_meta().get("config_name")
+    noun = ("/".join(k.value for k in kinds) + " run" if kinds else "run") + \
+        (f" of config {config_name!r}" if config_name is not None else "")
     if not Path(runs_dir).is_dir():
-        raise RunDirError(f"{runs_dir}: no {what}run to take as {spec} (no such runs directory).")
-    runs = [s.path for s in list_runs(runs_dir, kinds=kinds)]
+        raise RunDirError(f"{runs_dir}: no {noun} to take as {spec} (no such runs directory).")
+    runs = [s.path for s in list_runs(runs_dir, kinds=kinds)
+            if config_name is None or s.read_meta().get("config_name") in (config_name, None)]  # None: not recorded
     resolved = [p.resolve() for p in runs]
     if str(spec) == "latest":
         candidates = [p for p, r in zip(runs, resolved) if relative_to is None or r != Path(relative_to).resolve()]
         if not candidates:
-            raise RunDirError(f"{runs_dir}: no {what}run to take as latest (found {len(runs)}).")
+            raise RunDirError(f"{runs_dir}: no {noun} to take as latest (found {len(runs)}).")
         return candidates[0]
     if relative_to is not None and Path(relative_to).resolve() in resolved:
         index = resolved.index(Path(relative_to).resolve()) + 1
     else:
         index = 1
     if index >= len(runs):
-        raise RunDirError(f"{runs_dir}: no previous {what}run (found {len(runs)}).")
+        raise RunDirError(f"{runs_dir}: no previous {noun} (found {len(runs)}).")
     return runs[index]
 
 
