@@ -178,12 +178,12 @@ def test_a_torn_line_is_reported_and_its_cell_is_missing(store):
     assert summary.status is RunStatus.INCOMPLETE and summary.completeness.bad_lines == (8,)
 
 
-def _skipped_run(tmp_path, run_id: str, ran: list[Cell], **meta) -> RunStore:
+def _skipped_run(tmp_path, run_id: str, ran: list[Cell], config=CONFIG, **meta) -> RunStore:
     """A complete run whose cells were all skipped (no GPU), except those in ``ran``."""
-    store = RunStore.create(tmp_path, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
+    store = RunStore.create(tmp_path, config.to_dict(), config.name, run_id=run_id)
     store.write_meta({"run_id": run_id, "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x",
                                                        "gpus": []}, "interrupted": False, **meta})
-    for cell in CONFIG.cells():
+    for cell in config.cells():
         for replay in (False, True):
             if cell in ran:
                 store.append_record({**_record(cell, _tensors(0)), "replay": replay})
@@ -201,7 +201,7 @@ def test_a_run_that_measured_nothing_fails_and_junit_says_so(tmp_path):
     summary = build_summary(load_run(_skipped_run(tmp_path, "gpu-gone", []).path))
     assert summary.completeness.complete and summary.nothing_measured
     assert summary.status is RunStatus.FAIL
-    assert summary.status_line == "FAIL: nothing was measured: all 4 cells were skipped"
+    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped (4 skipped)"
     assert not summary.failures and summary.to_dict()["nothing_measured"] is True  # no cell failed an expectation
     cases = summary_cases(summary)
     assert sum(c.skipped is not None for c in cases) == 4
@@ -217,6 +217,14 @@ def test_an_interrupted_run_of_skips_is_incomplete_and_a_shard_of_skips_waits_fo
     assert cut.status_headline == "INCOMPLETE: 6 of 8 cells have no record"  # records count replays
     shard = build_summary(load_run(_skipped_run(tmp_path, "shard", [], shard=[2, 2]).path))
     assert shard.status is RunStatus.PASS and not shard.nothing_measured
+
+
+def test_a_gpu_matrix_fails_without_a_gpu_though_the_cpu_baseline_added_to_it_ran(tmp_path):
+    gpu_only = parse_config({**CONFIG.to_dict(), "matrix": {"device": ["gpu"]}})
+    baseline = next(c for c in gpu_only.cells() if c.settings.device == "cpu")  # added for the baseline comparison
+    summary = build_summary(load_run(_skipped_run(tmp_path, "gpu", [baseline], config=gpu_only).path))
+    assert summary.nothing_measured and summary.status is RunStatus.FAIL
+    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped (1 skipped)"
 
 
 def test_one_cell_that_ran_is_enough_to_pass(tmp_path):
