@@ -21,11 +21,13 @@ EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2,
 _EXIT_CODES = """exit codes:
   0    every expectation held
   1    an expectation failed, a cell crashed, timed out or errored, the run is INCOMPLETE (cells
-       without a record), or a comparison found a regression
+       without a record), nothing was measured (every cell of the matrix skipped), or a
+       comparison found a regression
   2    bad input: one line naming the file, YAML key path or argument, what was received and what
        is allowed (nothing ran)
   3    a TensorFlow worker failed on its own (not your input): its last stderr lines are shown
-  130  interrupted with Ctrl-C: what finished is saved; the resume command is printed"""
+  130  interrupted with Ctrl-C: what finished is saved; the resume command is printed
+  143  stopped by SIGTERM (a cancelled CI job, Slurm, Kubernetes): handled as Ctrl-C is"""
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -137,9 +138,10 @@ def _cmd_run(args: Any) -> int:
     except RunInterrupted as stop:
         _print_run(load_run(stop.run_dir), args.json, args.strict)  # its code: the interruption's, below
         why = f"Stopped: {stop.reason}" if stop.reason else "Interrupted"
-        _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}\n"
-                     f"Resume with: detaudit run --resume {stop.run_dir}", style="bold yellow", highlight=False,
-                     soft_wrap=True)  # a command to copy is never wrapped
+        # The summary above ends with the resume command; with --json it is in the JSON, and said here too.
+        resume = f"\nResume with: detaudit run --resume {stop.run_dir}" if args.json else ""
+        _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}{resume}", style="bold yellow",
+                     highlight=False, soft_wrap=True)  # a command to copy is never wrapped
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
     try:
@@ -426,6 +428,22 @@ _HANDLERS = {"run": _cmd_run, "show": _cmd_show, "compare": _cmd_compare, "histo
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
+    terminated = False
+
+    def on_sigterm(signum: int, frame: Any) -> None:
+        # SIGTERM (a cancelled CI job, Slurm or Kubernetes stopping a task) is handled as Ctrl-C is: workers
+        # stopped, what finished saved, the resume command printed; the exit status is then the shell's 143.
+        nonlocal terminated
+        terminated = True
+        raise KeyboardInterrupt
+
+    with contextlib.suppress(ValueError):  # not the main thread (detaudit called from a thread): leave it be
+        signal.signal(signal.SIGTERM, on_sigterm)
+    code = _main(argv)
+    return 128 + signal.SIGTERM if terminated and code == EXIT_INTERRUPTED else code
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.version:

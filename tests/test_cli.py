@@ -102,7 +102,9 @@ def _worker_pids() -> set[int]:
 
 @pytest.mark.tf
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to look for leftover workers")
-def test_ctrl_c_keeps_what_finished_and_stops_the_workers(tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_or_sigterm_keeps_what_finished_and_stops_the_workers(tmp_path, signum, code):
+    """SIGTERM is what a cancelled CI job or a stopped Slurm/Kubernetes task sends: handled as Ctrl-C is."""
     layers = [TINY_LAYER, {"kind": "tests.support_layers:Hangs", "input_shape": [1, 2]}]
     config = _write(tmp_path / "long.yaml", {"name": "long", "seeds": [0], "repeats": 2, "timeout_s": 300,
                                              "layers": layers, "matrix": {"determinism": "on"}})
@@ -119,10 +121,11 @@ def test_ctrl_c_keeps_what_finished_and_stops_the_workers(tmp_path):
         time.sleep(0.2)
     assert cells is not None, "no cell finished in time"
     time.sleep(0.5)  # the hanging cell is now in flight
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    assert proc.returncode == code, stderr
     assert "Interrupted" in stderr and "Traceback" not in stderr
+    assert (stdout + stderr).count("Resume with: detaudit run --resume") == 1
     run_dir = cells.parent
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["interrupted"] is True and (run_dir / "results.parquet").is_file()
