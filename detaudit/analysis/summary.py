@@ -30,6 +30,9 @@ from detaudit.analysis.verdicts import (
     Verdict,
     cell_label,
     cell_verdicts,
+    known_bool,
+    largest,
+    rows_by_cell,
     settings_of,
     threshold_breaches,
 )
@@ -190,13 +193,13 @@ def _plain(gap: Gap | None) -> dict[str, Any] | None:
 def _gaps(table: pd.DataFrame, comparison: str) -> dict[str, Gap]:
     out = {}
     rows = table[(table["comparison"] == comparison) & table["tensor"].notna()]
-    for cell_id, group in rows.groupby("cell_id", sort=False):
-        scaled = group["max_ulp_scaled"].max()
-        raw = group["max_ulp"].max()
-        errors = [e for e in (relative_error(r) for r in group.to_dict("records")) if e is not None]
-        out[str(cell_id)] = Gap(bool(group["bitwise_equal"].fillna(False).all()),
-                                None if pd.isna(scaled) else float(scaled), None if pd.isna(raw) else int(raw),
-                                max(errors) if errors else None)
+    columns = ["cell_id", "max_ulp_scaled", "max_ulp", "bitwise_equal", "ref_scale", "max_abs"]
+    for cell_id, group in rows_by_cell(rows, columns).items():
+        scaled, raw = largest([r["max_ulp_scaled"] for r in group]), largest([r["max_ulp"] for r in group])
+        errors = [e for e in (relative_error(r) for r in group) if e is not None]
+        identical = all(known_bool(r["bitwise_equal"]) is True for r in group)
+        out[str(cell_id)] = Gap(identical, None if scaled is None else float(scaled),
+                                None if raw is None else int(raw), max(errors) if errors else None)
     return out
 
 

@@ -18,8 +18,8 @@ from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Config, Settings
 
-__all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "layer_label", "settings_of",
-           "threshold_breaches"]
+__all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "known_bool", "largest",
+           "layer_label", "rows_by_cell", "settings_of", "threshold_breaches"]
 
 #: Above this many epsilons the adjoint test fails: conv_transpose is then not the adjoint of conv (a TF bug).
 ADJOINT_LIMIT_EPS = 64.0
@@ -84,23 +84,53 @@ def settings_of(row: dict[str, Any]) -> Any:
     return Settings(**{axis: row[axis] for axis in AXES})
 
 
+def known_bool(value: Any) -> bool | None:
+    """A nullable boolean cell as True, False or None (NA, NaN or missing)."""
+    return None if value is None or pd.isna(value) else bool(value)
+
+
+def largest(values: list[Any]) -> Any:
+    """The largest non-missing value, or None."""
+    present = [v for v in values if v is not None and not pd.isna(v)]
+    return max(present) if present else None
+
+
+def rows_by_cell(table: pd.DataFrame, columns: list[str]) -> dict[str, list[dict[str, Any]]]:
+    """The table's ``columns`` as plain records grouped by cell id, cells in first-seen order.
+
+    One conversion of the whole table, then plain Python: a pandas groupby with
+    per-group indexing costs milliseconds per cell, which is minutes for a
+    nightly's thousands of cells.
+    """
+    groups: dict[str, list[dict[str, Any]]] = {}
+    for record in table[columns].to_dict("records"):
+        groups.setdefault(record["cell_id"], []).append(record)
+    return groups
+
+
 def cell_verdicts(table: pd.DataFrame) -> pd.DataFrame:
     """One row per cell: its verdict, message and worst run-to-run ULP per tensor."""
-    out = []
-    deciding = ComparisonKind.deciding_determinism()
     if not len(table):
         return pd.DataFrame(columns=[*CELL_KEYS, "verdict", "message", "worst_ulp"])
-    for key, rows in table.groupby(CELL_KEYS, sort=False, dropna=False):
-        own = rows[rows["comparison"].isin(deciding)]
-        verdicts = [_STATUS_VERDICT.get(s, Verdict.ERROR) for s in own["status"] if s != "ok"]
-        if (own["bitwise_equal"] == False).any():  # noqa: E712 - nullable boolean
+    deciding = set(ComparisonKind.deciding_determinism())
+    out = []
+    columns = list(dict.fromkeys([*CELL_KEYS, "comparison", "status", "bitwise_equal", "message", "tensor",
+                                  "max_ulp"]))
+    for rows in rows_by_cell(table, columns).values():
+        own = [r for r in rows if r["comparison"] in deciding]
+        verdicts = [_STATUS_VERDICT.get(r["status"], Verdict.ERROR) for r in own if r["status"] != "ok"]
+        if any(known_bool(r["bitwise_equal"]) is False for r in own):
             verdicts.append(Verdict.NONDETERMINISTIC)
         verdict = min(verdicts, key=lambda v: v.severity) if verdicts else Verdict.DETERMINISTIC
-        messages = [m for m in own["message"].dropna() if m]
-        worst = own[own["tensor"].notna()].groupby("tensor", sort=False)["max_ulp"].max()
-        out.append({**dict(zip(CELL_KEYS, key)), "verdict": verdict.value,
+        messages = [r["message"] for r in own if isinstance(r["message"], str) and r["message"]]
+        ulps: dict[str, list[Any]] = {}
+        for r in own:
+            if isinstance(r["tensor"], str):
+                ulps.setdefault(r["tensor"], []).append(r["max_ulp"])
+        worst = {tensor: largest(values) for tensor, values in ulps.items()}
+        out.append({**{k: rows[0][k] for k in CELL_KEYS}, "verdict": verdict.value,
                     "message": messages[0] if messages else "",
-                    "worst_ulp": {k: (None if pd.isna(v) else int(v)) for k, v in worst.items()}})
+                    "worst_ulp": {k: (None if v is None else int(v)) for k, v in worst.items()}})
     return pd.DataFrame(out)
 
 
