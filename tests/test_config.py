@@ -191,3 +191,16 @@ def test_yaml_is_loaded_safely(tmp_path):
 
 def test_every_axis_has_a_default():
     assert set(AXES) == set(Settings().as_dict())
+
+
+def test_a_bundled_config_is_found_by_its_name_from_anywhere(tmp_path, monkeypatch):
+    from detaudit.core.config import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)
+    assert load_config("nightly").name == "nightly"
+    with pytest.raises(ConfigError, match=r"nightlly: config file not found \(bundled configs, by name alone: "
+                                          r"gpu-triage, nightly, quick\)"):
+        load_config("nightlly")
+    (tmp_path / "nightly").write_text("name: mine\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, "
+                                      "input_shape: [1, 4, 2]}]\n")
+    assert load_config("nightly").name == "mine"  # a file of that name wins

@@ -555,9 +555,12 @@ def load_config(path: str | Path) -> Config:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
     path = Path(path)
+    if not path.exists() and str(path) in bundled_config_names():
+        path = bundled_config_path(str(path))  # `detaudit run nightly`, from anywhere
     try:
         if not path.is_file():
-            raise ConfigError(f"{path}: config file not found." if not path.exists() else
+            raise ConfigError(f"{path}: config file not found (bundled configs, by name alone: "
+                              f"{', '.join(bundled_config_names())})." if not path.exists() else
                               f"{path}: not a config file (a directory or a device).")
         if path.stat().st_size > MAX_CONFIG_BYTES:
             raise ConfigError(f"{path}: {path.stat().st_size:,} bytes; a config is at most {MAX_CONFIG_BYTES:,}.")
@@ -593,13 +596,22 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep=deep)
 
 
-def bundled_config_path(name: str = "quick") -> Path:
-    """Path of a config shipped with detaudit (quick, nightly, gpu-triage)."""
+def _bundled_folder() -> Path:
     here = Path(__file__).resolve().parent.parent  # the package root
     # Installed: configs/ ships inside the package (pyproject maps it to detaudit/configs).
     # Source checkout: it sits beside the package.
-    folder = next((f for f in (here / "configs", here.parent / "configs") if f.is_dir()), here / "configs")
-    path = folder / f"{name}.yaml"
+    return next((f for f in (here / "configs", here.parent / "configs") if f.is_dir()), here / "configs")
+
+
+def bundled_config_names() -> list[str]:
+    """Names of the configs shipped with detaudit (quick, nightly, gpu-triage)."""
+    folder = _bundled_folder()
+    return sorted(p.stem for p in folder.glob("*.yaml")) if folder.is_dir() else []
+
+
+def bundled_config_path(name: str = "quick") -> Path:
+    """Path of a config shipped with detaudit (quick, nightly, gpu-triage)."""
+    path = _bundled_folder() / f"{name}.yaml"
     if not path.is_file():
         raise ConfigError(f"no bundled config named {name!r}.")
     return path
