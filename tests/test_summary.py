@@ -230,3 +230,22 @@ def test_a_gpu_matrix_fails_without_a_gpu_though_the_cpu_baseline_added_to_it_ra
 def test_one_cell_that_ran_is_enough_to_pass(tmp_path):
     summary = build_summary(load_run(_skipped_run(tmp_path, "one-ran", [_cell(determinism="on")]).path))
     assert not summary.nothing_measured and summary.status is RunStatus.PASS, summary.failures
+
+
+def test_a_known_bug_that_shows_in_some_cells_is_not_called_fixed_for_the_others(store):
+    """The bfloat16 BiasAddGrad error depends on the shape: cells under its symptom do not mean it was fixed."""
+    from detaudit.analysis.summary import _known
+
+    stored = load_run(store.path)
+    stored.meta["tensorflow"]["tensorflow_version"] = "2.21.0"  # the bug's range starts at 2.0
+    table = stored.table
+    bias = table[(table["comparison"] == "repeat") & (table["tensor"] == "grad_bias")].drop_duplicates("cell_id")
+    rows = bias.head(2).copy()
+    rows["comparison"], rows["status"], rows["xla"] = "reference", "ok", "off"
+    rows["precision"] = "mixed_bfloat16"
+    rows["ref_scale"], rows["max_abs"] = [1.0, 1.0], [0.09, 0.001]  # 9% off in one cell, 0.1% in the other
+    matches, _, _ = _known(stored, rows)
+    assert [(m.bug.id, m.fixed) for m in matches] == [("tf-cpu-biasaddgrad-bfloat16-accumulates-in-bfloat16", False)]
+    rows["max_abs"] = [0.001, 0.001]  # no cell shows it any more: that is worth a question
+    matches, _, _ = _known(stored, rows)
+    assert [(m.bug.id, m.fixed) for m in matches] == [("tf-cpu-biasaddgrad-bfloat16-accumulates-in-bfloat16", True)]

@@ -566,7 +566,10 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
     """Run the jobs (group, cells, replay) in parallel worker threads; append each record as it arrives."""
     total = sum(len(c) for _, c, _ in jobs)
     n_groups = len({group for group, _, _ in jobs})
-    emit(Event("planned", total=total, message=f"{total} cells to run in {n_groups} environment groups"))
+    replays = sum(len(c) for _, c, replay in jobs if replay)
+    what = (f"{total - replays} cells to run, {replays} of them again in a fresh process (replay_process)"
+            if replays else f"{total} cells to run")
+    emit(Event("planned", total=total, message=f"{what}, in {n_groups} environment groups"))
     messages: queue.Queue[tuple[str, Any]] = queue.Queue()
     processes = _Processes()
     attempt = f"-r{len(meta.get('resumed', []))}" if meta.get("resumed") else ""
