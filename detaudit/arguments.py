@@ -117,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-failed", action="store_true",
                    help="with --resume: also run again the cells recorded as crash or timeout")
     p.add_argument("--compare-to", default=None, metavar="RUN_DIR|latest|previous",
-                   help="after the run, compare with this run (latest: the newest other run in --out); exit 1 "
+                   help="after the run, compare with this run (latest: the newest earlier run of the same config in "
+                        "--out; with none yet, the run is not compared and says so); exit 1 "
                         "on a regression")
     p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
     p.add_argument("--strict", action="store_true", help="known upstream bugs fail the run too")
@@ -129,7 +130,7 @@ def build_parser() -> argparse.ArgumentParser:
              ("detaudit show latest", "detaudit show runs/20261125T101500Z-quick --json"))
     p.add_argument("run_dir", nargs="?", default="latest", metavar="RUN_DIR|latest|previous",
                    help="the run directory, or latest / previous in --runs")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
     p.add_argument("--all", action="store_true", help="an audit: list every layer, not only those that differ")
     p.add_argument("--strict", action="store_true", help="known upstream bugs count as failures")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
              ("detaudit compare previous latest", "detaudit compare runs/base runs/new --junit compare.xml"))
     p.add_argument("base", metavar="BASE", help="run directory, or latest / previous in --runs")
     p.add_argument("new", metavar="NEW", help="run directory, or latest / previous in --runs")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
     p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
@@ -158,7 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("target", metavar="RUN_DIR|RUNS_DIR|latest|previous", help="a run, or a directory of runs")
     p.add_argument("--html", required=True, metavar="PATH", help="where to write the page")
     p.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous", help="add the drift against this run")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up")
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
 
     p = _add(sub, "shapes", "audit output shapes, the Conv round trip and the checkerboard",
              "Keras' output length next to what TensorFlow returns, the Conv round trip (15 -> 8 -> 16) and the "

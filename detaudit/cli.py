@@ -79,8 +79,15 @@ def _summary_code(summary: Any) -> int:
     return EXIT_OK if summary.status is RunStatus.PASS else EXIT_FAILED
 
 
-def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None) -> tuple[int, Any]:
-    """Print a matrix run's summary (and a comparison with it); return its exit code and the summary."""
+def _note(text: str) -> None:
+    """A yellow line on stderr, as written (paths and names from run directories are not markup)."""
+    _err().print(text, style="yellow", highlight=False, markup=False, soft_wrap=True)
+
+
+def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None,
+               not_compared: str = "") -> tuple[int, Any]:
+    """Print a matrix run's summary (and a comparison with it, or why there is none when one was asked for);
+    return its exit code and the summary."""
     from detaudit.analysis.summary import build_summary
     from detaudit.render.terminal import render_comparison, render_run
 
@@ -89,6 +96,8 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None)
         data = summary.to_dict()
         if comparison is not None:
             data["comparison"] = comparison.to_dict()
+        elif not_compared:  # CI reading the JSON must see that the regression gate did not run
+            data["comparison"], data["not_compared"] = None, not_compared
         _print_json(data)
     else:
         out = _out()
@@ -120,17 +129,18 @@ def _cmd_run(args: Any) -> int:
     junit = _writable(args.junit, "--junit")
     config = None if args.resume else load_config(args.config or bundled_config_path("quick"))
     runs_dir = Path(args.resume).parent if args.resume else Path(args.out)
-    base_path = None
+    base_path, not_compared = None, ""
     if args.compare_to:  # resolved before the run: a bad path is bad input, before any work
         try:
             base_path = resolve_run(args.compare_to, runs_dir, relative_to=Path(args.resume) if args.resume else None,
                                     config_name=config.name if config is not None else None)
-        except RunDirError as exc:  # `latest` on the first night: run, and be the base of the next one
-            _err().print(f"Nothing to compare with yet ({exc}): this run is not compared; the next run with "
-                         f"--compare-to {args.compare_to} is compared with it.", style="yellow", highlight=False,
-                         soft_wrap=True)
+        except RunDirError as exc:  # `latest` on the first night: run, and be the base of later ones
+            not_compared = f"nothing to compare with yet ({exc})"
         else:
-            load_run(base_path)
+            if load_run(base_path).config is None:
+                raise UsageError(f"{base_path}: not a run of `detaudit run`; --compare-to takes a matrix run.")
+    if not_compared:
+        _note(f"Not compared: {not_compared}.")
     try:
         with RunProgress(_err(), _live(args.json)) as progress:
             table = run(config, out=args.out, workers=args.workers, on_event=progress.on_event, run_id=args.run_id,
@@ -141,15 +151,18 @@ def _cmd_run(args: Any) -> int:
         # The summary above ends with the resume command; with --json it is in the JSON, and said here too.
         resume = f"\nResume with: detaudit run --resume {stop.run_dir}" if args.json else ""
         _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}{resume}", style="bold yellow",
-                     highlight=False, soft_wrap=True)  # a command to copy is never wrapped
+                     highlight=False, markup=False, soft_wrap=True)  # a command to copy is never wrapped
         return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
-    try:
-        comparison = compare_runs(load_run(base_path), stored) if base_path is not None else None
-    except UsageError:  # e.g. the two runs share no cell: show what ran, then say why it was not compared
-        _print_run(stored, args.json, args.strict)
-        raise
-    code, summary = _print_run(stored, args.json, args.strict, comparison)
+    comparison = None
+    if base_path is not None:
+        try:
+            comparison = compare_runs(load_run(base_path), stored)
+        except UsageError as exc:  # e.g. the config changed under its name: the two runs share no cell
+            not_compared = str(exc)
+    code, summary = _print_run(stored, args.json, args.strict, comparison, not_compared)
+    if not_compared and base_path is not None:
+        _note(f"Not compared: {not_compared}")
     if junit is not None:
         write_junit(junit, stored.run_id, summary_cases(summary))
     return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
@@ -308,7 +321,7 @@ def _cmd_triage(args: Any) -> int:
     from rich.text import Text
 
     from detaudit.analysis.runs import load_run, resolve_run
-    from detaudit.core.config import load_config
+    from detaudit.core.config import bundled_config_names, load_config
     from detaudit.engine.runner import run
     from detaudit.render.progress import StageProgress
     from detaudit.render.tools import triage_report
@@ -318,7 +331,7 @@ def _cmd_triage(args: Any) -> int:
     live = _live(False)
     out = _out()
     with StageProgress(_err(), live, "starting") as progress:
-        if target.suffix in (".yaml", ".yml") or target.is_file():
+        if target.suffix in (".yaml", ".yml") or target.is_file() or args.target in bundled_config_names():
             stored = load_run(run(load_config(target), out=args.out).attrs["run_dir"])
         else:
             stored = load_run(resolve_run(args.target, args.out))
@@ -437,9 +450,14 @@ def main(argv: list[str] | None = None) -> int:
         terminated = True
         raise KeyboardInterrupt
 
+    previous = None
     with contextlib.suppress(ValueError):  # not the main thread (detaudit called from a thread): leave it be
-        signal.signal(signal.SIGTERM, on_sigterm)
-    code = _main(argv)
+        previous = signal.signal(signal.SIGTERM, on_sigterm)
+    try:
+        code = _main(argv)
+    finally:
+        if previous is not None:  # main() called in-process (tests, a service) leaves SIGTERM as it found it
+            signal.signal(signal.SIGTERM, previous)
     return 128 + signal.SIGTERM if terminated and code == EXIT_INTERRUPTED else code
 
 

@@ -42,7 +42,7 @@ def test_a_typo_in_a_config_is_one_line_and_exit_2(tmp_path):
 
 def test_a_missing_config_is_one_line_and_exit_2(tmp_path):
     line = _one_clean_line(detaudit("run", str(tmp_path / "nope.yaml")))
-    assert "nope.yaml: config file not found." in line
+    assert "nope.yaml: config file not found (bundled configs, by name alone:" in line
 
 
 @pytest.mark.parametrize("args, fragment", [

@@ -201,7 +201,7 @@ def test_a_run_that_measured_nothing_fails_and_junit_says_so(tmp_path):
     summary = build_summary(load_run(_skipped_run(tmp_path, "gpu-gone", []).path))
     assert summary.completeness.complete and summary.nothing_measured
     assert summary.status is RunStatus.FAIL
-    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped (4 skipped)"
+    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped"
     assert not summary.failures and summary.to_dict()["nothing_measured"] is True  # no cell failed an expectation
     cases = summary_cases(summary)
     assert sum(c.skipped is not None for c in cases) == 4
@@ -224,7 +224,7 @@ def test_a_gpu_matrix_fails_without_a_gpu_though_the_cpu_baseline_added_to_it_ra
     baseline = next(c for c in gpu_only.cells() if c.settings.device == "cpu")  # added for the baseline comparison
     summary = build_summary(load_run(_skipped_run(tmp_path, "gpu", [baseline], config=gpu_only).path))
     assert summary.nothing_measured and summary.status is RunStatus.FAIL
-    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped (1 skipped)"
+    assert summary.status_line == "FAIL: nothing was measured: every cell of the matrix was skipped"
 
 
 def test_one_cell_that_ran_is_enough_to_pass(tmp_path):

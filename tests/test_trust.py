@@ -8,6 +8,7 @@ with an uninterrupted run of the same config: the same cells, the same digests.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import resource
@@ -133,7 +134,7 @@ def test_the_first_run_with_compare_to_latest_runs_and_says_there_is_nothing_to_
     config = _config(tmp_path / "c.yaml")
     first = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", "latest")
     assert first.returncode == 0, first.stdout + first.stderr
-    assert "Nothing to compare with yet" in first.stderr and "config 'c'" in first.stderr
+    assert "Not compared: nothing to compare with yet" in first.stderr and "config 'c'" in first.stderr
     assert len(list((tmp_path / "runs").iterdir())) == 1
 
 
@@ -399,3 +400,60 @@ def test_a_worker_lost_before_its_first_cell_costs_no_cell(monkeypatch, tmp_path
     assert calls[0] == calls[1] == 2  # the same cells went to a fresh worker
     assert set(table["status"]) == {"skipped"} and table["cell_id"].nunique() == 4  # 2 seeds x (cell, baseline)
     assert real is not flaky
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is ``pid`` (from /proc)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(stat.parent.name))
+    return found
+
+
+@pytest.mark.tf
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs /proc to find the worker")
+def test_a_worker_stopped_from_outside_costs_no_crash_record(tmp_path):
+    """scancel or a cancelled CI job send SIGTERM to the whole tree: the cell in flight stays missing, resumable."""
+    config = _config(tmp_path / "c.yaml", timeout_s=300, replay_process=False,  # one worker to stop
+                     layers=[TINY, {"kind": "tests.support_layers:Hangs", "input_shape": [1, 2]}])
+    out = tmp_path / "runs"
+    proc = subprocess.Popen([sys.executable, "-m", "detaudit", "run", str(config), "--out", str(out), "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+    deadline, cells = time.monotonic() + 120, None
+    while time.monotonic() < deadline and cells is None:
+        found = [p for p in out.glob("*/cells.jsonl") if p.read_text().strip()]
+        cells = found[0] if found else None
+        time.sleep(0.2)
+    assert cells is not None, "no cell finished in time"
+    time.sleep(1.0)  # the hanging cell is in flight
+    assert _children(proc.pid)
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:  # every worker of this run, as scancel would
+        for pid in _children(proc.pid):  # this run's only: other runs may be going on beside the test
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        time.sleep(0.5)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 1, stdout + stderr  # INCOMPLETE, not a crash
+    records = [json.loads(line) for line in cells.read_text().splitlines()]
+    assert all(r["status"] != "crash" for r in records), records
+    assert "INCOMPLETE" in stdout and "Resume with: detaudit run --resume" in stdout
+
+
+@pytest.mark.tf
+def test_a_comparison_refused_after_the_run_keeps_the_run_and_its_exit_code(tmp_path):
+    """The config changed under its name: the run is shown and kept, and says it was not compared."""
+    out = tmp_path / "runs"
+    first = detaudit("run", str(_config(tmp_path / "c.yaml", seeds=[1])), "--out", str(out), "--run-id", "one")
+    assert first.returncode == 0, first.stderr
+    second = detaudit("run", str(_config(tmp_path / "c.yaml", seeds=[2])), "--out", str(out), "--compare-to", "latest",
+                      "--json")
+    assert second.returncode == 0, second.stderr
+    assert "Not compared:" in second.stderr and "share no cell" in second.stderr
+    data = json.loads(second.stdout)
+    assert data["comparison"] is None and "share no cell" in data["not_compared"]

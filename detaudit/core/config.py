@@ -554,10 +554,13 @@ def load_config(path: str | Path) -> Config:
     Raises:
         ConfigError: the file is missing, is not YAML, or does not validate.
     """
+    name = str(path)
     path = Path(path)
-    if not path.exists() and str(path) in bundled_config_names():
-        path = bundled_config_path(str(path))  # `detaudit run nightly`, from anywhere
     try:
+        if name in bundled_config_names() and not path.is_file():
+            # `detaudit run nightly` from anywhere (a file of that name wins; a directory, say `--out nightly`,
+            # does not).
+            path = bundled_config_path(name)
         if not path.is_file():
             raise ConfigError(f"{path}: config file not found (bundled configs, by name alone: "
                               f"{', '.join(bundled_config_names())})." if not path.exists() else

@@ -337,6 +337,10 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
         remaining = [c for c in remaining if c.cell_id not in outcome.finished]
         if not remaining:
             return
+        if outcome.returncode in (-signal.SIGTERM, -signal.SIGINT) and not outcome.timed_out:
+            # Stopped from outside (Slurm's scancel or a cancelled CI job signal the whole process tree): not
+            # the cell's fault, so no crash is recorded; its cells stay missing, for --resume to run.
+            return
         status, message = _describe_death(outcome, timeout_s)
         if outcome.in_flight is not None:
             on_record(_failure_record(outcome.in_flight, status, message, log_path.name))
@@ -567,9 +571,8 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
     total = sum(len(c) for _, c, _ in jobs)
     n_groups = len({group for group, _, _ in jobs})
     replays = sum(len(c) for _, c, replay in jobs if replay)
-    what = (f"{total - replays} cells to run, {replays} of them again in a fresh process (replay_process)"
-            if replays else f"{total} cells to run")
-    emit(Event("planned", total=total, message=f"{what}, in {n_groups} environment groups"))
+    what = f"{total} cell runs ({replays} of them replays in a fresh process)" if replays else f"{total} cells to run"
+    emit(Event("planned", total=total, message=f"{what} in {n_groups} environment groups"))
     messages: queue.Queue[tuple[str, Any]] = queue.Queue()
     processes = _Processes()
     attempt = f"-r{len(meta.get('resumed', []))}" if meta.get("resumed") else ""
