@@ -222,9 +222,7 @@ def _cmd_history(args: Any) -> int:
     from detaudit.analysis.history import history_rows
     from detaudit.render.terminal import history_table
 
-    err = _err()
-    rows = history_rows(args.runs_dir, on_skip=lambda path, why: err.print(f"skipped {path}: {why}", style="yellow",
-                                                                           highlight=False))
+    rows = history_rows(args.runs_dir, on_skip=lambda path, why: _note(f"skipped {path}: {why}"))
     if args.json:
         _print_json(rows)
     else:

@@ -214,13 +214,7 @@ class RunStore:
 
     def read_meta(self) -> dict[str, Any]:
         meta_path = self.path / "meta.json"
-        try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{meta_path}: unreadable ({exc.__class__.__name__}).") from None
-        if not isinstance(meta, dict):
-            raise RunDirError(f"{meta_path}: expected a JSON object.")
-        return _checked_meta(meta, meta_path)
+        return _checked_meta(_read_mapping(meta_path, json.loads, "a JSON object"), meta_path)
 
     def write_meta(self, meta: Mapping[str, Any]) -> None:
         """Write meta.json at this detaudit's format (a run being written is always of the current format)."""
@@ -232,14 +226,7 @@ class RunStore:
         self.format_version = FORMAT_VERSION
 
     def read_config(self) -> dict[str, Any]:
-        path = self.inside("config.yaml")
-        try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
-        if not isinstance(data, dict):
-            raise RunDirError(f"{path}: expected a mapping.")
-        return data
+        return _read_mapping(self.inside("config.yaml"), yaml.safe_load, "a mapping")
 
     def read_json(self, name: str) -> dict[str, Any]:
         """A JSON object stored in the run (audit.json, triage.json).
@@ -247,14 +234,7 @@ class RunStore:
         Raises:
             RunDirError: missing, unreadable or not an object.
         """
-        path = self.inside(name)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
-        if not isinstance(data, dict):
-            raise RunDirError(f"{path}: expected a JSON object.")
-        return data
+        return _read_mapping(self.inside(name), json.loads, "a JSON object")
 
     def write_json(self, name: str, data: Any) -> Path:
         path = self.inside(name)
@@ -395,6 +375,17 @@ class RunStore:
             with contextlib.suppress(OSError):
                 handle.truncate(0)
             handle.close()
+
+
+def _read_mapping(path: Path, parse: Callable[[str], Any], expected: str) -> dict[str, Any]:
+    """One of the run's JSON or YAML files, which must hold a mapping (RunDirError otherwise, naming the file)."""
+    try:
+        data = parse(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        raise RunDirError(f"{path}: unreadable ({exc.__class__.__name__}).") from None
+    if not isinstance(data, dict):
+        raise RunDirError(f"{path}: expected {expected}.")
+    return data
 
 
 def _checked_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
