@@ -25,7 +25,7 @@ from typing import Any
 
 __all__ = ["AXES", "Axis", "EnvironmentCheck", "Scope", "axis_names", "cell_statements", "compute_dtype",
            "environment_changes",
-           "parse_axis_value", "process_axes", "startup_statements"]
+           "parse_axis_value", "process_axes", "settings_spec", "startup_statements"]
 
 
 class Scope(enum.Enum):
@@ -246,3 +246,15 @@ def startup_statements(values: Mapping[str, Any]) -> list[str]:
 def cell_statements(values: Mapping[str, Any]) -> list[str]:
     """Statements of the per-cell axes, run before each cell is built."""
     return [s for name, axis in AXES.items() if axis.scope is Scope.CELL for s in axis.statements(values[name])]
+
+
+def settings_spec(values: Mapping[str, Any]) -> dict[str, Any]:
+    """Everything that applies these axis values, as plain data for a worker or a reproducer.
+
+    ``environment`` is set before TensorFlow is imported, ``startup`` runs right after it starts and
+    ``cell`` before each cell; :func:`detaudit.engine.standalone.start_process` and
+    :func:`~detaudit.engine.standalone.apply_cell` apply them.
+    """
+    values = dict(values)
+    return {"values": values, "environment": environment_changes(values), "startup": startup_statements(values),
+            "cell": cell_statements(values)}

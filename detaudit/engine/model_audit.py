@@ -1,324 +1,229 @@
-"""Pre-training determinism audit of a user's Keras model (imports TensorFlow: workers and the Python API).
+"""The worker side of ``detaudit audit``: a user's training executed as reruns, compared step by step.
 
-:func:`audit_model` runs ``repeats`` executions of ``steps`` training steps
-from the same initial weights and data through the one repeat-and-compare
-routine (:func:`detaudit.core.repeat.repeat_and_compare`: one "step" of it is
-a whole training execution), compares every layer's forward output, every
-upstream gradient and every variable's gradient bitwise and in ULPs, finds the
-first training step where each layer differs, and localizes the first layer
-that diverges.
+Each execution builds the training afresh from its :class:`Target` after
+resetting every seed (:mod:`detaudit.engine.training_target`), so repeats in
+one process model reruns of the script. The audit runs ``repeats`` executions,
+then a resumed one (state taken at step k of the first, restored into a fresh
+instance, the data replayed to step k). The parent runs the first execution
+again in a fresh process for the rerun answer.
+
+What a worker returns is plain data: the fingerprints of every recorded tensor
+at every step (``trace``) for the cross-process comparison, and, for the main
+worker, the comparisons of its own executions.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import importlib
 import os
-import zipfile
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import tensorflow as tf
 
-from detaudit.core.axes import AXES
-from detaudit.core.numerics import digest
-from detaudit.core.repeat import TensorOutcome, repeat_and_compare
-from detaudit.engine import channel
+from detaudit.core.audit_outcome import Stage
+from detaudit.core.axes import AXES, settings_spec
+from detaudit.core.numerics import compare, digest
+from detaudit.engine import channel, standalone
+from detaudit.engine.pipeline_scan import scan_dataset
+from detaudit.engine.training_target import Target
+from detaudit.engine.training_trace import (
+    Execution,
+    find_optimizers,
+    layer_paths,
+    random_layers,
+    run_execution,
+)
 from detaudit.errors import UsageError, one_line
 
-__all__ = ["AuditResult", "audit_model", "environment_checks", "load_model"]
+__all__ = ["audit_probe", "compare_traces", "environment_checks", "trace_of"]
 
-_RANDOM_LAYERS = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDropout3D", "GaussianNoise",
-                  "GaussianDropout", "AlphaDropout", "RandomFlip", "RandomRotation", "RandomZoom", "RandomCrop",
-                  "RandomTranslation", "RandomContrast", "RandomBrightness")
+_STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}
 
 
-@dataclasses.dataclass
-class AuditResult:
-    """What :func:`audit_model` found. ``verdict`` is REPRODUCIBLE or NONDETERMINISTIC (restart is judged by the caller)."""
-
-    verdict: str
-    layers: list[dict[str, Any]]  # per layer: name, class, forward, backward, max_ulp, first_step
-    losses: list[dict[str, Any]]
-    culprit: dict[str, Any] | None
-    checks: list[dict[str, str]]
-    digests: dict[str, str]  # initial weights, first-step outputs, final weights: for the restart check
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+def trace_of(run: Execution) -> dict[str, Any]:
+    """An execution as JSON data: its keys in stage order and one fingerprint per step each."""
+    keys = sorted(run.keys, key=lambda key: _STAGE_ORDER[key[0]])  # sort is stable: call order within a stage
+    return {"keys": [[stage.value, name] for stage, name in keys],
+            "hashes": [[f"{h:016x}" for h in run.hashes[key]] for key in keys],
+            "final": [digest(v) for v in run.final], "variables": run.variable_names,
+            "losses": run.losses}
 
 
-def load_model(spec: str, unsafe: bool = False) -> keras.Model:
-    """A .keras file or a ``module:function`` factory returning a Keras model.
+def compare_traces(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Where trace ``b`` first departs from ``a``: step, stage, tensor; None when every fingerprint agrees.
 
-    Raises:
-        UsageError: missing file, not a .keras archive, unloadable model, or code in the file without ``unsafe``.
+    Keys are matched by position (a second build in one process gets other automatic layer names); the
+    names shown are ``a``'s.
     """
-    path = Path(spec)
-    if ":" in spec and not path.exists():
-        module_name, _, attr = spec.partition(":")
-        try:
-            factory = getattr(importlib.import_module(module_name), attr)
-        except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error
-            raise UsageError(f"cannot import the model factory {spec!r}: {one_line(exc)}") from None
-        if not callable(factory):
-            raise UsageError(f"{spec} is not callable ({type(factory).__name__}); expected a function returning a "
-                             "Keras model.")
-        try:
-            model = factory()
-        except Exception as exc:  # noqa: BLE001 - the user's factory failed: their code, their message
-            raise UsageError(f"{spec}() raised {one_line(exc)}") from None
-        if not isinstance(model, keras.Model):
-            raise UsageError(f"{spec}() returned {type(model).__name__}, not a Keras model.")
-        return model
-    if not path.exists():
-        raise UsageError(f"{spec}: no such model file or directory.")
-    if path.is_dir():
-        raise UsageError(f"{spec}: a SavedModel directory cannot be trained as a Keras 3 model; save it as .keras "
-                         "(model.save('model.keras')) or pass a module:function factory.")
-    if not zipfile.is_zipfile(path):
-        raise UsageError(f"{spec}: not a .keras model archive (a .keras file is a zip archive; this file is not). "
-                         "Save the model with model.save('model.keras').")
-    try:
-        return keras.saving.load_model(path, safe_mode=not unsafe, compile=False)
-    except Exception as exc:  # noqa: BLE001 - every loading failure is the user's file
-        text = one_line(exc)
-        if "safe_mode" in text or "unsafe" in text.lower() or "lambda" in text.lower():
-            raise UsageError(f"{spec}: the model holds code (a Lambda layer) that safe mode will not load; "
-                             "pass --unsafe if you trust this file.") from None
-        raise UsageError(f"{spec}: cannot load the model: {text}") from None
+    if len(a["keys"]) != len(b["keys"]):
+        return {"step": 1, "stage": Stage.FORWARD.value, "name": "the step's structure",
+                "detail": f"the step recorded {len(a['keys'])} tensors in one run and {len(b['keys'])} in the other"}
+    steps = min(len(h) for h in a["hashes"]) if a["hashes"] else 0
+    for step in range(steps):
+        for (stage, name), ha, hb in zip(a["keys"], a["hashes"], b["hashes"]):
+            if step < len(hb) and ha[step] != hb[step]:
+                return {"step": step + 1, "stage": stage, "name": name}
+    if a["final"] != b["final"]:
+        return {"step": steps, "stage": Stage.UPDATE.value, "name": "final weights"}
+    return None
 
 
-def _axis_state(name: str, settings: dict[str, Any]) -> str:
-    """The axis' state in this process, by the expression its declaration gives."""
+def _differs_at(a: Execution, b: Execution, key: tuple[Stage, str], key_b: tuple[Stage, str], step: int) -> int | None:
+    """Max ULP between the two executions' arrays of a key at a step, where both were kept."""
+    arrays_a, arrays_b = a.arrays.get(key, []), b.arrays.get(key_b, [])
+    if step < len(arrays_a) and step < len(arrays_b) and arrays_a[step].shape == arrays_b[step].shape \
+            and arrays_a[step].dtype.kind == "f":
+        return int(compare(arrays_a[step], arrays_b[step], digest=False).max_ulp)
+    return None
+
+
+def _layer_rows(runs: list[Execution], classes: dict[str, str]) -> list[dict[str, Any]]:
+    """Per leaf layer (forward) and per variable (gradient, final value): the first step any repeat differs."""
+    base = runs[0]
+    rows = []
+    for index, key in enumerate(base.keys):
+        stage, name = key
+        if stage not in (Stage.FORWARD, Stage.GRADIENTS):
+            continue
+        first_step, worst = None, 0
+        for other in runs[1:]:
+            if index >= len(other.keys):
+                first_step = 1
+                continue
+            key_b = other.keys[index]
+            for step, (ha, hb) in enumerate(zip(base.hashes[key], other.hashes[key_b])):
+                if ha != hb:
+                    first_step = step + 1 if first_step is None else min(first_step, step + 1)
+                    worst = max(worst, _differs_at(base, other, key, key_b, step) or 0)
+                    break
+        rows.append({"stage": stage.value, "name": name, "class": classes.get(name.split("[")[0], ""),
+                     "first_step": first_step, "max_ulp": worst})
+    return rows
+
+
+def _final_rows(base: Execution, other: Execution) -> list[dict[str, Any]]:
+    rows = []
+    for name, a, b in zip(base.variable_names, base.final, other.final):
+        same = a.shape == b.shape and a.tobytes() == b.tobytes()
+        ulp = int(compare(a, b, digest=False).max_ulp) if not same and a.dtype.kind == "f" and a.shape == b.shape \
+            else 0
+        rows.append({"variable": name, "equal": same, "max_ulp": ulp})
+    return rows
+
+
+def environment_checks(settings: dict[str, Any]) -> list[dict[str, str]]:
+    """The settings that decide reproducibility (one per axis), each with its state, risk, fix and where it applies."""
     from tensorflow.python.framework import (
         config as tf_config,  # is_op_determinism_enabled is internal
     )
 
+    import keras
     from detaudit.engine.fingerprint import onednn_state
 
-    scope = {"tf": tf, "keras": keras, "os": os, "value": settings.get(name, AXES[name].default),
-             "onednn_state": onednn_state, "op_determinism": tf_config.is_op_determinism_enabled}
-    return str(eval(AXES[name].check.state, scope))  # noqa: S307 - detaudit's own declarations, not user text
-
-
-def environment_checks(model: keras.Model, settings: dict[str, Any]) -> list[dict[str, str]]:
-    """The settings that decide reproducibility (one per axis), each with its state, risk, fix and where it applies.
-
-    ``applies`` is cpu, gpu or any; renderers show a row only where it applies
-    to the devices present. Unseeded random layers of the model are added.
-    """
-    checks = [{"check": axis.check.title, "state": _axis_state(name, settings), "risk": axis.check.risk,
-               "fix": axis.check.fix, "applies": axis.check.applies} for name, axis in AXES.items()]
-    for layer in model.layers:
-        if type(layer).__name__ in _RANDOM_LAYERS and getattr(layer, "seed", None) is None:
-            checks.append({"check": f"unseeded random layer {layer.name}", "state": type(layer).__name__,
-                           "risk": "a different random mask or noise on every call",
-                           "fix": f"pass seed=... to {type(layer).__name__}", "applies": "any"})
+    checks = []
+    for name, axis in AXES.items():
+        scope = {"tf": tf, "keras": keras, "os": os, "value": settings.get(name, axis.default),
+                 "onednn_state": onednn_state, "op_determinism": tf_config.is_op_determinism_enabled}
+        state = str(eval(axis.check.state, scope))  # noqa: S307 - detaudit's own declarations, not user text
+        checks.append({"check": axis.check.title, "state": state, "risk": axis.check.risk, "fix": axis.check.fix,
+                       "applies": axis.check.applies})
     return checks
 
 
-def _loss(name: str) -> Any:
+def _execute(target: Target, label: str, steps: int, xla: bool, **kwargs: Any) -> tuple[Execution, Any]:
+    training = target.build()
     try:
-        return keras.losses.get(name)
-    except ValueError:
-        raise UsageError(f"Invalid value for argument `--loss`. Expected a Keras loss name such as mse or "
-                         f"categorical_crossentropy. Received loss={name!r}.") from None
+        return run_execution(training, steps=steps, xla=xla, label=label, **kwargs), training
+    except UsageError:
+        raise
+    except (ValueError, TypeError, tf.errors.InvalidArgumentError) as exc:
+        raise UsageError(f"the data does not fit the model, or the training step failed: {one_line(exc)}") from None
 
 
-def _inputs(model: keras.Model, input_shape: list[int] | None, inputs: np.ndarray | None, seed: int) -> np.ndarray:
-    expected = tuple(model.inputs[0].shape) if getattr(model, "inputs", None) else None
-    if inputs is None:
-        if input_shape is None:
-            if expected is None or any(d is None for d in expected[1:]):
-                raise UsageError("the model's input shape is not fully known: pass --input-shape B,H,W,C.")
-            input_shape = [2, *expected[1:]]
-        dtype = model.inputs[0].dtype if getattr(model, "inputs", None) else "float32"
-        inputs = np.random.default_rng([seed, 0]).standard_normal(input_shape).astype(dtype)
-    if expected is not None:
-        received = tuple(inputs.shape)
-        if len(received) != len(expected) or any(e is not None and e != r for e, r in zip(expected[1:], received[1:])):
-            raise UsageError(f"Invalid value for argument `--input-shape`. The input shape {list(received)} does "
-                             f"not fit the model: expected {[d if d is not None else 'any' for d in expected]}.")
-    return inputs
+def _describe_training(training: Any, steps: int) -> dict[str, Any]:
+    model = training.model
+    # A train_step defined outside Keras (a GAN's) is the user's own.
+    custom_step = any("train_step" in vars(c) for c in type(model).__mro__ if not c.__module__.startswith("keras"))
+    return {"model": type(model).__name__, "compiled": training.compiled_by_user, "synthetic": training.synthetic,
+            "train_step": "custom" if custom_step else "keras",
+            "optimizers": [f"{name}: {type(opt).__name__}" for name, opt in find_optimizers(model) if opt.built],
+            "loss": str(getattr(model, "loss", "") or "") if not custom_step else "",
+            "dtype_policies": sorted({layer.dtype_policy.name for _, layer in layer_paths(model)
+                                      if getattr(layer, "dtype_policy", None) is not None}),
+            "steps": steps, "random_layers": random_layers(model)}
 
 
-def _tap(model: keras.Model, layers: list[Any], x: np.ndarray) -> keras.Model:
-    """A model with every layer's output as an output (to compare each layer's forward pass)."""
-    inputs = getattr(model, "inputs", None)
-    if not inputs:  # a subclassed model has no symbolic graph until called
-        model(x)
-        inputs = model.inputs
-    # One input is passed as a tensor, not a list of one: Keras warns when the structures differ.
-    return keras.Model(inputs[0] if len(inputs) == 1 else inputs, [layer.output for layer in layers])
-
-
-def _as_list(outputs: Any) -> list[Any]:
-    """A tap's outputs as a list: a model with one layer returns its one output bare."""
-    return list(outputs) if isinstance(outputs, (list, tuple)) else [outputs]
-
-
-def _hash64(array: np.ndarray) -> np.uint64:
-    """A 64-bit fingerprint of an array's bytes: one per training step, so the first differing step shows."""
-    return np.frombuffer(hashlib.blake2b(np.ascontiguousarray(array).tobytes(), digest_size=8).digest(), np.uint64)[0]
-
-
-def audit_model(model: keras.Model, inputs: np.ndarray | None = None, targets: np.ndarray | None = None, *,
-                input_shape: list[int] | None = None, loss: str = "mse", steps: int = 3, repeats: int = 3,
-                seed: int = 0, xla: bool = False, settings: dict[str, Any] | None = None) -> AuditResult:
-    """Audit ``model`` in this process (TensorFlow already imported). See the module docstring.
-
-    Raises:
-        UsageError: inputs that do not fit the model, an unknown loss, bad counts.
-    """
-    for name, value, minimum in (("steps", steps, 1), ("repeats", repeats, 2)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-            raise UsageError(f"Invalid value for argument `{name}`. Expected an integer >= {minimum}. "
-                             f"Received {name}={value!r}.")
-    keras.utils.set_random_seed(seed)
-    x = _inputs(model, input_shape, inputs, seed)
-    if x.shape[0] == 0:
-        raise UsageError("Invalid value for argument `--input-shape`. Expected a batch of at least 1. "
-                         f"Received {list(x.shape)}.")
-    loss_fn = _loss(loss)
-    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
-    tap = _tap(model, layers, x)
-    if targets is None:
-        y = _as_list(tap(x))[-1]
-        targets = np.random.default_rng([seed, 1]).standard_normal(tuple(y.shape)).astype(y.dtype.name)
-    initial = [v.numpy() for v in model.weights]
-    variables = model.trainable_variables
-
-    @tf.function(jit_compile=xla)
-    def train_step(x: tf.Tensor, t: tf.Tensor) -> Any:
-        with tf.GradientTape(persistent=True) as tape:
-            outputs = _as_list(tap(x, training=True))
-            value = tf.reduce_mean(loss_fn(t, outputs[-1]))
-        upstream = tape.gradient(value, outputs, unconnected_gradients="zero")
-        grads = tape.gradient(value, variables, unconnected_gradients="zero")
-        del tape
-        return value, outputs, upstream, grads
-
-    xt, tt = tf.constant(x), tf.constant(targets)
-    names = ([f"loss[{s + 1}]" for s in range(steps)] + [f"out:{layer.name}" for layer in layers]
-             + [f"up:{layer.name}" for layer in layers] + [f"grad:{v.path}" for v in variables]
-             + [f"final:{v.path}" for v in variables] + [f"steps:{layer.name}" for layer in layers])
-    executions = [0]
-
-    def execute() -> list[np.ndarray]:
-        """One whole training execution from the initial weights: the repeat routine's "step"."""
-        executions[0] += 1
-        for v, value in zip(model.weights, initial):
-            v.assign(value)
-        optimizer = keras.optimizers.SGD(learning_rate=0.01)  # fresh state each execution
-        losses, first, per_step = [], None, [[] for _ in layers]
-        for s in range(steps):
-            channel.progress(f"execution {executions[0]}/{repeats}", s + 1, steps)
-            value, outputs, upstream, grads = train_step(xt, tt)
-            optimizer.apply_gradients(zip(grads, variables))
-            losses.append(np.asarray(value.numpy()))
-            host_outputs = [o.numpy() for o in outputs]
-            for i, out in enumerate(host_outputs):
-                per_step[i].append(_hash64(out))
-            if s == 0:
-                first = (host_outputs, [u.numpy() for u in upstream], [g.numpy() for g in grads])
-        assert first is not None
-        return [*losses, *first[0], *first[1], *first[2], *(v.numpy() for v in variables),
-                *(np.array(h, dtype=np.uint64) for h in per_step)]
-
-    outcome = repeat_and_compare(execute, repeats, names=names, keep_first_difference=True)
-    return _summarize(model, layers, variables, outcome.tensors, steps, initial, {**(settings or {}), "xla": "on" if xla else "off"})
-
-
-def _first_step(hashes: TensorOutcome) -> int | None:
-    if hashes.first_difference is None:
-        return None
-    _, later = hashes.first_difference
-    return int(np.flatnonzero(later != hashes.first)[0]) + 1
-
-
-def _summarize(model: keras.Model, layers: list[Any], variables: list[Any], tensors: list[TensorOutcome],
-               steps: int, initial: list[np.ndarray], settings: dict[str, Any]) -> AuditResult:
-    n_layers, n_vars = len(layers), len(variables)
-    losses = tensors[:steps]
-    forward = tensors[steps:steps + n_layers]
-    upstream = tensors[steps + n_layers:steps + 2 * n_layers]
-    grads = tensors[steps + 2 * n_layers:steps + 2 * n_layers + n_vars]
-    final = tensors[steps + 2 * n_layers + n_vars:steps + 2 * n_layers + 2 * n_vars]
-    per_step = tensors[steps + 2 * n_layers + 2 * n_vars:]
-    owner = {id(v): layer for layer in layers for v in layer.trainable_variables}
-    rows, culprit = [], None
-    for index, layer in enumerate(layers):
-        mine = [(v, grads[i]) for i, v in enumerate(variables) if owner.get(id(v)) is layer]
-        # Localization uses the first step's tensors: later steps inherit every earlier difference.
-        forward_ok = forward[index].bitwise_equal
-        backward_ok = all(g.bitwise_equal for _, g in mine)
-        input_ok = index == 0 or forward[index - 1].bitwise_equal
-        upstream_ok = upstream[index].bitwise_equal
-        ulps = [t.comparison.max_ulp for t in (forward[index], *(g for _, g in mine)) if t.comparison]
-        first_step = _first_step(per_step[index])
-        if first_step is None and not backward_ok:
-            first_step = 1  # the first step's gradients differ
-        # forward/backward: at the first step; first_step: the first step where the layer differs at all.
-        rows.append({"layer": layer.name, "class": type(layer).__name__,
-                     "forward": "ok" if forward_ok else "DIFFERS", "backward": "ok" if backward_ok else "DIFFERS",
-                     "max_ulp": max(ulps, default=0), "first_step": first_step})
-        if culprit is None and not forward_ok and input_ok:
-            culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "forward output"}
-        if culprit is None and forward_ok and input_ok and upstream_ok and not backward_ok:
-            tensor = next(v.name for v, g in mine if not g.bitwise_equal)
-            culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": f"{tensor} gradient"}
-        if culprit is None and upstream_ok and index > 0 and not upstream[index - 1].bitwise_equal and forward_ok:
-            culprit = {"layer": layer.name, "class": type(layer).__name__, "tensor": "input gradient"}
-    if culprit is None:  # the first step agrees everywhere: the earliest layer to differ at a later step
-        later = [r for r in rows if r["first_step"]]
-        if later:
-            row = min(later, key=lambda r: r["first_step"])
-            culprit = {"layer": row["layer"], "class": row["class"], "tensor": f"forward output at step {row['first_step']}"}
-    reproducible = all(t.bitwise_equal for t in tensors)
-    first_outputs = [t.first for t in forward]
-    flat = lambda arrays: np.concatenate([a.reshape(-1).astype(np.float64) for a in arrays]) if arrays \
-        else np.zeros(0)  # noqa: E731
-    return AuditResult(
-        verdict="REPRODUCIBLE" if reproducible else "NONDETERMINISTIC",
-        layers=rows,
-        losses=[{"step": i + 1, "equal": t.bitwise_equal, "max_ulp": t.comparison.max_ulp if t.comparison else 0,
-                 "value": float(t.first)} for i, t in enumerate(losses)],
-        culprit=None if reproducible else culprit,
-        checks=environment_checks(model, settings),
-        digests={"initial_weights": digest(flat(initial)), "first_step_outputs": digest(flat(first_outputs)),
-                 "final_weights": digest(flat([t.first for t in final]))},
-    )
+def audit_training(target: Target, *, steps: int, repeats: int, xla: bool, resume_step: int | None,
+                   finals_path: Path | None) -> dict[str, Any]:
+    """The main worker's audit: repeats, a resume, and the first execution's trace for the rerun check."""
+    k = resume_step if resume_step is not None else max(1, steps // 2)
+    if steps >= 2 and not 1 <= k < steps:
+        raise UsageError(f"Invalid value for argument `--resume-step`. Expected 1 to {steps - 1} (a step before the "
+                         f"last of --steps {steps}). Received {k}.")
+    runs: list[Execution] = []
+    first_training = None
+    for r in range(repeats):
+        run, training = _execute(target, f"execution {r + 1}/{repeats}", steps, xla,
+                                 checkpoint_step=k if (r == 0 and steps >= 2) else None)
+        runs.append(run)
+        if r == 0:
+            first_training = training
+    assert first_training is not None
+    described = _describe_training(first_training, steps)
+    classes = {path: type(layer).__name__ for path, layer in layer_paths(first_training.model)}
+    pipeline = scan_dataset(first_training.dataset) if first_training.synthetic is None else []
+    repeat_divergence = None
+    base_trace = trace_of(runs[0])
+    for r, other in enumerate(runs[1:], start=2):
+        found = compare_traces(base_trace, trace_of(other))
+        if found:
+            repeat_divergence = {**found, "execution": r}
+            break
+    resume = None
+    if steps >= 2 and runs[0].checkpoint is not None:
+        resumed, _ = _execute(target, "resumed execution", steps, xla,
+                                             restore=(runs[0].checkpoint, k))
+        rows = _final_rows(runs[0], resumed)
+        resume = {"step": k, "of": steps, "equal": all(row["equal"] for row in rows),
+                  "differing": [row for row in rows if not row["equal"]], "random_ops": runs[0].random_ops}
+    if finals_path is not None:
+        np.savez(finals_path, **{f"v{i}": v for i, v in enumerate(runs[0].final)})
+    return {"training": described, "trace": base_trace, "repeats": repeats,
+            "repeat_divergence": repeat_divergence, "layers": _layer_rows(runs, classes),
+            "final_vs_repeats": [row for other in runs[1:] for row in _final_rows(runs[0], other) if not row["equal"]],
+            "resume": resume, "pipeline": pipeline}
 
 
 def audit_probe(payload: dict[str, Any]) -> dict[str, Any]:
-    """The worker side of ``detaudit audit``: load, audit, and return plain data (or the bad-input message)."""
+    """The worker side of ``detaudit audit``: apply the settings, audit, return plain data (or the bad input)."""
     from detaudit.engine.fingerprint import tensorflow_fingerprint
-    from detaudit.engine.standalone import device_name
+    from detaudit.engine.worker import reported_settings
 
-    device = payload.get("device", "cpu")
-    if device.startswith("gpu"):
-        index = int(device.partition(":")[2] or 0)
-        if index >= len(tf.config.list_logical_devices("GPU")):
-            return {"bad_input": f"Invalid value for argument `--device`. Received {device!r}: no such GPU visible "
-                                 "to TensorFlow on this machine."}
+    settings = payload["settings"]
+    applied = standalone.apply_cell(settings_spec(settings))
+    if applied.device is None:
+        return {"bad_input": f"Invalid value for argument `--device`. Received {settings['device']!r}: "
+                             f"{applied.unavailable}."}
     try:
-        with tf.device(device_name(device)):
+        with applied.scope():
             channel.progress("loading the model")
-            keras.utils.set_random_seed(payload.get("seed", 0))  # a factory's initial weights come from the seed
-            model = load_model(payload["model"], payload.get("unsafe", False))
-            inputs = np.load(payload["inputs"]) if payload.get("inputs") else None
-            targets = np.load(payload["targets"]) if payload.get("targets") else None
-            result = audit_model(model, inputs, targets, input_shape=payload.get("input_shape"),
-                                 loss=payload.get("loss", "mse"), steps=payload.get("steps", 3),
-                                 repeats=payload.get("repeats", 3), seed=payload.get("seed", 0),
-                                 xla=payload.get("xla") == "on", settings=payload.get("settings"))
+            target = Target(payload["model"], unsafe=payload.get("unsafe", False), inputs=payload.get("inputs"),
+                            targets=payload.get("targets"), input_shape=payload.get("input_shape"),
+                            loss=payload.get("loss", "mse"), batch_size=payload.get("batch_size", 32),
+                            seed=payload.get("seed", 0))
+            finals = Path(payload["finals"]) if payload.get("finals") else None
+            if payload.get("trace_only"):
+                run, training = _execute(target, "execution 1/1", payload["steps"], applied.xla)
+                if finals is not None:
+                    np.savez(finals, **{f"v{i}": v for i, v in enumerate(run.final)})
+                result: dict[str, Any] = {"trace": trace_of(run)}
+            else:
+                result = audit_training(target, steps=payload["steps"], repeats=payload["repeats"], xla=applied.xla,
+                                        resume_step=payload.get("resume_step"), finals_path=finals)
     except UsageError as exc:
         return {"bad_input": str(exc)}
-    except (OSError, ValueError) as exc:
+    except (OSError, MemoryError) as exc:
         return {"bad_input": one_line(exc)}
-    return {**result.to_dict(), "tensorflow": tensorflow_fingerprint(),
-            "gpus_visible": len(tf.config.list_logical_devices("GPU"))}
+    return {**result, "checks": environment_checks(settings), "applied": reported_settings(),
+            "tensorflow": tensorflow_fingerprint(), "gpus_visible": len(tf.config.list_logical_devices("GPU"))}

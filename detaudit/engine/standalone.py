@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["BUILDERS", "Case", "DeviceCheckedPass", "NotALayer", "apply_environment", "device_name",
-           "resolve_user_layer", "run_statements", "seeded_values", "tensor_names"]
+__all__ = ["BUILDERS", "AppliedCell", "Case", "DeviceCheckedPass", "NotALayer", "apply_cell", "apply_environment",
+           "device_name", "resolve_user_layer", "run_statements", "seeded_values", "start_process", "tensor_names"]
 
 _RAW_FORMATS = {
     (1, "channels_last"): "NWC", (1, "channels_first"): "NCW",
@@ -48,6 +48,65 @@ def run_statements(statements: list[str]) -> None:
 
     for statement in statements:
         exec(statement, {"tf": tf, "keras": keras})  # noqa: S102 - detaudit's own axis declarations, not user text
+
+
+def start_process(spec: dict[str, Any]) -> None:
+    """Apply a setting's process-wide part: its environment, then TensorFlow, then its start-up statements.
+
+    ``spec`` is :func:`detaudit.core.axes.settings_spec` of the setting: ``environment``, ``startup``,
+    ``cell`` and ``values``. Call once per process, before anything else imports TensorFlow. The worker,
+    the audit's workers and every reproducer call this one function.
+    """
+    apply_environment(spec["environment"])
+    import tensorflow as tf
+
+    for gpu in tf.config.list_physical_devices("GPU"):
+        # Several workers share a GPU; without growth the first one takes all its memory.
+        tf.config.experimental.set_memory_growth(gpu, True)
+    run_statements(spec["startup"])
+
+
+class AppliedCell:
+    """What :func:`apply_cell` applied: the device scope to run in, XLA, and where repeats are compared."""
+
+    def __init__(self, device: str | None, unavailable: str | None, xla: bool, compare_on_device: bool):
+        self.device = device  # TensorFlow's device name, or None when the device is not visible
+        self.unavailable = unavailable  # why the device is not visible
+        self.xla = xla  # compile the pass with jit_compile
+        self.compare_on_device = compare_on_device
+
+    def scope(self) -> Any:
+        """The device scope the cell's work runs in."""
+        import tensorflow as tf
+
+        return tf.device(self.device)
+
+
+def apply_cell(spec: dict[str, Any]) -> AppliedCell:
+    """Apply a setting's per-cell part (dtype policy, TF32, ...) and say how the cell runs: device, XLA, compare.
+
+    The one function that applies a cell's settings in a running process: the runner's worker, the model
+    audit and the reproducers call it (after :func:`start_process`). Repeats are compared on the device
+    for a GPU (copying every pass to the host would cost more than the pass), on the host for the CPU,
+    where the tensors already are; ``DETAUDIT_COMPARE_ON_DEVICE=1`` forces the device path on a CPU so
+    that its correctness is tested where no GPU is.
+    """
+    import tensorflow as tf
+
+    values = spec["values"]
+    xla = values.get("xla") == "on"
+    device = values.get("device", "cpu")
+    if device != "cpu":
+        index = int(device.partition(":")[2] or 0)
+        gpus = tf.config.list_logical_devices("GPU")
+        if not gpus:
+            return AppliedCell(None, "no GPU visible to TensorFlow on this machine "
+                               "(tf.config.list_logical_devices('GPU') is empty)", xla, True)
+        if index >= len(gpus):
+            return AppliedCell(None, f"GPU {index} is not visible: TensorFlow sees {len(gpus)} GPU(s)", xla, True)
+    run_statements(spec["cell"])
+    on_device = device != "cpu" or os.environ.get("DETAUDIT_COMPARE_ON_DEVICE") == "1"
+    return AppliedCell(device_name(device), None, xla, on_device)
 
 
 def keras_output_length(n: int, kernel: int, stride: int, padding: str, dilation: int = 1) -> int:

@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from detaudit.core.axes import cell_statements, startup_statements
+from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
 from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.core.numerics import compare, digest
@@ -55,10 +55,19 @@ def _watch_lifeline() -> None:
 
 
 def apply_settings(settings: Any) -> dict[str, Any]:
-    """Import TensorFlow and apply the process-wide settings before any op runs.
+    """Import TensorFlow and apply the process-wide settings before any op runs (:func:`standalone.start_process`).
 
     Returns what TensorFlow reports back, as evidence that the settings took.
     """
+    standalone.start_process(settings_spec(settings.as_dict()))
+    import tensorflow as tf
+
+    tf.get_logger().setLevel("ERROR")  # one tf.function per cell is by design; no retracing warnings
+    return reported_settings()
+
+
+def reported_settings() -> dict[str, Any]:
+    """What TensorFlow and Keras report as applied in this process: the evidence recorded beside the settings."""
     import keras
     import tensorflow as tf
     from tensorflow.python.framework import (
@@ -67,11 +76,6 @@ def apply_settings(settings: Any) -> dict[str, Any]:
 
     from detaudit.engine.fingerprint import onednn_state
 
-    for gpu in tf.config.list_physical_devices("GPU"):
-        # Several workers share a GPU; without growth the first one takes all its memory.
-        tf.config.experimental.set_memory_growth(gpu, True)
-    standalone.run_statements(startup_statements(settings.as_dict()))
-    tf.get_logger().setLevel("ERROR")  # one tf.function per cell is by design; no retracing warnings
     return {
         "op_determinism": bool(tf_config.is_op_determinism_enabled()),
         "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
@@ -94,28 +98,6 @@ def _applied_per_cell() -> dict[str, Any]:
             "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()), "onednn": onednn_state()}
 
 
-def _device_scope(device: str) -> tuple[str | None, str | None]:
-    """The TensorFlow device name for ``device``, or None and the reason it is not visible."""
-    import tensorflow as tf
-
-    if device == "cpu":
-        return "/CPU:0", None
-    index = int(device.partition(":")[2] or 0)
-    gpus = tf.config.list_logical_devices("GPU")
-    if not gpus:
-        return None, "no GPU visible to TensorFlow on this machine (tf.config.list_logical_devices('GPU') is empty)"
-    if index >= len(gpus):
-        return None, f"GPU {index} is not visible: TensorFlow sees {len(gpus)} GPU(s)"
-    return standalone.device_name(device), None
-
-
-def compare_on_device(device: str) -> bool:
-    """Where repeats are compared: on a GPU, on the device (copying them to the host would cost more than the
-    pass); on the CPU, on the host, where they already are. ``DETAUDIT_COMPARE_ON_DEVICE=1`` forces the device
-    path on a CPU, so that its correctness is tested where no GPU is."""
-    return not device.startswith("/CPU") or os.environ.get("DETAUDIT_COMPARE_ON_DEVICE") == "1"
-
-
 def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None) -> dict[str, Any]:
     """Run one cell: ``repeats`` forward+backward passes, each compared with the first (streaming).
 
@@ -133,16 +115,16 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
 
     started = time.perf_counter()
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
-    device, reason = _device_scope(cell.settings.device)
-    if device is None:
-        record.update(status="skipped", message=reason, seconds=0.0)
-        return record
     try:
-        standalone.run_statements(cell_statements(cell.settings.as_dict()))
+        applied = standalone.apply_cell(settings_spec(cell.settings.as_dict()))
+        if applied.device is None:
+            record.update(status="skipped", message=applied.unavailable, seconds=0.0)
+            return record
         record["applied"] = _applied_per_cell()
-        with tf.device(device):
-            case = build_case(cell.layer, cell.seed, xla=cell.settings.xla == "on")
-            on_device = compare_on_device(device)
+        device = applied.device
+        with applied.scope():
+            case = build_case(cell.layer, cell.seed, xla=applied.xla)
+            on_device = applied.compare_on_device
             if on_device:
                 outcome = repeat_on_device(case.device_pass(), cell.repeats, names=case.names)
             else:

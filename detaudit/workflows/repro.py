@@ -22,7 +22,7 @@ import json
 from typing import Any
 
 from detaudit.core import numerics
-from detaudit.core.axes import cell_statements, environment_changes, startup_statements
+from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell
 from detaudit.engine import standalone
 
@@ -69,15 +69,14 @@ def _tensors(setting, repeats):
     pass comes back to the host.
     """
     spec = SETTINGS[setting]
-    apply_environment(spec["environment"])
-    import tensorflow as tf
-
-    run_statements(spec["startup"])
-    run_statements(spec["cell"])
-    with tf.device(device_name(spec["values"]["device"])):
+    start_process(spec)
+    applied = apply_cell(spec)
+    if applied.device is None:
+        sys.exit(f"cannot run this setting here: {{applied.unavailable}}")
+    with applied.scope():
         case = Case(CASE["builder"], CASE["kind"], CASE["params"], CASE["input_shape"], CASE["seed"],
-                    xla=spec["values"]["xla"] == "on")
-        if spec["values"]["device"] == "cpu":
+                    xla=applied.xla)
+        if not applied.compare_on_device:
             first = case.step()
             return case.names, first, [case.step() for _ in range(repeats - 1)]
         checked = case.device_pass()
@@ -150,9 +149,7 @@ if __name__ == "__main__":
 
 
 def _setting(settings: Any) -> dict[str, Any]:
-    values = settings.as_dict()
-    return {"values": values, "environment": environment_changes(values), "startup": startup_statements(values),
-            "cell": cell_statements(values)}
+    return settings_spec(settings.as_dict())
 
 
 def _body(module: Any) -> str:

@@ -1,0 +1,81 @@
+"""The vocabulary of a training audit: its verdict and its three answers (no framework, no pandas).
+
+An audit answers three questions about a user's training, each on one line:
+
+- **rerun**: does a fresh process with the same seed end with the same weights?
+- **repeats**: are executions within one process identical (each one restored to a rerun's state)?
+- **resume**: does resuming from a checkpoint taken at step k reach the weights of the uninterrupted run?
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+__all__ = ["Answer", "AuditVerdict", "Question", "Stage", "verdict_of"]
+
+
+class Question(enum.Enum):
+    """The three questions, in the order they are shown."""
+
+    RERUN = "rerun"
+    REPEATS = "repeats"
+    RESUME = "resume"
+
+    @property
+    def asks(self) -> str:
+        """The question in words."""
+        return {Question.RERUN: "Does a rerun of this training reproduce it (fresh process, same seed)?",
+                Question.REPEATS: "Are repeats within one process identical?",
+                Question.RESUME: "Does resuming from a checkpoint reach the same weights?"}[self]
+
+
+class AuditVerdict(enum.Enum):
+    """The audit's one-word outcome; every value but REPRODUCIBLE exits 1."""
+
+    REPRODUCIBLE = "REPRODUCIBLE"
+    NOT_RERUN_REPRODUCIBLE = "NOT RERUN-REPRODUCIBLE"  # a fresh process ends elsewhere
+    NONDETERMINISTIC = "NONDETERMINISTIC"  # repeats in one process differ
+    NOT_RESUMABLE = "NOT RESUMABLE"  # a resumed training ends elsewhere
+
+    @property
+    def passed(self) -> bool:
+        return self is AuditVerdict.REPRODUCIBLE
+
+
+class Stage(enum.Enum):
+    """Where a training step first diverges, in the order a step runs."""
+
+    DATA = "data"
+    FORWARD = "forward"
+    LOSS = "loss"
+    GRADIENTS = "gradients"
+    UPDATE = "update"
+
+
+@dataclasses.dataclass(frozen=True)
+class Answer:
+    """One answer: whether it holds (None: not asked, e.g. a one-step training cannot be resumed) and why."""
+
+    question: Question
+    holds: bool | None
+    detail: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"question": self.question.value, "holds": self.holds, "detail": self.detail}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Answer:
+        return cls(Question(data["question"]), data.get("holds"), str(data.get("detail", "")))
+
+
+def verdict_of(answers: list[Answer]) -> AuditVerdict:
+    """The verdict: the first question that fails names it (a rerun outranks repeats, repeats a resume)."""
+    failing = {answer.question for answer in answers if answer.holds is False}
+    for question, verdict in ((Question.RERUN, AuditVerdict.NOT_RERUN_REPRODUCIBLE),
+                              (Question.REPEATS, AuditVerdict.NONDETERMINISTIC),
+                              (Question.RESUME, AuditVerdict.NOT_RESUMABLE)):
+        if question in failing:
+            return verdict
+    return AuditVerdict.REPRODUCIBLE
