@@ -200,22 +200,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget-s", type=_number(1, 86400), default=300.0, help="seconds for shrinking, per cell")
     p.add_argument("--out", default="runs", help="where the triage run goes (and a config's run, and latest)")
 
-    p = _add(sub, "audit", "pre-training determinism audit of your own Keras model",
-             "--repeats executions of --steps SGD steps from the same weights and data, compared bit for bit "
-             "(loss per step, every layer's output, every gradient, the final weights), the same again in a fresh "
-             "process (restart), the culprit layer and tensor, and what in this environment decides reproducibility.",
-             ("detaudit audit model.keras --input-shape 8,64,64,3",
-              "detaudit audit mypkg.models:build_generator --determinism on --report audit.md"))
-    p.add_argument("model", help="a .keras file (loaded in safe mode), or module:function returning a Keras model")
+    p = _add(sub, "audit", "pre-training reproducibility audit of your own training",
+             "Runs your training as written (your model, its compiled optimizer, loss and train_step, your data) "
+             "--repeats times, each execution rebuilt as a rerun of your script, then once more in a fresh process "
+             "and once resumed from a checkpoint at --resume-step; answers 'does a rerun reproduce?', 'are repeats "
+             "identical?' and 'does a resume reach the same weights?', and names where a step first diverges "
+             "(data, a layer's output, the loss, a gradient, the update).",
+             ("detaudit audit mypkg.train:build --steps 4",
+              "detaudit audit model.keras --inputs x.npz --targets y.npy --compare-to runs/workstation-audit"))
+    p.add_argument("model", help="module:function returning a Keras model or a (model, data) pair, or a .keras file "
+                   "(loaded in safe mode)")
     shape = p.add_mutually_exclusive_group()
     shape.add_argument("--input-shape", default=None, metavar="B,H,W,C",
                        help="synthetic input shape, batch included (default: the model's, batch 2)")
-    shape.add_argument("--inputs", default=None, metavar="X.npy", help="a .npy file with the input batch")
-    p.add_argument("--targets", default=None, metavar="Y.npy", help="a .npy file with the targets (default: seeded random)")
-    p.add_argument("--loss", default="mse", help="a Keras loss name (mse, categorical_crossentropy, ...)")
+    shape.add_argument("--inputs", default=None, metavar="X.npy|X.npz",
+                       help="inputs: a .npy array, or a .npz of arrays named as the model's inputs")
+    p.add_argument("--targets", default=None, metavar="Y.npy|Y.npz", help="targets (default: seeded random, for an "
+                   "uncompiled model)")
+    p.add_argument("--loss", default="mse", help="for an uncompiled model: a Keras loss name (mse, ...)")
+    p.add_argument("--batch-size", type=_int_range(1, 1 << 20), default=32, help="batch size for array data")
     p.add_argument("--steps", type=_int_range(1, 10_000), default=3, help="training steps per execution")
-    p.add_argument("--repeats", type=_int_range(2, 1000), default=3, help="executions compared with the first")
-    p.add_argument("--seed", type=_int_range(0, (1 << 32) - 1), default=0, help="seed of inputs, targets and weights")
+    p.add_argument("--repeats", type=_int_range(2, 1000), default=3, help="executions in one process")
+    p.add_argument("--resume-step", type=_int_range(1, 10_000), default=None,
+                   help="the step the resume check checkpoints at (default: --steps // 2)")
+    p.add_argument("--seed", type=_int_range(0, (1 << 32) - 1), default=0,
+                   help="keras.utils.set_random_seed before each build: weights, dropout, shuffles, synthetic data")
+    p.add_argument("--compare-to", default=None, metavar="AUDIT_DIR",
+                   help="after the audit, compare its final weights with a stored audit of the same model")
     for name, axis in AXES.items():  # every axis is a setting of the audit's workers
         p.add_argument(f"--{name}", type=_axis(name), default=axis.default,
                        metavar="cpu|gpu|gpu:N" if name == "device" else None, choices=axis.choices,

@@ -188,8 +188,21 @@ def _cmd_show(args: Any) -> int:
     return EXIT_OK if all(c.get("reproduced") for c in stored.result.get("cells", [])) else EXIT_FAILED
 
 
+def _print_audit_comparison(base: Any, new: Any, as_json: bool) -> int:
+    from detaudit.analysis.audit_compare import compare_audits
+    from detaudit.render.tools import audit_comparison
+
+    comparison = compare_audits(base, new)
+    if as_json:
+        _print_json(comparison.to_dict())
+    else:
+        _out().print(audit_comparison(comparison))
+    return EXIT_OK if comparison.reproduced else EXIT_FAILED
+
+
 def _cmd_compare(args: Any) -> int:
     from detaudit.analysis.compare import compare_runs
+    from detaudit.engine.store import RunKind
     from detaudit.analysis.runs import load_run, resolve_run
     from detaudit.analysis.summary import build_summary
     from detaudit.render.junit import summary_cases, write_junit
@@ -199,7 +212,10 @@ def _cmd_compare(args: Any) -> int:
     new_path = resolve_run(args.new, args.runs)
     base_path = resolve_run(args.base, args.runs, relative_to=new_path)
     new = load_run(new_path)
-    comparison = compare_runs(load_run(base_path), new)
+    base = load_run(base_path)
+    if RunKind.AUDIT in (base.kind, new.kind):
+        return _print_audit_comparison(base, new, args.json)
+    comparison = compare_runs(base, new)
     if args.json:
         _print_json(comparison.to_dict())
     else:
@@ -370,6 +386,8 @@ def _cmd_triage(args: Any) -> int:
 
 
 def _cmd_audit(args: Any) -> int:
+    from detaudit.analysis.runs import load_run, resolve_run
+    from detaudit.core.audit_outcome import AuditVerdict
     from detaudit.core.axes import AXES
     from detaudit.core.config import Settings
     from detaudit.render.progress import StageProgress
@@ -377,6 +395,7 @@ def _cmd_audit(args: Any) -> int:
     from detaudit.workflows.audit import run_audit
 
     report = _writable(args.report, "--report")
+    base = load_run(resolve_run(args.compare_to, args.out)) if args.compare_to else None
     input_shape = None
     if args.input_shape:
         try:
@@ -385,12 +404,13 @@ def _cmd_audit(args: Any) -> int:
             input_shape = None
         if not input_shape or any(n < 1 for n in input_shape) or len(input_shape) < 2:
             raise UsageError(f"Invalid value for argument `--input-shape`. Expected positive integers, batch first, "
-                             f"such as 8,64,64,3. Received {args.input_shape!r}.")
+                             f"such as 8,64,64,3. Received {args.input_shape[:80]!r}.")
     settings = Settings(**{name: getattr(args, name) for name in AXES})
     with StageProgress(_err(), _live(args.json), "starting TensorFlow") as progress:
         result = run_audit(args.model, settings, out=args.out, input_shape=input_shape, inputs=args.inputs,
                            targets=args.targets, loss=args.loss, steps=args.steps, repeats=args.repeats,
-                           seed=args.seed, unsafe=args.unsafe, on_progress=progress.update)
+                           seed=args.seed, unsafe=args.unsafe, batch_size=args.batch_size,
+                           resume_step=args.resume_step, on_progress=progress.update)
     if report is not None:
         report.write_text(audit_markdown(result), encoding="utf-8")
     if args.json:
@@ -400,7 +420,10 @@ def _cmd_audit(args: Any) -> int:
         out.print(audit_report(result, show_all=args.all))
         out.print(f"Stored: {result['run_dir']}  (again: detaudit show {result['run_dir']})", highlight=False,
                   soft_wrap=True)
-    return EXIT_OK if result["verdict"] == "REPRODUCIBLE" else EXIT_FAILED
+    code = EXIT_OK if AuditVerdict(result["verdict"]).passed else EXIT_FAILED
+    if base is not None:
+        code = max(code, _print_audit_comparison(base, load_run(result["run_dir"]), args.json))
+    return code
 
 
 def _cmd_merge(args: Any) -> int:

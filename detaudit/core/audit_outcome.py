@@ -13,7 +13,7 @@ import dataclasses
 import enum
 from typing import Any
 
-__all__ = ["Answer", "AuditVerdict", "Question", "Stage", "verdict_of"]
+__all__ = ["Answer", "AuditVerdict", "Question", "Stage", "compare_traces", "verdict_of"]
 
 
 class Question(enum.Enum):
@@ -79,3 +79,22 @@ def verdict_of(answers: list[Answer]) -> AuditVerdict:
         if question in failing:
             return verdict
     return AuditVerdict.REPRODUCIBLE
+
+
+def compare_traces(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
+    """Where trace ``b`` first departs from ``a``: step, stage, tensor; None when every fingerprint agrees.
+
+    Keys are matched by position (a second build in one process gets other automatic layer names); the
+    names shown are ``a``'s.
+    """
+    if len(a["keys"]) != len(b["keys"]):
+        return {"step": 1, "stage": Stage.FORWARD.value, "name": "the step's structure",
+                "detail": f"the step recorded {len(a['keys'])} tensors in one run and {len(b['keys'])} in the other"}
+    steps = min(len(h) for h in a["hashes"]) if a["hashes"] else 0
+    for step in range(steps):
+        for (stage, name), ha, hb in zip(a["keys"], a["hashes"], b["hashes"]):
+            if step < len(hb) and ha[step] != hb[step]:
+                return {"step": step + 1, "stage": stage, "name": name}
+    if a["final"] != b["final"]:
+        return {"step": steps, "stage": Stage.UPDATE.value, "name": "final weights"}
+    return None

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from detaudit.core.audit_outcome import Stage
+from detaudit.core.audit_outcome import Stage, compare_traces
 from detaudit.core.axes import AXES, settings_spec
 from detaudit.core.numerics import compare, digest
 from detaudit.engine import channel, standalone
@@ -36,7 +36,7 @@ from detaudit.engine.training_trace import (
 )
 from detaudit.errors import UsageError, one_line
 
-__all__ = ["audit_probe", "compare_traces", "environment_checks", "trace_of"]
+__all__ = ["audit_probe", "environment_checks", "trace_of"]
 
 _STAGE_ORDER = {stage: i for i, stage in enumerate(Stage)}
 
@@ -48,25 +48,6 @@ def trace_of(run: Execution) -> dict[str, Any]:
             "hashes": [[f"{h:016x}" for h in run.hashes[key]] for key in keys],
             "final": [digest(v) for v in run.final], "variables": run.variable_names,
             "losses": run.losses}
-
-
-def compare_traces(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any] | None:
-    """Where trace ``b`` first departs from ``a``: step, stage, tensor; None when every fingerprint agrees.
-
-    Keys are matched by position (a second build in one process gets other automatic layer names); the
-    names shown are ``a``'s.
-    """
-    if len(a["keys"]) != len(b["keys"]):
-        return {"step": 1, "stage": Stage.FORWARD.value, "name": "the step's structure",
-                "detail": f"the step recorded {len(a['keys'])} tensors in one run and {len(b['keys'])} in the other"}
-    steps = min(len(h) for h in a["hashes"]) if a["hashes"] else 0
-    for step in range(steps):
-        for (stage, name), ha, hb in zip(a["keys"], a["hashes"], b["hashes"]):
-            if step < len(hb) and ha[step] != hb[step]:
-                return {"step": step + 1, "stage": stage, "name": name}
-    if a["final"] != b["final"]:
-        return {"step": steps, "stage": Stage.UPDATE.value, "name": "final weights"}
-    return None
 
 
 def _differs_at(a: Execution, b: Execution, key: tuple[Stage, str], key_b: tuple[Stage, str], step: int) -> int | None:

@@ -636,83 +636,52 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
 # -- audit and triage pages ----------------------------------------------------------------------------------------
 
 def _audit_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
-    from detaudit.render.tools import (
-        applies_here,  # one rule for which environment checks apply, shared with the terminal
-    )
+    from detaudit.analysis.audit_view import AuditView
 
-    verdict = str(result.get("verdict", "?"))
+    view = AuditView.from_result(result)
     tf = result.get("tensorflow") or stored.meta.get("tensorflow") or {}
     settings = result.get("settings") or {}
-    facts = [("model", result.get("model")), ("run", stored.run_id), ("started", stored.meta.get("started")),
+    facts = [("model", view.model), ("run", stored.run_id), ("started", stored.meta.get("started")),
              ("TensorFlow", f"{tf.get('tensorflow_version', '?')} / Keras {tf.get('keras_version', '?')}"
               if tf else None),
              ("settings", ", ".join(f"{k}={v}" for k, v in settings.items()) if settings else None),
              ("steps x repeats", f"{result['steps']} x {result['repeats']}" if "steps" in result and "repeats" in result
               else None), ("seed", result.get("seed"))]
-    parts = [f"<h1>detaudit audit of {_e(result.get('model', '?'))}</h1>", _facts(facts),
-             _status_block(verdict, verdict)]
-    culprit = result.get("culprit")
-    layers = result.get("layers") or []
-    if culprit:
-        row = next((r for r in layers if r.get("layer") == culprit.get("layer")), {})
-        step = f", first differs at step {row['first_step']}" if row.get("first_step") else ""
-        parts.append(f"<p><b style='color:#c62828'>Culprit: {_e(culprit.get('layer'))} ({_e(culprit.get('class'))}), "
-                     f"{_e(culprit.get('tensor'))}{_e(step)}</b></p>")
-    differing = [r for r in layers if r.get("forward") != "ok" or r.get("backward") != "ok" or r.get("first_step")]
+    parts = [f"<h1>detaudit audit of {_e(view.model)}</h1>", _facts(facts),
+             _status_block(view.verdict.value, view.verdict.value)]
+    marks = {True: ("yes", "color:#2e7d32"), False: ("NO", "color:#c62828;font-weight:600"), None: ("-", "")}
+    parts.append(_table(["question", "answer", "detail"], [
+        [_td(a.question.asks), _td(marks[a.holds][0], style=marks[a.holds][1]), _td(a.detail)] for a in view.answers],
+        sortable=False))
+    parts += [f"<p class='small muted'>{_e(line)}</p>" for line in view.training]
+    if view.culprit:
+        parts.append(f"<p><b style='color:#c62828'>Culprit: {_e(view.culprit.sentence())}</b></p>"
+                     f"<p>Fix: {_e(view.culprit.advice)}</p>")
+    headers = ["stage", "tensor", "class", ("first differs (step)", "num"), ("max ULP", "num")]
 
-    def layer_rows(rows: list[dict[str, Any]]) -> list[list[str]]:
-        out = []
-        for r in rows:
-            mark = "►" if culprit and culprit.get("layer") == r.get("layer") else ""
-            out.append([_td(mark, style="color:#c62828"), _td(r.get("layer")), _td(r.get("class")),
-                        _td(r.get("forward"), style="color:#c62828" if r.get("forward") != "ok" else "color:#2e7d32"),
-                        _td(r.get("backward"), style="color:#c62828" if r.get("backward") != "ok" else "color:#2e7d32"),
-                        _td(f"{int(r.get('max_ulp') or 0):,}", r.get("max_ulp"), cls="n"),
-                        _td("-" if r.get("first_step") is None else r["first_step"], r.get("first_step"), cls="n")])
-        return out
+    def rows(shown: list[dict[str, Any]]) -> list[list[str]]:
+        return [[_td(r.get("stage")), _td(r.get("name")), _td(r.get("class")),
+                 _td("-" if r.get("first_step") is None else r["first_step"], r.get("first_step"), cls="n"),
+                 _td(f"{int(r.get('max_ulp') or 0):,}", r.get("max_ulp"), cls="n")] for r in shown]
 
-    headers = ["", "layer", "class", "forward (step 1)", "backward (step 1)", ("max ULP", "num"),
-               ("first differs (step)", "num")]
-    parts.append("<h2 id='layers'>Layers that differ</h2>")
-    if differing:
-        parts.append(_table(headers, layer_rows(differing)))
-    else:
-        parts.append("<p>None: every layer's output and gradients were identical in every execution.</p>")
-    if layers:
-        parts.append(f"<details><summary>All {len(layers)} layers in topological order</summary>"
-                     f"{_table(headers, layer_rows(layers))}</details>")
-    losses = result.get("losses") or []
-    if losses:
-        diverged = [loss for loss in losses if not loss.get("equal")]
-        parts.append("<h2 id='losses'>Loss per step</h2>")
-        parts.append(f"<p>Loss differs from step {_e(diverged[0].get('step'))} "
-                     f"(max {int(diverged[0].get('max_ulp') or 0):,} ULP).</p>" if diverged
-                     else f"<p>Loss identical at every step ({len(losses)}).</p>")
-        parts.append(_table([("step", "num"), "identical", ("max ULP", "num"), ("loss", "num")], [
-            [_td(loss.get("step"), loss.get("step"), cls="n"), _td("yes" if loss.get("equal") else "NO"),
-             _td(f"{int(loss.get('max_ulp') or 0):,}", loss.get("max_ulp"), cls="n"),
-             _td("-" if loss.get("value") is None else f"{loss['value']:.6g}", loss.get("value"), cls="n")]
-            for loss in losses]))
-    restart = result.get("restart")
-    if restart:
-        parts.append("<h2 id='restart'>Restart in a fresh process</h2>")
-        parts.append(_table(["what", "same bits"], [
-            [_td(str(k).replace("_", " ")), _td("same" if v else "DIFFERS",
-                                                style="color:#2e7d32" if v else "color:#c62828;font-weight:600")]
-            for k, v in restart.items()], sortable=False))
-    checks = result.get("checks") or []
-    gpus = int(result.get("gpus_visible") or 0)
-    relevant = [c for c in checks if applies_here(c, gpus)]
-    if relevant:
+    parts.append("<h2 id='layers'>Tensors that differ between repeats</h2>")
+    parts.append(_table(headers, rows(view.differing)) if view.differing
+                 else "<p>None: every recorded tensor was identical in every execution.</p>")
+    if view.all_rows:
+        parts.append(f"<details><summary>All {len(view.all_rows)} recorded tensors</summary>"
+                     f"{_table(headers, rows(view.all_rows))}</details>")
+    if view.pipeline:
+        parts.append("<h2 id='pipeline'>Data pipeline</h2>")
+        parts.append(_table(["node", "problem", "source", "fix"], [
+            [_td(s.get(k, "")) for k in ("node", "problem", "source", "fix")] for s in view.pipeline]))
+    if view.checks:
         parts.append("<h2 id='checks'>Environment: what decides reproducibility here, and the fix</h2>")
         parts.append(_table(["check", "state", "risk", "fix"],
-                            [[_td(c.get(k, "")) for k in ("check", "state", "risk", "fix")] for c in relevant]))
-    folded = [c.get("check", "") for c in checks if not applies_here(c, gpus)]
-    if folded:
-        where = "no GPU visible" if not gpus else "a GPU is visible"
-        parts.append(f"<p class='small muted'>Not shown ({where}, they do not apply): {_e(', '.join(folded))}</p>")
-    if result.get("note"):
-        parts.append(f"<p class='small muted'>{_e(result['note'])}</p>")
+                            [[_td(c.get(k, "")) for k in ("check", "state", "risk", "fix")] for c in view.checks]))
+    if view.folded_checks:
+        where = "no GPU visible" if not view.gpus else "a GPU is visible"
+        parts.append(f"<p class='small muted'>Not shown ({where}, they do not apply): "
+                     f"{_e(', '.join(view.folded_checks))}</p>")
     return parts
 
 

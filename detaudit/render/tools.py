@@ -14,9 +14,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
+from detaudit.analysis.audit_view import AuditView
+from detaudit.core.audit_outcome import Answer
 from detaudit.render.terminal import render_known
 
-__all__ = ["adjoint_table", "applies_here", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
+__all__ = ["adjoint_table", "audit_comparison", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
            "triage_report"]
 
 
@@ -127,86 +129,81 @@ def adjoint_table(report: dict[str, Any]) -> RenderableType:
     return Group(*parts)
 
 
-_AUDIT_STYLES = {"REPRODUCIBLE": "bold green", "NONDETERMINISTIC": "bold red", "NOT RESTART-REPRODUCIBLE": "bold red"}
 
 
-def applies_here(check: dict[str, Any], gpus: int) -> bool:
-    """Whether an environment check applies to the devices present (cpu, gpu or any)."""
-    return check.get("applies", "any") == "any" or (check["applies"] == "gpu") == (gpus > 0)
+def _answer_text(answer: Answer) -> Text:
+    mark, style = {True: ("yes", "bold green"), False: ("NO", "bold red"), None: ("-", "dim")}[answer.holds]
+    text = Text(f"{answer.question.asks} ")
+    text.append(mark, style=style)
+    text.append(f": {answer.detail}")
+    return text
 
 
 def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableType:
-    """``detaudit audit``: the verdict and the culprit first, then only the layers that differ, losses, fixes."""
-    parts: list[RenderableType] = [Text(f"Audit of {result['model']}: {result['verdict']}",
-                                        style=_AUDIT_STYLES.get(result["verdict"], "bold"))]
-    culprit = result.get("culprit")
-    if culprit:
-        row = next((r for r in result["layers"] if r["layer"] == culprit["layer"]), {})
-        step = f", first differs at step {row['first_step']}" if row.get("first_step") else ""
-        parts.append(Text(f"Culprit: {culprit['layer']} ({culprit['class']}), {culprit['tensor']}{step}",
-                          style="bold red"))
-    differing = [r for r in result["layers"] if r["forward"] != "ok" or r["backward"] != "ok" or r.get("first_step")]
-    shown = result["layers"] if show_all else differing
+    """``detaudit audit``: the three answers and the verdict first, then the culprit, what differs, the fixes."""
+    view = AuditView.from_result(result)
+    parts: list[RenderableType] = [Text(f"Audit of {view.model}: {view.verdict.value}",
+                                        style="bold green" if view.verdict.passed else "bold red")]
+    parts += [_answer_text(answer) for answer in view.answers]
+    parts += [Text(line, style="dim") for line in view.training]
+    if view.culprit:
+        parts.append(Text(f"Culprit: {view.culprit.sentence()}", style="bold red"))
+        parts.append(Text(f"Fix: {view.culprit.advice}"))
+    shown = view.all_rows if show_all else view.differing
     if shown:
-        grid = Table(title="Layers in topological order" + ("" if show_all else " that differ"), title_justify="left",
-                     box=box.SIMPLE_HEAD)
-        for column in ("", "layer", "class", "forward (step 1)", "backward (step 1)", "max ULP", "first differs"):
+        grid = Table(title="Tensors in the order a step computes them" + ("" if show_all else " that differ between "
+                     "repeats"), title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("stage", "tensor", "class", "first differs at step", "max ULP"):
             grid.add_column(column, overflow="fold")
         for row in shown:
-            mark = "►" if culprit and culprit["layer"] == row["layer"] else ""
-            grid.add_row(Text(mark, style="bold red"), Text(row["layer"]), Text(row["class"]),
-                         Text(row["forward"], style="red" if row["forward"] != "ok" else "green"),
-                         Text(row["backward"], style="red" if row["backward"] != "ok" else "green"),
-                         f"{row['max_ulp']:,}", "-" if row.get("first_step") is None else str(row["first_step"]))
+            grid.add_row(row["stage"], Text(row["name"]), Text(row.get("class") or ""),
+                         "-" if row.get("first_step") is None else str(row["first_step"]), f"{row['max_ulp']:,}")
         parts.append(grid)
-    clean = len(result["layers"]) - len(differing)
-    if not show_all and clean:
-        parts.append(Text(f"{clean} of {len(result['layers'])} layers identical in every execution "
-                          "(--all lists them)", style="green"))
-    losses = result.get("losses") or []
-    diverged = [loss for loss in losses if not loss["equal"]]
-    if losses:
-        parts.append(Text(f"Loss differs from step {diverged[0]['step']} (max {diverged[0]['max_ulp']:,} ULP)"
-                          if diverged else f"Loss identical at every step ({len(losses)})"))
-    restart = result.get("restart")
-    if restart:
-        parts.append(Text("Restart in a fresh process: " + ", ".join(
-            f"{k.replace('_', ' ')} {'same' if v else 'DIFFERS'}" for k, v in restart.items())))
-    checks = result.get("checks") or []
-    gpus = int(result.get("gpus_visible") or 0)
-    relevant = [c for c in checks if applies_here(c, gpus)]
-    if relevant:
+    if view.random_layers:
+        unseeded = [r["path"] for r in view.random_layers if not r["seeded"]]
+        listed = ", ".join(f"{r['path']} ({r['class']})" for r in view.random_layers)
+        line = f"Random layers: {listed}"
+        if unseeded:
+            line += (f"; unseeded: {', '.join(unseeded)}, so their draws follow keras.utils.set_random_seed, which "
+                     "detaudit calls before building the training, as your script must")
+        parts.append(Text(line))
+    for source in view.pipeline:
+        style = "red" if source["source"] == "yes" else "dim"
+        verdict = "source" if source["source"] == "yes" else source["source"]
+        parts.append(Text(f"Data pipeline: {source['node']}: {source['problem']} ({verdict}). "
+                          f"{'Fix: ' + source['fix'] if source['source'] == 'yes' else ''}".rstrip(), style=style))
+    if view.checks:
         fixes = Table(title="Environment: what decides reproducibility here, and the fix", title_justify="left",
                       box=box.SIMPLE_HEAD)
         columns = ("check", "state", "risk", "fix") if show_all else ("check", "state", "fix")
         for column in columns:
             fixes.add_column(column, overflow="fold")
-        for check in relevant:
+        for check in view.checks:
             fixes.add_row(*(Text(str(check[k])) for k in columns))
         parts.append(fixes)
-    folded = [c["check"] for c in checks if not applies_here(c, gpus)]
-    if folded:
-        where = "no GPU visible" if not gpus else "a GPU is visible"
-        parts.append(Text(f"Not shown ({where}, they do not apply): {', '.join(folded)}", style="dim"))
-    if result.get("note"):
-        parts.append(Text(result["note"], style="dim"))
+    if view.folded_checks:
+        where = "no GPU visible" if not view.gpus else "a GPU is visible"
+        parts.append(Text(f"Not shown ({where}, they do not apply): {', '.join(view.folded_checks)}", style="dim"))
     return Group(*parts)
 
 
 def audit_markdown(result: dict[str, Any]) -> str:
     """The audit as Markdown, to attach to a ticket."""
-    lines = [f"# detaudit audit: {result['model']}", "", f"**Verdict: {result['verdict']}**", ""]
-    if result.get("culprit"):
-        c = result["culprit"]
-        lines += [f"Culprit: `{c['layer']}` ({c['class']}), {c['tensor']}.", ""]
-    lines += ["| layer | class | forward | backward | max ULP | first step |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['layer']} | {r['class']} | {r['forward']} | {r['backward']} | {r['max_ulp']} | "
-              f"{r.get('first_step') or '-'} |" for r in result["layers"]]
-    gpus = int(result.get("gpus_visible") or 0)
-    checks = [c for c in result.get("checks") or [] if applies_here(c, gpus)]
-    if checks:
+    view = AuditView.from_result(result)
+    marks = {True: "yes", False: "**NO**", None: "-"}
+    lines = [f"# detaudit audit: {view.model}", "", f"**Verdict: {view.verdict.value}**", ""]
+    lines += [f"- {a.question.asks} {marks[a.holds]}: {a.detail}" for a in view.answers] + [""]
+    lines += [f"_{line}_" for line in view.training] + [""]
+    if view.culprit:
+        lines += [f"Culprit: {view.culprit.sentence()}.", "", f"Fix: {view.culprit.advice}.", ""]
+    if view.differing:
+        lines += ["| stage | tensor | class | first differs at step | max ULP |", "|---|---|---|---|---|"]
+        lines += [f"| {r['stage']} | {r['name']} | {r.get('class') or ''} | {r['first_step']} | {r['max_ulp']} |"
+                  for r in view.differing]
+    lines += [f"- Data pipeline: {s['node']}: {s['problem']} ({s['source']})" for s in view.pipeline]
+    if view.checks:
         lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
-        lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in checks]
+        lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in view.checks]
     return "\n".join(lines) + "\n"
 
 
@@ -225,4 +222,36 @@ def triage_report(result: dict[str, Any]) -> RenderableType:
             ("Minimal case: ", "bold"), cell["minimal_description"], "\n",
             ("Reproducer: ", "bold"), f"python {cell['repro']}", "\n",
             ("Report: ", "bold"), str(cell["report"])), title=f"triage {cell['cell_id']} ({cell['mode']})"))
+    return Group(*parts)
+
+
+def audit_comparison(comparison: Any) -> RenderableType:
+    """``detaudit compare`` of two audits: environment differences first, then losses and final weights."""
+    parts: list[RenderableType] = [Text(f"{comparison.base} -> {comparison.new}: "
+                                        f"{'REPRODUCED' if comparison.reproduced else 'DIFFERENT WEIGHTS'}",
+                                        style="bold green" if comparison.reproduced else "bold red")]
+    if not comparison.same_training:
+        parts.append(Text("These audits ran different trainings (model, seed or steps differ): expect differences.",
+                          style="yellow"))
+    if comparison.environment:
+        env = Table(title="Environment differences", title_justify="left", box=box.SIMPLE_HEAD)
+        for column in ("field", "base", "new"):
+            env.add_column(column, overflow="fold")
+        for field, a, b in comparison.environment:
+            env.add_row(Text(str(field)), Text(str(a)), Text(str(b)))
+        parts.append(env)
+    parts.append(Text("Losses: identical at every step" if comparison.losses_equal
+                      else f"Losses: differ from step {comparison.first_loss_difference}"))
+    parts.append(Text("Final weights: bit-identical" if comparison.weights_equal
+                      else f"Final weights: {len(comparison.variables)} variable(s) differ"))
+    if comparison.variables:
+        grid = Table(box=box.SIMPLE_HEAD)
+        for column in ("variable", "elements differ", "max ULP", "max relative"):
+            grid.add_column(column, overflow="fold")
+        for row in comparison.variables:
+            grid.add_row(Text(row["variable"]),
+                         f"{row['n_differ']:,}/{row['size']:,}" if row.get("size") else row.get("note", "-"),
+                         "-" if row.get("max_ulp") is None else f"{row['max_ulp']:,}",
+                         "-" if row.get("max_relative") is None else f"{row['max_relative']:.2e}")
+        parts.append(grid)
     return Group(*parts)

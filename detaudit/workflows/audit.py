@@ -1,15 +1,21 @@
-"""Parent side of ``detaudit audit``: the model audit in two fresh workers (the second is the restart check).
+"""Parent side of ``detaudit audit``: the user's training audited in two fresh workers, three answers first.
 
 Never imports TensorFlow: the work runs in :mod:`detaudit.engine.model_audit`
 inside workers started by the runner, with the settings applied before
-TensorFlow starts. The audit is stored as a run of kind ``audit``: meta.json,
-audit.json (everything ``show`` and ``report`` render) and results.parquet
-(the layer table).
+TensorFlow starts. The first worker runs the executions (each a rerun of the
+training) and the resume; the second, a fresh process with the same seed, runs
+one execution, and its fingerprints answer "does a rerun reproduce?". The audit
+is stored as a run of kind ``audit``: meta.json, audit.json (everything ``show``,
+``report`` and ``compare`` render), results.parquet (one row per recorded tensor)
+and final_weights.npz (the first execution's final variables, for comparing
+audits across machines).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import shutil
+import tempfile
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -17,12 +23,15 @@ from typing import Any
 
 import pandas as pd
 
+from detaudit.core.audit_outcome import Answer, Question, compare_traces, verdict_of
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.runner import run_probe
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import UsageError
 
-__all__ = ["run_audit"]
+__all__ = ["FINAL_WEIGHTS", "run_audit"]
+
+FINAL_WEIGHTS = "final_weights.npz"
 
 
 def _model_spec(model: str) -> str:
@@ -38,61 +47,107 @@ def _model_spec(model: str) -> str:
     return str(path.resolve())
 
 
+def _answers(first: dict[str, Any], again: dict[str, Any]) -> tuple[list[Answer], dict[str, Any] | None]:
+    steps = first["training"]["steps"]
+    rerun = compare_traces(first["trace"], again["trace"])
+    answers = [Answer(Question.RERUN, rerun is None,
+                      f"a fresh process with the same seed ends with the same weights after {steps} step(s)"
+                      if rerun is None else f"a fresh process departs at step {rerun['step']}, {rerun['stage']}: "
+                      f"{rerun['name']}")]
+    found = first.get("repeat_divergence")
+    answers.append(Answer(Question.REPEATS, found is None,
+                          f"{first['repeats']} executions, each restored to a rerun's state, identical at every step"
+                          if found is None else f"execution {found['execution']} departs at step {found['step']}, "
+                          f"{found['stage']}: {found['name']}"))
+    resume = first.get("resume")
+    if resume is None:
+        answers.append(Answer(Question.RESUME, None, "not asked: one step cannot be resumed (--steps 2 or more)"))
+    elif resume["equal"]:
+        answers.append(Answer(Question.RESUME, True, f"resumed at step {resume['step']} of {resume['of']} from a "
+                              "checkpoint of the model's and optimizers' variables: the same weights"))
+    else:
+        worst = max((row["max_ulp"] for row in resume["differing"]), default=0)
+        why = ""
+        if resume.get("random_ops"):
+            why = (f"; the step draws from stateful random ops ({', '.join(resume['random_ops'])}), whose state no "
+                   "checkpoint holds: draw from a keras.random.SeedGenerator kept on the model "
+                   "(keras.random.normal(shape, seed=self.seed_generator)), whose state is a variable")
+        answers.append(Answer(Question.RESUME, False, f"resumed at step {resume['step']} of {resume['of']}, "
+                              f"{len(resume['differing'])} variable(s) end elsewhere (max {worst:,} ULP){why}"))
+    return answers, rerun
+
+
 def run_audit(model: str, settings: Any, *, out: str | Path = "runs", input_shape: list[int] | None = None,
               inputs: str | None = None, targets: str | None = None, loss: str = "mse", steps: int = 3,
-              repeats: int = 3, seed: int = 0, unsafe: bool = False,
-              on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Audit ``model`` run to run and across a restart; store it as an audit run under ``out``.
+              repeats: int = 3, seed: int = 0, unsafe: bool = False, batch_size: int = 32,
+              resume_step: int | None = None, on_progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Audit the training ``model`` builds (a factory or a .keras file); store it as an audit run under ``out``.
 
     ``on_progress`` receives one line per stage ("execution 2/3, step 1/3").
 
     Returns:
-        The audit as plain data: verdict (REPRODUCIBLE, NONDETERMINISTIC or NOT
-        RESTART-REPRODUCIBLE), layers, losses, culprit, checks, restart, run_dir.
+        The audit as plain data: verdict (an :class:`~detaudit.core.audit_outcome.AuditVerdict` value), answers,
+        training, layers, repeat and rerun divergences, resume, pipeline, checks, applied, run_dir.
 
     Raises:
-        UsageError: a missing or unloadable model, inputs that do not fit it, an invisible device.
+        UsageError: a missing or unloadable model, data that does not fit it, an invisible device.
         WorkerError: a worker failed on its own.
     """
     for name, value in (("inputs", inputs), ("targets", targets)):
         if value and not Path(value).is_file():
             raise UsageError(f"--{name} {value}: no such file.")
-    payload = {"model": _model_spec(model), "unsafe": unsafe, "input_shape": input_shape,
-               "inputs": str(Path(inputs).resolve()) if inputs else None,
-               "targets": str(Path(targets).resolve()) if targets else None,
-               "loss": loss, "steps": steps, "repeats": repeats, "seed": seed, "xla": settings.xla,
-               "device": settings.device, "settings": settings.as_dict()}
+    scratch = Path(tempfile.mkdtemp(prefix="detaudit-audit-"))
+    try:
+        payload = {"model": _model_spec(model), "unsafe": unsafe, "input_shape": input_shape,
+                   "inputs": str(Path(inputs).resolve()) if inputs else None,
+                   "targets": str(Path(targets).resolve()) if targets else None, "batch_size": batch_size,
+                   "loss": loss, "steps": steps, "repeats": repeats, "seed": seed, "resume_step": resume_step,
+                   "settings": settings.as_dict(), "finals": str(scratch / FINAL_WEIGHTS)}
 
-    def relay(prefix: str) -> Callable[[dict[str, Any]], None]:
-        def forward(message: dict[str, Any]) -> None:
-            if on_progress:
-                step = f", step {message['done']}/{message['total']}" if message.get("total") else ""
-                on_progress(f"{prefix}{message['stage']}{step}")
-        return forward
+        def relay(prefix: str) -> Callable[[dict[str, Any]], None]:
+            def forward(message: dict[str, Any]) -> None:
+                if on_progress:
+                    step = f", step {message['done']}/{message['total']}" if message.get("total") else ""
+                    on_progress(f"{prefix}{message['stage']}{step}")
+            return forward
 
-    if on_progress:
-        on_progress("starting TensorFlow")
-    first = run_probe("audit", payload, settings=settings, on_progress=relay(""))
-    if "bad_input" in first:
-        raise UsageError(first["bad_input"])
-    if on_progress:
-        on_progress("restart check: starting a fresh process")
-    again = run_probe("audit", {**payload, "repeats": 2}, settings=settings, on_progress=relay("restart check: "))
-    restart = {key: first["digests"][key] == again.get("digests", {}).get(key) for key in first["digests"]}
-    verdict = first["verdict"]
-    if verdict == "REPRODUCIBLE" and not all(restart.values()):
-        verdict = "NOT RESTART-REPRODUCIBLE"
-    result = {**first, "verdict": verdict, "restart": restart, "model": model, "settings": settings.as_dict(),
-              "steps": steps, "repeats": repeats, "seed": seed}
+        if on_progress:
+            on_progress("starting TensorFlow")
+        first = run_probe("audit", payload, settings=settings, on_progress=relay(""))
+        if "bad_input" in first:
+            raise UsageError(first["bad_input"])
+        if on_progress:
+            on_progress("rerun check: starting a fresh process")
+        again = run_probe("audit", {**payload, "trace_only": True, "finals": None}, settings=settings,
+                          on_progress=relay("rerun check: "))
+        if "bad_input" in again:
+            raise UsageError(again["bad_input"])
+        return _store(model, settings, out, payload, first, again, scratch / FINAL_WEIGHTS)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _store(model: str, settings: Any, out: str | Path, payload: dict[str, Any], first: dict[str, Any],
+           again: dict[str, Any], finals: Path) -> dict[str, Any]:
+    answers, rerun = _answers(first, again)
+    verdict = verdict_of(answers)
+    result = {**first, "verdict": verdict.value, "answers": [a.to_dict() for a in answers],
+              "rerun_divergence": rerun, "model": model, "settings": settings.as_dict(),
+              "steps": payload["steps"], "repeats": payload["repeats"], "seed": payload["seed"]}
+    result.pop("trace", None)
+    result["final_digests"] = dict(zip(first["trace"]["variables"], first["trace"]["final"]))
+    result["losses"] = first["trace"]["losses"]
     name = "audit-" + Path(model.split(":")[-1]).stem
     store = RunStore.create(out, None, name, kind=RunKind.AUDIT)
     with store.lock():
+        now = _dt.datetime.now(_dt.timezone.utc).isoformat()
         store.write_meta({"run_id": store.run_id, "kind": RunKind.AUDIT.value, "config_name": name,
-                          "host": host_fingerprint(), "started": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                          "finished": _dt.datetime.now(_dt.timezone.utc).isoformat(),
-                          "tensorflow": first.get("tensorflow"), "verdict": verdict, "culprit": result.get("culprit"),
-                          "audit": {k: v for k, v in payload.items() if k != "unsafe"}})
+                          "host": host_fingerprint(), "started": now, "finished": now,
+                          "tensorflow": first.get("tensorflow"), "verdict": verdict.value,
+                          "audit": {k: v for k, v in payload.items() if k not in ("unsafe", "finals")}})
         store.write_json("audit.json", result)
-        pd.DataFrame([{"run_id": store.run_id, "model": model, **row, "verdict": verdict}
+        if finals.is_file():
+            shutil.copyfile(finals, store.inside(FINAL_WEIGHTS))
+        pd.DataFrame([{"run_id": store.run_id, "model": model, **row, "verdict": verdict.value}
                       for row in result["layers"]]).to_parquet(store.results_path, index=False)
     return {**result, "run_dir": str(store.path), "results_path": str(store.results_path)}

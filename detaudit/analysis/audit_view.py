@@ -1,0 +1,133 @@
+"""The view model of a training audit: every decision made once, for the terminal, Markdown, HTML and JSON.
+
+Pure Python. :class:`AuditView` reads the stored audit (audit.json) and says
+what to show: the three answers, the verdict, the culprit, the tensors that
+differ, the random layers, the pipeline's candidate sources and the checks
+that apply to the devices present. Renderers only format it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from detaudit.core.audit_outcome import Answer, AuditVerdict, Question, Stage
+
+__all__ = ["AuditView", "Culprit", "answers_of", "describe_divergence"]
+
+
+@dataclasses.dataclass(frozen=True)
+class Culprit:
+    """Where a training first diverges: the step, the stage of the step and the tensor (a layer path, a variable)."""
+
+    step: int
+    stage: Stage
+    name: str
+    kind: str  # the layer's class, where the tensor is a layer's output
+    between: str  # "repeats" or "processes"
+    advice: str
+
+    def sentence(self) -> str:
+        what = {Stage.DATA: "the input batch", Stage.FORWARD: "the forward output of",
+                Stage.LOSS: "the loss", Stage.GRADIENTS: "the gradient of", Stage.UPDATE: "the optimizer update of"}
+        target = "" if self.stage in (Stage.DATA, Stage.LOSS) and not self.name.startswith("batch") else self.name
+        kind = f" ({self.kind})" if self.kind else ""
+        text = f"{what[self.stage]} {target}{kind}" if self.stage not in (Stage.DATA, Stage.LOSS) else \
+            f"{what[self.stage]} ({self.name})"
+        return f"step {self.step}, {self.stage.value}: {text.strip()} differs between {self.between}"
+
+
+def describe_divergence(found: dict[str, Any] | None) -> str:
+    """One phrase for where two traces part: "step 1, data: batch[0]"."""
+    if not found:
+        return ""
+    return f"step {found['step']}, {found['stage']}: {found['name']}"
+
+
+def _advice(stage: Stage, kind: str, pipeline: list[dict[str, str]], random_ops: list[str]) -> str:
+    sources = [s for s in pipeline if s.get("source") == "yes"]
+    if stage is Stage.DATA:
+        if sources:
+            return "; ".join(f"{s['problem']}: {s['fix']}" for s in sources)
+        return "the input pipeline hands out other batches: check its shuffles, parallel stages and random ops"
+    if stage is Stage.GRADIENTS:
+        return "a backward kernel sums in a varying order: call tf.config.experimental.enable_op_determinism() " \
+               "before building the model (or run detaudit audit ... --determinism on to check it helps)"
+    if stage is Stage.FORWARD and kind:
+        return f"{kind} computes differently on identical inputs: try --determinism on; if it still differs, the " \
+               "layer draws random numbers outside a keras.random.SeedGenerator"
+    if random_ops:
+        return f"the step draws from stateful random ops ({', '.join(random_ops)})"
+    return "try --determinism on"
+
+
+def answers_of(result: dict[str, Any]) -> list[Answer]:
+    """The three answers of a stored audit."""
+    return [Answer.from_dict(a) for a in result.get("answers", [])]
+
+
+@dataclasses.dataclass
+class AuditView:
+    """Everything a renderer shows of one audit."""
+
+    model: str
+    verdict: AuditVerdict
+    answers: list[Answer]
+    culprit: Culprit | None
+    training: list[str]  # lines describing the training that ran
+    differing: list[dict[str, Any]]  # rows (stage, name, class, first_step, max_ulp) that differ between repeats
+    all_rows: list[dict[str, Any]]
+    losses: list[dict[str, Any]]
+    random_layers: list[dict[str, Any]]
+    pipeline: list[dict[str, str]]
+    checks: list[dict[str, str]]
+    folded_checks: list[str]
+    gpus: int
+    applied: dict[str, Any]
+
+    @classmethod
+    def from_result(cls, result: dict[str, Any]) -> AuditView:
+        training = result.get("training") or {}
+        gpus = int(result.get("gpus_visible") or 0)
+        checks = result.get("checks") or []
+        relevant = [c for c in checks if _applies(c, gpus)]
+        rows = result.get("layers") or []
+        return cls(
+            model=str(result.get("model", "?")), verdict=AuditVerdict(result["verdict"]), answers=answers_of(result),
+            culprit=_culprit(result), training=_training_lines(training, result),
+            differing=[r for r in rows if r.get("first_step")], all_rows=rows,
+            losses=(training.get("losses") or result.get("losses") or []),
+            random_layers=training.get("random_layers") or [], pipeline=result.get("pipeline") or [],
+            checks=relevant, folded_checks=[c["check"] for c in checks if not _applies(c, gpus)], gpus=gpus,
+            applied=result.get("applied") or {})
+
+
+def _applies(check: dict[str, Any], gpus: int) -> bool:
+    return check.get("applies", "any") == "any" or (check["applies"] == "gpu") == (gpus > 0)
+
+
+def _culprit(result: dict[str, Any]) -> Culprit | None:
+    found, between = result.get("repeat_divergence"), "repeats"
+    if not found:
+        found, between = result.get("rerun_divergence"), "processes"
+    if not found:
+        return None
+    stage = Stage(found["stage"])
+    classes = {r["name"]: r.get("class", "") for r in result.get("layers") or []}
+    kind = classes.get(found["name"], "")
+    random_ops = (result.get("resume") or {}).get("random_ops") or []
+    return Culprit(found["step"], stage, found["name"], kind, between,
+                   _advice(stage, kind, result.get("pipeline") or [], random_ops))
+
+
+def _training_lines(training: dict[str, Any], result: dict[str, Any]) -> list[str]:
+    lines = []
+    if training:
+        step = "its own train_step" if training.get("train_step") == "custom" else "Keras' train_step"
+        opts = ", ".join(training.get("optimizers") or []) or "no optimizer"
+        loss = f", loss {training['loss']}" if training.get("loss") else ""
+        lines.append(f"{training.get('model', 'model')}: {step}, {opts}{loss}, {training.get('steps')} steps, "
+                     f"dtype policy {', '.join(training.get('dtype_policies') or ['?'])}")
+        if training.get("synthetic"):
+            lines.append(training["synthetic"])
+    return lines
