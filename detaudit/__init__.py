@@ -64,10 +64,25 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
     return _load_runs(runs)
 
 
-def audit_model(model: Any, inputs: Any = None, targets: Any = None, *, input_shape: list[int] | None = None,
-                loss: str = "mse", steps: int = 3, repeats: int = 3, seed: int = 0, xla: bool = False) -> Any:
-    """Audit a Keras model in this process (TensorFlow imported); see :func:`detaudit.engine.model_audit.audit_model`."""
-    from detaudit.engine.model_audit import audit_model as _impl
+def audit_model(training: Any, *, steps: int = 3, repeats: int = 3, seed: int = 0, xla: bool = False,
+                resume_step: int | None = None, loss: str = "mse", batch_size: int = 32,
+                input_shape: list[int] | None = None) -> dict[str, Any]:
+    """Audit a training in this process (TensorFlow imported): repeats and a resume, as ``detaudit audit`` runs them.
 
-    return _impl(model, inputs, targets, input_shape=input_shape, loss=loss, steps=steps, repeats=repeats, seed=seed,
-                 xla=xla)
+    Args:
+        training: a function returning a Keras model or a ``(model, data)`` pair (called once per execution,
+            after every seed is reset), a ``"module:function"`` string, or a ``.keras`` path.
+
+    Returns:
+        Plain data: ``training``, ``repeat_divergence`` (None when every repeat matched), ``layers``, ``resume``,
+        ``pipeline``, ``trace``. The rerun answer needs a second process: use ``detaudit audit`` for it.
+
+    Raises:
+        UsageError: a factory that returns neither a model nor a pair, data that does not fit, a dataset
+            that yields nothing.
+    """
+    from detaudit.engine.model_audit import audit_training
+    from detaudit.engine.training_target import Target
+
+    target = Target(training, input_shape=input_shape, loss=loss, batch_size=batch_size, seed=seed)
+    return audit_training(target, steps=steps, repeats=repeats, xla=xla, resume_step=resume_step, finals_path=None)

@@ -228,8 +228,8 @@ def _triage_run(root: Path) -> RunStore:
 def test_the_audit_page(tmp_path):
     page = render_result_page(load_run(_audit_run(tmp_path).path))
     assert "detaudit audit of m.keras" in page and ">NONDETERMINISTIC</p>" in page
-    assert f"Culprit: {html.escape(SCRIPT)} (Conv2DTranspose)" in page and SCRIPT not in page
-    assert "12,345" in page and "Loss differs from step 2" in page and "DIFFERS" in page
+    assert f"forward output of {html.escape(SCRIPT)} (Conv2DTranspose) differs between repeats" in page
+    assert SCRIPT not in page and "12,345" in page and "final weights DIFFERS" in page
     assert "op determinism" in page and "Not shown (no GPU visible, they do not apply): TF32" in page
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from detaudit.core.audit_outcome import Answer, AuditVerdict, Question, Stage
 
-__all__ = ["AuditView", "Culprit", "answers_of", "describe_divergence"]
+__all__ = ["AuditView", "Culprit", "answers_of", "describe_divergence", "upgrade_audit"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +61,34 @@ def _advice(stage: Stage, kind: str, pipeline: list[dict[str, str]], random_ops:
     return "try --determinism on"
 
 
+def upgrade_audit(result: dict[str, Any]) -> dict[str, Any]:
+    """An audit stored by detaudit before the training audit (layer rows, a ``restart`` dict) in today's form."""
+    if "answers" in result:
+        return result
+    verdict = {"NOT RESTART-REPRODUCIBLE": AuditVerdict.NOT_RERUN_REPRODUCIBLE.value}.get(result.get("verdict"),
+                                                                                       result.get("verdict"))
+    restart = result.get("restart") or {}
+    rows = [{"stage": Stage.FORWARD.value if row.get("forward") != "ok" or row.get("backward") == "ok"
+             else Stage.GRADIENTS.value, "name": row.get("layer", "?"), "class": row.get("class", ""),
+             "first_step": row.get("first_step"), "max_ulp": row.get("max_ulp", 0)} for row in result.get("layers", [])]
+    culprit = result.get("culprit")
+    divergence = None
+    if culprit:
+        row = next((r for r in rows if r["name"] == culprit.get("layer")), {})
+        stage = Stage.GRADIENTS.value if "gradient" in str(culprit.get("tensor")) else Stage.FORWARD.value
+        divergence = {"step": row.get("first_step") or 1, "stage": stage, "name": culprit.get("layer", "?"),
+                      "execution": 2}
+    legacy = "stored by an earlier detaudit, which did not ask"
+    answers = [Answer(Question.RERUN, all(restart.values()) if restart else None,
+                      "restart check: " + ", ".join(f"{k.replace('_', ' ')} {'same' if v else 'DIFFERS'}"
+                                                    for k, v in restart.items()) if restart else legacy),
+               Answer(Question.REPEATS, verdict != AuditVerdict.NONDETERMINISTIC.value,
+                      "executions from the same weights compared at every step"),
+               Answer(Question.RESUME, None, legacy)]
+    return {**result, "verdict": verdict, "answers": [a.to_dict() for a in answers], "layers": rows,
+            "repeat_divergence": divergence}
+
+
 def answers_of(result: dict[str, Any]) -> list[Answer]:
     """The three answers of a stored audit."""
     return [Answer.from_dict(a) for a in result.get("answers", [])]
@@ -87,6 +115,7 @@ class AuditView:
 
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> AuditView:
+        result = upgrade_audit(result)
         training = result.get("training") or {}
         gpus = int(result.get("gpus_visible") or 0)
         checks = result.get("checks") or []

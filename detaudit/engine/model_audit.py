@@ -65,7 +65,7 @@ def _layer_rows(runs: list[Execution], classes: dict[str, str]) -> list[dict[str
     rows = []
     for index, key in enumerate(base.keys):
         stage, name = key
-        if stage not in (Stage.FORWARD, Stage.GRADIENTS):
+        if stage not in (Stage.FORWARD, Stage.LOSS, Stage.GRADIENTS):
             continue
         first_step, worst = None, 0
         for other in runs[1:]:
@@ -129,10 +129,16 @@ def _describe_training(training: Any, steps: int) -> dict[str, Any]:
     return {"model": type(model).__name__, "compiled": training.compiled_by_user, "synthetic": training.synthetic,
             "train_step": "custom" if custom_step else "keras",
             "optimizers": [f"{name}: {type(opt).__name__}" for name, opt in find_optimizers(model) if opt.built],
-            "loss": str(getattr(model, "loss", "") or "") if not custom_step else "",
+            "loss": _loss_name(getattr(model, "loss", None)) if not custom_step else "",
             "dtype_policies": sorted({layer.dtype_policy.name for _, layer in layer_paths(model)
                                       if getattr(layer, "dtype_policy", None) is not None}),
             "steps": steps, "random_layers": random_layers(model)}
+
+
+def _loss_name(loss: Any) -> str:
+    if loss is None or isinstance(loss, str):
+        return loss or ""
+    return getattr(loss, "__name__", None) or getattr(loss, "name", None) or type(loss).__name__
 
 
 def audit_training(target: Target, *, steps: int, repeats: int, xla: bool, resume_step: int | None,

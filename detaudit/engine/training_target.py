@@ -74,6 +74,8 @@ class Target:
         compiled = getattr(model, "optimizer", None) is not None and getattr(model, "compiled", False)
         synthetic = None
         if data is None:
+            if isinstance(self.inputs, np.ndarray) and _input_specs(model):
+                _check_shape(list(self.inputs.shape), _input_specs(model)[0][1], "--inputs")
             x = self.inputs if self.inputs is not None else _synthetic_inputs(model, self.input_shape, self.seed)
             data = (x, self.targets) if self.targets is not None else x
         if not compiled:
@@ -81,8 +83,7 @@ class Target:
         return Training(model, _as_dataset(data, self.batch_size), compiled, synthetic)
 
     def _model_and_data(self) -> tuple[keras.Model, Any]:
-        path = Path(self.spec)
-        if ":" in self.spec and not path.exists():
+        if callable(self.spec) or (":" in self.spec and not Path(self.spec).exists()):
             returned = _call_factory(self.spec)
             if isinstance(returned, keras.Model):
                 return returned, None
@@ -117,12 +118,15 @@ class Target:
                       f"{self.loss} against {about}; compile it in your factory to audit your own optimizer and loss")
 
 
-def _call_factory(spec: str) -> Any:
-    module_name, _, attr = spec.partition(":")
-    try:
-        factory = getattr(importlib.import_module(module_name), attr)
-    except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error
-        raise UsageError(f"cannot import the model factory {spec!r}: {one_line(exc)}") from None
+def _call_factory(spec: Any) -> Any:
+    if callable(spec):
+        factory, spec = spec, getattr(spec, "__qualname__", "the factory")
+    else:
+        module_name, _, attr = spec.partition(":")
+        try:
+            factory = getattr(importlib.import_module(module_name), attr)
+        except Exception as exc:  # noqa: BLE001 - ImportError, AttributeError, or the module's own error
+            raise UsageError(f"cannot import the model factory {spec!r}: {one_line(exc)}") from None
     if not callable(factory):
         raise UsageError(f"{spec} is not callable ({type(factory).__name__}); expected a function returning a "
                          "Keras model or a (model, data) pair.")

@@ -199,7 +199,7 @@ def run_execution(training: Training, *, steps: int, xla: bool, label: str, chec
         entries = [((Stage.DATA, f"batch[{i}]"), a) for i, a in enumerate(_batch_arrays(batch))]
         entries += [((stage, name), np.asarray(t)) for (stage, name, _), t in zip(sink, recorded)]
         entries += [((Stage.LOSS, name), np.asarray(v)) for name, v in sorted(logs.items())]
-        entries += [((Stage.UPDATE, v.path), np.asarray(v)) for v in training.model.trainable_variables]
+        entries += [((Stage.UPDATE, v.path), v.numpy()) for v in training.model.trainable_variables]
         for key, array in entries:
             if key not in run.hashes:
                 run.keys.append(key)
@@ -215,8 +215,8 @@ def run_execution(training: Training, *, steps: int, xla: bool, label: str, chec
         run.losses.append({name: float(np.asarray(v).reshape(-1)[0]) for name, v in sorted(logs.items())
                            if np.asarray(v).size})
         if checkpoint_step is not None and step + 1 == checkpoint_step:
-            run.checkpoint = [np.array(v) for v in _state(training)]
-    run.final = [np.array(v) for v in training.model.variables]
+            run.checkpoint = [v.numpy() for v in _state(training)]
+    run.final = [v.numpy() for v in training.model.variables]
     return run
 
 
