@@ -52,10 +52,9 @@ def trace_of(run: Execution) -> dict[str, Any]:
 
 def _differs_at(a: Execution, b: Execution, key: tuple[Stage, str], key_b: tuple[Stage, str], step: int) -> int | None:
     """Max ULP between the two executions' arrays of a key at a step, where both were kept."""
-    arrays_a, arrays_b = a.arrays.get(key, []), b.arrays.get(key_b, [])
-    if step < len(arrays_a) and step < len(arrays_b) and arrays_a[step].shape == arrays_b[step].shape \
-            and arrays_a[step].dtype.kind == "f":
-        return int(compare(arrays_a[step], arrays_b[step], digest=False).max_ulp)
+    x, y = a.arrays.get(key, {}).get(step), b.arrays.get(key_b, {}).get(step)
+    if x is not None and y is not None and x.shape == y.shape and x.dtype == y.dtype and x.dtype.kind in "fV":
+        return int(compare(x, y, digest=False).max_ulp)
     return None
 
 

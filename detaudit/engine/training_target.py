@@ -77,10 +77,19 @@ class Target:
             if isinstance(self.inputs, np.ndarray) and _input_specs(model):
                 _check_shape(list(self.inputs.shape), _input_specs(model)[0][1], "--inputs")
             x = self.inputs if self.inputs is not None else _synthetic_inputs(model, self.input_shape, self.seed)
-            data = (x, self.targets) if self.targets is not None else x
+            data = (x, self.targets) if self.targets is not None else (x, self._random_targets(model, x))
         if not compiled:
-            data, synthetic = self._synthetic_step(model, data)
+            synthetic = self._synthetic_step(model, data)
         return Training(model, _as_dataset(data, self.batch_size), compiled, synthetic)
+
+    def _random_targets(self, model: keras.Model, x: Any) -> np.ndarray:
+        """Seeded standard-normal targets shaped as the model's output."""
+        prediction = _call_model(model, _first_batch(x, self.batch_size))
+        if isinstance(prediction, (list, tuple, dict)):
+            raise UsageError("the model has several outputs: pass --targets (an .npz named as its outputs), or a "
+                             "factory returning (model, data).")
+        y = np.random.default_rng([self.seed, 1]).standard_normal((_rows(x), *prediction.shape[1:]))
+        return y.astype(getattr(prediction.dtype, "name", None) or "float32")
 
     def _model_and_data(self) -> tuple[keras.Model, Any]:
         if callable(self.spec) or (":" in self.spec and not Path(self.spec).exists()):
@@ -94,28 +103,17 @@ class Target:
                              "tuple of arrays, or dicts for named inputs).")
         return load_model_file(self.spec, self.unsafe), None
 
-    def _synthetic_step(self, model: keras.Model, data: Any) -> tuple[Any, str]:
-        """Compile an uncompiled model with SGD and ``loss``; make seeded random targets when there are none."""
+    def _synthetic_step(self, model: keras.Model, data: Any) -> str:
+        """Compile an uncompiled model with SGD and ``loss``; say so in one line."""
         try:
             loss = keras.losses.get(self.loss)
         except ValueError:
             raise UsageError(f"Invalid value for argument `--loss`. Expected a Keras loss name such as mse or "
-                             f"categorical_crossentropy. Received loss={self.loss!r}.") from None
-        if not isinstance(data, tuple):
-            x = data
-            prediction = _call_model(model, _first_batch(x, self.batch_size))
-            if isinstance(prediction, (list, tuple, dict)):
-                raise UsageError("the model has several outputs and is not compiled: compile it in the factory "
-                                 "with its losses, or pass --targets.")
-            rows = _rows(x)
-            y = np.random.default_rng([self.seed, 1]).standard_normal((rows, *prediction.shape[1:]))
-            data = (x, y.astype(prediction.dtype.name if hasattr(prediction.dtype, "name") else "float32"))
-            about = "random targets"
-        else:
-            about = "the given targets"
+                             f"categorical_crossentropy. Received loss={self.loss[:80]!r}.") from None
         model.compile(optimizer=keras.optimizers.SGD(learning_rate=SYNTHETIC_LR), loss=loss)
-        return data, (f"the model is not compiled: detaudit trains it with SGD(learning_rate={SYNTHETIC_LR}) on "
-                      f"{self.loss} against {about}; compile it in your factory to audit your own optimizer and loss")
+        about = "the given targets" if self.targets is not None else "seeded random targets"
+        return (f"the model is not compiled: detaudit trains it with SGD(learning_rate={SYNTHETIC_LR}) on {self.loss} "
+                f"against {about}; compile it in your factory to audit your own optimizer and loss")
 
 
 def _call_factory(spec: Any) -> Any:

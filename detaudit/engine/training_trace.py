@@ -94,7 +94,7 @@ class Execution:
 
     keys: list[tuple[Stage, str]]
     hashes: dict[tuple[Stage, str], list[int]]
-    arrays: dict[tuple[Stage, str], list[np.ndarray]]  # per step, while within KEEP_BYTES
+    arrays: dict[tuple[Stage, str], dict[int, np.ndarray]]  # by step index, while within KEEP_BYTES
     losses: list[dict[str, float]]
     final: list[np.ndarray]  # every model variable after the last step
     variable_names: list[str]
@@ -200,14 +200,19 @@ def run_execution(training: Training, *, steps: int, xla: bool, label: str, chec
         entries += [((stage, name), np.asarray(t)) for (stage, name, _), t in zip(sink, recorded)]
         entries += [((Stage.LOSS, name), np.asarray(v)) for name, v in sorted(logs.items())]
         entries += [((Stage.UPDATE, v.path), v.numpy()) for v in training.model.trainable_variables]
+        seen: dict[tuple[Stage, str], int] = {}
         for key, array in entries:
+            # A layer called twice in one step (a GAN's discriminator) records twice: the second is `name#2`.
+            seen[key] = seen.get(key, 0) + 1
+            if seen[key] > 1:
+                key = (key[0], f"{key[1]}#{seen[key]}")
             if key not in run.hashes:
                 run.keys.append(key)
                 run.hashes[key] = [0] * (step - start)
-                run.arrays[key] = []
+                run.arrays[key] = {}
             run.hashes[key].append(fingerprint(array))
             if kept + array.nbytes <= KEEP_BYTES:
-                run.arrays[key].append(np.array(array))
+                run.arrays[key][step - start] = np.array(array)
                 kept += array.nbytes
         if step == start:
             graph = step_fn.get_concrete_function(batch).graph
