@@ -24,6 +24,12 @@ class Question(enum.Enum):
     RESUME = "resume"
 
     @property
+    def label(self) -> str:
+        """The question as a short row label."""
+        return {Question.RERUN: "rerun reproduces", Question.REPEATS: "repeats identical",
+                Question.RESUME: "resume reproduces"}[self]
+
+    @property
     def asks(self) -> str:
         """The question in words."""
         return {Question.RERUN: "Does a rerun of this training reproduce it (fresh process, same seed)?",

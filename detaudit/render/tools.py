@@ -15,7 +15,6 @@ from rich.table import Table
 from rich.text import Text
 
 from detaudit.analysis.audit_view import AuditView
-from detaudit.core.audit_outcome import Answer
 from detaudit.render.terminal import render_known
 
 __all__ = ["adjoint_table", "audit_comparison", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
@@ -131,20 +130,19 @@ def adjoint_table(report: dict[str, Any]) -> RenderableType:
 
 
 
-def _answer_text(answer: Answer) -> Text:
-    mark, style = {True: ("yes", "bold green"), False: ("NO", "bold red"), None: ("-", "dim")}[answer.holds]
-    text = Text(f"{answer.question.asks} ")
-    text.append(mark, style=style)
-    text.append(f": {answer.detail}")
-    return text
-
-
 def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableType:
     """``detaudit audit``: the three answers and the verdict first, then the culprit, what differs, the fixes."""
     view = AuditView.from_result(result)
     parts: list[RenderableType] = [Text(f"Audit of {view.model}: {view.verdict.value}",
                                         style="bold green" if view.verdict.passed else "bold red")]
-    parts += [_answer_text(answer) for answer in view.answers]
+    answers = Table.grid(padding=(0, 2))
+    for _ in range(3):
+        answers.add_column()
+    answers.columns[2].overflow = "fold"
+    for answer in view.answers:
+        mark, style = {True: ("yes", "bold green"), False: ("NO", "bold red"), None: ("-", "dim")}[answer.holds]
+        answers.add_row(answer.question.label, Text(mark, style=style), Text(answer.detail))
+    parts.append(answers)
     parts += [Text(line, style="dim") for line in view.training]
     if view.culprit:
         parts.append(Text(f"Culprit: {view.culprit.sentence()}", style="bold red"))
