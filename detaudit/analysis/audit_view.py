@@ -104,6 +104,7 @@ class AuditView:
     culprit: Culprit | None
     training: list[str]  # lines describing the training that ran
     differing: list[dict[str, Any]]  # rows (stage, name, class, first_step, max_ulp) that differ between repeats
+    consequences: int  # rows left out of ``differing``: downstream of a data divergence, they differ because it does
     all_rows: list[dict[str, Any]]
     losses: list[dict[str, Any]]
     random_layers: list[dict[str, Any]]
@@ -121,10 +122,15 @@ class AuditView:
         checks = result.get("checks") or []
         relevant = [c for c in checks if _applies(c, gpus)]
         rows = result.get("layers") or []
+        culprit = _culprit(result)
+        differing = [r for r in rows if r.get("first_step")]
+        consequences = 0
+        if culprit is not None and culprit.stage is Stage.DATA:
+            consequences, differing = len(differing), []
         return cls(
             model=str(result.get("model", "?")), verdict=AuditVerdict(result["verdict"]), answers=answers_of(result),
-            culprit=_culprit(result), training=_training_lines(training, result),
-            differing=[r for r in rows if r.get("first_step")], all_rows=rows,
+            culprit=culprit, training=_training_lines(training, result),
+            differing=differing, consequences=consequences, all_rows=rows,
             losses=(training.get("losses") or result.get("losses") or []),
             random_layers=training.get("random_layers") or [], pipeline=result.get("pipeline") or [],
             checks=relevant, folded_checks=[c["check"] for c in checks if not _applies(c, gpus)], gpus=gpus,

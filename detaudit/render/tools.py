@@ -147,6 +147,9 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
     if view.culprit:
         parts.append(Text(f"Culprit: {view.culprit.sentence()}", style="bold red"))
         parts.append(Text(f"Fix: {view.culprit.advice}"))
+    if view.consequences and not show_all:
+        parts.append(Text(f"{view.consequences} tensors after the data differ because the data does "
+                          "(--all lists them)", style="dim"))
     shown = view.all_rows if show_all else view.differing
     if shown:
         grid = Table(title="Tensors in the order a step computes them" + ("" if show_all else " that differ between "
