@@ -67,8 +67,9 @@ def compare_audits(base: StoredRun, new: StoredRun) -> AuditComparison:
     first_loss = next((i + 1 for i, (x, y) in enumerate(zip(losses_a, losses_b)) if x != y), None)
     if first_loss is None and len(losses_a) != len(losses_b):
         first_loss = min(len(losses_a), len(losses_b)) + 1
-    names = list((a.get("final_digests") or {}).keys())
-    digests_a, digests_b = list((a.get("final_digests") or {}).values()), list((b.get("final_digests") or {}).values())
+    names = [name for name, _ in a.get("final_digests") or []]
+    digests_a = [d for _, d in a.get("final_digests") or []]
+    digests_b = [d for _, d in b.get("final_digests") or []]
     weights_equal = digests_a == digests_b
     variables = []
     finals_a, finals_b = _finals(base), _finals(new)

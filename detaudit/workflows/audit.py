@@ -135,7 +135,8 @@ def _store(model: str, settings: Any, out: str | Path, payload: dict[str, Any], 
               "rerun_divergence": rerun, "model": model, "settings": settings.as_dict(),
               "steps": payload["steps"], "repeats": payload["repeats"], "seed": payload["seed"]}
     result.pop("trace", None)
-    result["final_digests"] = dict(zip(first["trace"]["variables"], first["trace"]["final"]))
+    # A list, not a mapping: the order is the order of final_weights.npz (stored JSON sorts mapping keys).
+    result["final_digests"] = [[name, d] for name, d in zip(first["trace"]["variables"], first["trace"]["final"])]
     result["losses"] = first["trace"]["losses"]
     name = "audit-" + Path(model.split(":")[-1]).stem
     store = RunStore.create(out, None, name, kind=RunKind.AUDIT)
