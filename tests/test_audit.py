@@ -125,6 +125,7 @@ def test_npz_inputs_name_the_model_inputs(tmp_path):
     ("empty_data", "the dataset is empty"),
     ("wrong_data", "the data does not fit the model"),
     ("exits", "called sys.exit(3)"),
+    ("no_weights", "no trainable weights"),
 ])
 def test_a_factory_that_returns_no_training_is_bad_input(name, fragment):
     from detaudit.errors import UsageError

@@ -113,6 +113,9 @@ def environment_checks(settings: dict[str, Any]) -> list[dict[str, str]]:
 
 def _execute(target: Target, label: str, steps: int, xla: bool, **kwargs: Any) -> tuple[Execution, Any]:
     training = target.build()
+    if training.model.built and not training.model.trainable_variables:
+        raise UsageError(f"{target.spec}: the model has no trainable weights, so training cannot change it; audit a "
+                         "model with weights.")
     try:
         return run_execution(training, steps=steps, xla=xla, label=label, **kwargs), training
     except UsageError:
