@@ -19,9 +19,10 @@ Audit it (from the repository root)::
 
     detaudit audit examples.dcgan_generator:build_generator --steps 2 --repeats 2
 
-``detaudit`` synthesizes a seeded batch of latent vectors from the ``keras.Input``
-shape and trains with MSE against seeded random targets; the transposed
-convolutions are the layers under audit.
+The factory returns an uncompiled model, so ``detaudit`` synthesizes a seeded batch
+of latent vectors from the ``keras.Input`` shape and trains with SGD on MSE against
+seeded random targets (it says so); the transposed convolutions are the layers under
+audit. Return ``(model, data)`` from a compiled model to audit your own training.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ Audit it (from the repository root)::
 
 The input shape is fully known (``keras.Input((32, 32, 3))``), so ``detaudit``
 synthesizes a seeded batch itself. BatchNormalization runs in training mode in the
-audit; its moving statistics are restored with the other weights before each repeat.
+audit; each execution rebuilds the model from the seed, so its moving statistics start
+where a rerun's would.
 """
 
 from __future__ import annotations
