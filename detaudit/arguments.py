@@ -204,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cell", default=None, help="the cell id (or a unique start of one) to triage (default: the "
                    "run's worst finding; `detaudit show RUN --ids` lists the ids)")
     p.add_argument("--budget-s", type=_number(1, 86400), default=120.0,
-                   help="seconds for the whole triage; the shrink stops there")
+                   help="seconds for shrinking the case (the shrink stops there)")
     p.add_argument("--out", default="runs", help="where the triage run goes (and a config's run, and latest)")
 
     p = _add(sub, "audit", "pre-training determinism audit of your own Keras model",

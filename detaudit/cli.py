@@ -354,7 +354,8 @@ def _cmd_triage(args: Any) -> int:
                 stage[0] = f"{step.stage}: {step.what}"
                 progress.update(stage[0])
             else:
-                out.print(Text(f"  {step.stage:8s} {step.what}: {step.outcome}"), highlight=False)
+                out.print(Text(f"  {step.stage:8s} {step.what}" + (f": {step.outcome}" if step.outcome else "")),
+                          highlight=False)
 
         def on_event(event: Any) -> None:  # the cells of each measurement, as they finish
             if event.kind == "planned":

@@ -230,7 +230,7 @@ def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
             continue
         explanation = cell["explanation"]
         known = explanation.get("known")
-        upstream = known if explanation.get("reported") else f"not yet reported{f' ({known})' if known else ''}"
+        upstream = known if explanation.get("reported") else "not yet reported"
         tried = [f"{t['axis']}={t['value']}: {t['outcome']}" for t in cell.get("toggles", [])]
         label, answer = _answer(cell)
         repro = f"python {cell['repro']}" if cell.get("repro") else "none short (layer not supported)"

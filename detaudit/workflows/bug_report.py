@@ -56,8 +56,8 @@ def _behaviour(result: Any) -> tuple[str, str]:
     current = f"{where}: {measured.detail}."
     fixed = [t for t in result.toggles if t[2] == "fixes"]
     if fixed:
-        current += " With " + ", ".join(f"`{a}={v}`" for a, v, *_ in fixed) + " instead (same precision, same " \
-                   "device): " + "; ".join(d for *_, d in fixed) + "."
+        current += " The same case with one setting changed (same precision, same device): " + "; ".join(
+            f"`{a}={v}`: {d}" for a, v, _, _, d in fixed) + "."
     return current, (f"`{tensor}` within the accuracy of its dtype of the float64 result of the same rounded inputs "
                      "(as the fixing setting gives).")
 

@@ -52,7 +52,6 @@ for v in layer.trainable_variables:
     v.assign(rng.standard_normal(v.shape, dtype=np.float32) * np.float32(scale))
 dy = tf.cast(np.random.default_rng([SEED, 2]).standard_normal(y_shape, dtype=np.float32), layer.compute_dtype)
 
-
 @tf.function(jit_compile={xla})
 def step(x, dy):
     with tf.GradientTape() as tape:
@@ -74,8 +73,7 @@ taps = {{t: DYP[(slice(None), *[slice(ti, ti + (n - 1) * si + 1, si) for ti, n, 
         for t in np.ndindex(*k)}}
 {expected}
 observed = step(x, dy)[TENSOR].numpy().astype(np.float64)
-diff = np.abs(observed - expected)
-scale = np.abs(expected).max()
+diff, scale = np.abs(observed - expected), np.abs(expected).max()
 worst = tuple(int(i) for i in np.unravel_index(diff.argmax(), diff.shape))
 ulp = 2.0 ** (np.floor(np.log2(scale)) - {{"bfloat16": 7, "float16": 10, "float32": 23}}.get(c, 52))
 rel = diff.max() / scale
@@ -123,11 +121,19 @@ def supports(cell: Cell) -> bool:
 
 
 def render_short_repro(cell: Cell, mode: TriageMode, tensor: str | None, limit: float, op: str | None = None,
-                       known: str | None = None) -> str | None:
-    """The text of a short ``repro.py`` for ``cell`` (None where :func:`supports` says no)."""
+                       known: str | None = None, onednn: str = "") -> str | None:
+    """The text of a short ``repro.py`` for ``cell`` (None where :func:`supports` says no).
+
+    ``onednn``: the path (on/off) a cell with ``onednn=default`` ran on; the reproducer pins it, so that it
+    reproduces on a machine whose default differs.
+    """
     if not supports(cell):
         return None
     params, values = cell.layer.params, cell.settings.as_dict()
+    if values.get("onednn") == "default" and onednn in ("on", "off"):
+        values = {**values, "onednn": onednn}
+    if mode is not TriageMode.REPEAT:
+        tensor = tensor or "grad_input"  # a failed adjoint test: the input gradient is the transposed op's adjoint
     env = {"TF_CPP_MIN_LOG_LEVEL": "3", **{k: v for k, v in environment_changes(values).items() if v is not None}}
     statements = [*startup_statements(values), *cell_statements(values)]
     statements = [s for s in statements if "tensor_float_32" not in s or values.get("tf32") == "off"]

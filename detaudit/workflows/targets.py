@@ -17,21 +17,29 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.analysis.findings import percent, relative_error
+from detaudit.analysis.findings import relative_error
 from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.summary import build_summary
-from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS, Verdict, cell_label
-from detaudit.core.axes import compute_dtype
+from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS, Verdict, cell_label, settings_of
+from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.errors import UsageError
 
-__all__ = ["ACCURACY_LIMITS", "Target", "TriageMode", "accuracy_limit", "pick_targets", "resolve_cell_id",
+__all__ = ["ACCURACY_LIMITS", "Target", "TriageMode", "accuracy_limit", "percent", "pick_targets", "resolve_cell_id",
            "target_for_cell"]
 
 #: Largest error against the float64 truth (over the truth's largest magnitude) a tensor may have in each compute
 #: dtype: torch.testing.assert_close's rtol for the 16-bit types; for float32 1e-5, not its 1.3e-6, because a
 #: gradient summing thousands of terms correctly rounded per step reaches 1e-6 (measured: a bias gradient, 1.2e-6).
 ACCURACY_LIMITS = {"bfloat16": 1.6e-2, "float16": 1e-3, "float32": 1e-5, "float64": 1e-12}
+
+
+def percent(fraction: float | None) -> str:
+    """A relative error in percent with two significant digits at any size: ``9%``, ``0.0012%``, ``1.2e-05%``."""
+    if fraction is None:
+        return "-"
+    pct = 100 * fraction
+    return f"{pct:.2g}%" if pct < 10 else f"{pct:.0f}%"
 
 
 def accuracy_limit(precision: str) -> float:
@@ -74,6 +82,7 @@ class Target:
     op: str  # the op behind the tensor, where recorded
     broken: bool  # it breaks an expectation of the config
     score: float  # larger is worse, within its kind
+    n_settings: int = 0  # settings away from the defaults: of equal findings, the plainer cell is triaged
 
     def line(self) -> str:
         op = f" [{self.op}]" if self.op else ""
@@ -124,16 +133,22 @@ def _candidates(stored: StoredRun) -> list[Target]:
     return out
 
 
+def _n_settings(row: dict[str, Any]) -> int:
+    settings = settings_of(row)
+    return sum(getattr(settings, name) != axis.default for name, axis in AXES.items())
+
+
 def pick_targets(stored: StoredRun) -> list[Target]:
     """One target per cell (its worst finding), worst first: broken expectations, then by kind and size."""
     best: dict[str, Target] = {}
-    for target in _candidates(stored):
+    plain = {r["cell_id"]: _n_settings(r) for r in stored.table.drop_duplicates("cell_id").to_dict("records")}
+    for target in (dataclasses.replace(t, n_settings=plain.get(t.cell_id, 0)) for t in _candidates(stored)):
         key = (_ORDER[target.mode], -target.score)
         current = best.get(target.cell_id)
         if current is None or key < (_ORDER[current.mode], -current.score):
             best[target.cell_id] = target
     return sorted(best.values(), key=lambda t: (not t.broken, _ORDER[t.mode], -t.score if not math.isnan(t.score)
-                                                else 0.0, t.cell_id))
+                                                else 0.0, t.n_settings, t.cell_id))
 
 
 def target_for_cell(stored: StoredRun, cell_id: str) -> Target | None:

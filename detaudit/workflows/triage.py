@@ -24,7 +24,7 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.analysis.findings import percent, relative_error
+from detaudit.analysis.findings import relative_error
 from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.summary import cell_facts
 from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS
@@ -41,7 +41,7 @@ from detaudit.workflows import shrink
 from detaudit.workflows.bug_report import environment_of, report_markdown
 from detaudit.workflows.repro import render_repro
 from detaudit.workflows.repro_short import render_short_repro
-from detaudit.workflows.targets import Target, TriageMode, accuracy_limit, pick_targets, resolve_cell_id
+from detaudit.workflows.targets import Target, TriageMode, accuracy_limit, percent, pick_targets, resolve_cell_id
 
 __all__ = ["Measurement", "TriageResult", "TriageStep", "environment_of", "triage_cell", "triage_run"]
 
@@ -293,7 +293,10 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
                 on_step: Callable[[TriageStep], None] | None = None, tf_version: str | None = None,
                 message: str = "", on_event: Callable[[Any], None] | None = None, tensor: str | None = None,
                 onednn: str = "") -> TriageResult | None:
-    """Confirm, toggle, shrink, explain for one cell (measurements under ``work``). None when it does not reproduce."""
+    """Confirm, toggle, shrink, explain for one cell (measurements under ``work``). None when it does not reproduce.
+
+    ``budget_s`` bounds the shrink, the one step whose length depends on the layer.
+    """
     mode = TriageMode(mode)
     steps: list[TriageStep] = []
 
@@ -305,26 +308,24 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
     def measure(cells: list[Cell], label: str) -> dict[str, Measurement]:
         return _measure(cells, mode, config, work, label, on_event, tensor, onednn, tf_version)
 
-    started = time.monotonic()
     cell = Cell(cell.layer, cell.settings, cell.seed, max(cell.repeats, 5 if mode is TriageMode.REPEAT else 2))
-    step("confirm", mode.description, "running")
-    confirmed = measure([cell], "confirm")[cell.cell_id]
+    variants = _toggle_variants(cell, mode, onednn)
+    # The cell and its toggles in one measurement: those that differ only in per-cell settings share its worker.
+    step("confirm", f"{mode.description}, and {len(variants)} settings one at a time", "running")
+    measured = measure([cell, *(v for _, _, v in variants)], "confirm")
+    confirmed = measured[cell.cell_id]
     op = confirmed.ops.get(tensor or (confirmed.tensors[0] if confirmed.tensors else ""), "")
     step("confirm", f"{mode.description}{f' in {tensor}' if tensor else ''}",
          confirmed.detail + (f"; produced by {op}" if op else ""))
     if not confirmed.differs:
         return None
-    step("question", mode.question, "")
+    step("question", mode.question, "")  # printed without an outcome
     toggles, closer = [], ""
-    variants = _toggle_variants(cell, mode, onednn)
-    if variants:
-        step("toggle", f"{len(variants)} settings, one at a time", "running")
-        measured = measure([v for _, _, v in variants], "toggles")
-        for axis, value, variant in variants:
-            result = measured[variant.cell_id]
-            outcome = _outcome(mode, confirmed, result)
-            toggles.append((axis, value, outcome, result.max_ulp, result.detail))
-            step("toggle", f"{axis}={value}", f"{outcome}: {result.detail}")
+    for axis, value, variant in variants:
+        result = measured[variant.cell_id]
+        outcome = _outcome(mode, confirmed, result)
+        toggles.append((axis, value, outcome, result.max_ulp, result.detail))
+        step("toggle", f"{axis}={value}", f"{outcome}: {result.detail}")
     if mode is TriageMode.DRIFT:
         baseline = _measure([_baseline_for(cell, config)], TriageMode.REPEAT, config, work, "baseline", on_event,
                             None, onednn, tf_version)[_baseline_for(cell, config).cell_id]
@@ -333,7 +334,7 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
                  ", ".join(f"{a}={getattr(cell.settings, a)}" for a in differing))
         closer = _closer(confirmed, baseline, confirmed.tensors, sides)
         step("truth", "which side is closer to float64", closer)
-    minimal, kept = _shrink(cell, measure, started + budget_s, step)
+    minimal, kept = _shrink(cell, measure, time.monotonic() + budget_s, step)
     shrunk = f"{list(cell.layer.input_shape)} -> {list(minimal.layer.input_shape)}"
     if minimal.layer.params != cell.layer.params:
         changed = [f"{k} {cell.layer.params[k]}->{v}" for k, v in minimal.layer.params.items()
@@ -356,8 +357,9 @@ def _write_outputs(result: TriageResult, store: RunStore, environment: dict[str,
     full_mode = "drift" if result.mode is TriageMode.DRIFT else "repeat"
     result.repro_full = store.write_text(f"{folder}/repro_full.py", render_repro(cell, full_mode, reference))
     limit = accuracy_limit(cell.settings.precision)
+    upstream = result.explanation.get("known") if result.explanation.get("reported") else "not yet reported"
     short = render_short_repro(cell, result.mode, result.tensor, limit, result.confirmed.ops.get(result.tensor or ""),
-                               result.explanation.get("known"))
+                               upstream, onednn=str(environment.get("onednn_state") or "").split(" ")[0])
     if short is not None:
         result.repro = store.write_text(f"{folder}/repro.py", short)
     result.report = store.write_text(f"{folder}/report.md", report_markdown(result, environment))
