@@ -233,7 +233,8 @@ def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
         upstream = known if explanation.get("reported") else "not yet reported"
         tried = [f"{t['axis']}={t['value']}: {t['outcome']}" for t in cell.get("toggles", [])]
         label, answer = _answer(cell)
-        repro = f"python {cell['repro']}" if cell.get("repro") else "none short (layer not supported)"
+        repro = f"python {cell['repro']}" + ("" if cell.get("repro_is_short") else " (the full one: no short form "
+                                                                                  "for this layer)")
         parts.append(Panel(Text.assemble(
             ("Finding: ", "bold"), f"{cell['mode']} in {cell.get('tensor') or 'the pass'}: "
                                    f"{cell['confirmed']['detail']}", "\n",

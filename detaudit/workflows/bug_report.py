@@ -96,7 +96,8 @@ def upstream_section(result: Any, environment: dict[str, Any], repro_text: str |
         lines += ["```python", repro_text.rstrip("\n"), "```", "",
                   "`python repro.py` exits 1 while the bug is there, 0 once it is fixed.", ""]
     else:
-        lines += ["This layer has no short reproducer; `repro_full.py` (beside this report) reproduces it.", ""]
+        lines += ["This layer has no short reproducer; `repro.py` (beside this report, the full digest-parity "
+                  "reproducer) reproduces it.", ""]
     lines += ["**Relevant log output**", "", "```", *[f"{s.stage}: {s.what}: {s.outcome}" for s in result.steps
                                                      if s.stage in ("confirm", "toggle") and s.outcome], "```", ""]
     return lines
@@ -106,7 +107,7 @@ def report_markdown(result: Any, environment: dict[str, Any]) -> str:
     """The triage of one cell as Markdown: detaudit's findings, then the upstream section."""
     cell, minimal = result.cell, result.minimal
     ops = result.confirmed.ops
-    repro_text = Path(result.repro).read_text(encoding="utf-8") if result.repro else None
+    repro_text = Path(result.repro).read_text(encoding="utf-8") if result.repro and result.repro_is_short else None
     lines = [
         f"# detaudit triage: {cell.layer.describe()}", "",
         f"Settings: `{cell.settings.label()}`, seed {cell.seed}. Finding: {result.mode.description}"

@@ -89,6 +89,7 @@ class TriageResult:
     shrunk: str = ""
     closer: str = ""
     repro: Path | None = None
+    repro_is_short: bool = False
     repro_full: Path | None = None
     report: Path | None = None
 
@@ -107,7 +108,7 @@ class TriageResult:
                 "minimal_measured": dataclasses.asdict(self.minimal_measured), "shrunk": self.shrunk,
                 "closer": self.closer, "explanation": self.explanation, "removed_by": self.removed_by,
                 "steps": [dataclasses.asdict(s) for s in self.steps],
-                "repro": str(self.repro) if self.repro else None,
+                "repro": str(self.repro) if self.repro else None, "repro_is_short": self.repro_is_short,
                 "repro_full": str(self.repro_full) if self.repro_full else None,
                 "report": str(self.report) if self.report else None}
 
@@ -355,13 +356,15 @@ def _write_outputs(result: TriageResult, store: RunStore, environment: dict[str,
     cell, folder = result.minimal, result.cell.cell_id
     reference = _baseline_for(cell, config).settings if result.mode is TriageMode.DRIFT else None
     full_mode = "drift" if result.mode is TriageMode.DRIFT else "repeat"
-    result.repro_full = store.write_text(f"{folder}/repro_full.py", render_repro(cell, full_mode, reference))
+    full = render_repro(cell, full_mode, reference)
+    result.repro_full = store.write_text(f"{folder}/repro_full.py", full)
     limit = accuracy_limit(cell.settings.precision)
     upstream = result.explanation.get("known") if result.explanation.get("reported") else "not yet reported"
     short = render_short_repro(cell, result.mode, result.tensor, limit, result.confirmed.ops.get(result.tensor or ""),
                                upstream, onednn=str(environment.get("onednn_state") or "").split(" ")[0])
-    if short is not None:
-        result.repro = store.write_text(f"{folder}/repro.py", short)
+    # A layer the short form cannot express (a user layer, say) gets the full reproducer as repro.py too.
+    result.repro = store.write_text(f"{folder}/repro.py", short if short is not None else full)
+    result.repro_is_short = short is not None
     result.report = store.write_text(f"{folder}/report.md", report_markdown(result, environment))
 
 
