@@ -210,6 +210,10 @@ def audit_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+_MODES = {"repeat": "run-to-run difference", "drift": "drift from the baseline", "accuracy": "error against float64",
+          "adjoint": "failed adjoint test"}
+
+
 def _answer(cell: dict[str, Any]) -> tuple[str, str]:
     """The answer to the triage's question, labelled."""
     mode, removed = cell.get("mode"), cell.get("removed_by") or []
@@ -236,7 +240,7 @@ def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
         repro = f"python {cell['repro']}" + ("" if cell.get("repro_is_short") else " (the full one: no short form "
                                                                                   "for this layer)")
         parts.append(Panel(Text.assemble(
-            ("Finding: ", "bold"), f"{cell['mode']} in {cell.get('tensor') or 'the pass'}: "
+            ("Finding: ", "bold"), f"{_MODES.get(cell['mode'], cell['mode'])} in {cell.get('tensor') or 'the pass'}: "
                                    f"{cell['confirmed']['detail']}", "\n",
             ("Op: ", "bold"), cell.get("op") or "not recorded", "\n",
             ("Question: ", "bold"), cell.get("question", ""), "\n",
@@ -247,7 +251,7 @@ def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
             ("Fix: ", "bold"), explanation["fix"], "\n",
             ("Minimal case: ", "bold"), f"{cell['minimal_description']} ({cell.get('shrunk', '')})", "\n",
             ("Reproducer: ", "bold"), repro, "\n",
-            ("Full reproducer: ", "bold"), f"python {cell.get('repro_full')}", "\n",
+            *((("Full reproducer: ", "bold"), f"python {cell['repro_full']}", "\n") if cell.get("repro_full") else ()),
             ("Report: ", "bold"), str(cell["report"])), title=f"triage {cell['cell_id']} ({cell['mode']})"))
     others = result.get("other_findings") or []
     if others:

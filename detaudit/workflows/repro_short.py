@@ -18,7 +18,6 @@ None) only; anything else gets ``None`` and keeps ``repro_full.py``.
 from __future__ import annotations
 
 import json
-from typing import Any
 
 from detaudit.core.axes import cell_statements, compute_dtype, environment_changes, startup_statements
 from detaudit.core.config import Cell
