@@ -72,12 +72,16 @@ def candidates(spec: LayerSpec) -> list[Candidate]:
     return out
 
 
-def combine(spec: LayerSpec, kept: list[Candidate]) -> LayerSpec | None:
-    """Every knob set to its smallest value that kept the finding, in one layer (None if only one knob moved)."""
+def combine(spec: LayerSpec, kept: list[Candidate], boldest: bool = True) -> LayerSpec | None:
+    """Every knob that kept the finding moved in one layer (None if only one knob moved): to its smallest value
+    that kept it, or (``boldest=False``) its largest, the gentler step when the finding depends on a product
+    of knobs (the length of a sum: batch times spatial size)."""
     best: dict[str, int] = {}
+    pick = min if boldest else max
     for name, _ in kept:
         knob, _, change = name.partition(" ")
-        best[knob] = min(best.get(knob, 1 << 30), int(change.partition("->")[2]))
+        value = int(change.partition("->")[2])
+        best[knob] = pick(best[knob], value) if knob in best else value
     if len(best) < 2:
         return None
     knobs = _knobs(spec)

@@ -248,12 +248,16 @@ def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measureme
             return minimal, kept_measure
         name, best = min(keep, key=lambda item: shrink.size(item[1].layer))
         chosen, chosen_measure = best, measured[best.cell_id]
-        combined = shrink.combine(minimal.layer, [(n, c.layer) for n, c in keep])
-        if combined is not None and time.monotonic() < deadline:
-            together = Cell(combined, minimal.settings, minimal.seed, minimal.repeats)
-            result = measure([together], f"shrink-{round_}-together")[together.cell_id]
-            if result.differs:
-                name, chosen, chosen_measure = ", ".join(n for n, _ in keep), together, result
+        kept_layers = [(n, c.layer) for n, c in keep]
+        combos = [Cell(layer, minimal.settings, minimal.seed, minimal.repeats) for layer in dict.fromkeys(
+            c for c in (shrink.combine(minimal.layer, kept_layers), shrink.combine(minimal.layer, kept_layers, False))
+            if c is not None and shrink.size(c) < shrink.size(chosen.layer))]
+        if combos and time.monotonic() < deadline:  # every kept knob at once, boldly and gently: one worker
+            results = measure(combos, f"shrink-{round_}-together")
+            together = [c for c in combos if results[c.cell_id].differs]
+            if together:
+                chosen = min(together, key=lambda c: shrink.size(c.layer))
+                name, chosen_measure = ", ".join(n for n, _ in keep), results[chosen.cell_id]
         minimal, kept_measure = chosen, chosen_measure
         step("shrink", f"round {round_}: {name}", f"{list(minimal.layer.input_shape)} still shows it")
     step("shrink", "budget", "stopped at the budget before the shrink finished")
