@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import math
+import re
 from typing import Any
 
 import pandas as pd
@@ -25,7 +26,7 @@ from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.errors import UsageError
 
-__all__ = ["ACCURACY_LIMITS", "Target", "TriageMode", "accuracy_limit", "percent", "pick_targets", "resolve_cell_id",
+__all__ = ["ACCURACY_LIMITS", "Target", "TriageMode", "accuracy_limit", "distinct", "percent", "pick_targets", "resolve_cell_id",
            "target_for_cell"]
 
 #: Largest error against the float64 truth (over the truth's largest magnitude) a tensor may have in each compute
@@ -149,6 +150,24 @@ def pick_targets(stored: StoredRun) -> list[Target]:
             best[target.cell_id] = target
     return sorted(best.values(), key=lambda t: (not t.broken, _ORDER[t.mode], -t.score if not math.isnan(t.score)
                                                 else 0.0, t.n_settings, t.cell_id))
+
+
+def distinct(targets: list[Target]) -> list[Target]:
+    """The first target of each (layer and settings, kind of finding, tensor): other seeds of one finding fold
+    into it (their count is added to its figure)."""
+    seen: dict[tuple[str, TriageMode, str | None], int] = {}
+    out: list[Target] = []
+    for target in targets:
+        key = (re.sub(r",? ?seed=\d+\]$", "]", target.label), target.mode, target.tensor)
+        if key in seen:
+            first = out[seen[key]]
+            count = int(m.group(1)) + 1 if (m := re.search(r"\(\+(\d+) seeds?\)$", first.figure)) else 1
+            figure = re.sub(r" \(\+\d+ seeds?\)$", "", first.figure)
+            out[seen[key]] = dataclasses.replace(first, figure=f"{figure} (+{count} seed{'s' if count > 1 else ''})")
+            continue
+        seen[key] = len(out)
+        out.append(target)
+    return out
 
 
 def target_for_cell(stored: StoredRun, cell_id: str) -> Target | None:

@@ -41,7 +41,15 @@ from detaudit.workflows import shrink
 from detaudit.workflows.bug_report import environment_of, report_markdown
 from detaudit.workflows.repro import render_repro
 from detaudit.workflows.repro_short import render_short_repro
-from detaudit.workflows.targets import Target, TriageMode, accuracy_limit, percent, pick_targets, resolve_cell_id
+from detaudit.workflows.targets import (
+    Target,
+    TriageMode,
+    accuracy_limit,
+    distinct,
+    percent,
+    pick_targets,
+    resolve_cell_id,
+)
 
 __all__ = ["Measurement", "TriageResult", "TriageStep", "environment_of", "triage_cell", "triage_run"]
 
@@ -232,33 +240,35 @@ def _outcome(mode: TriageMode, confirmed: Measurement, result: Measurement) -> s
 
 def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measurement]], deadline: float,
             step: Callable[[str, str, str], None]) -> tuple[Cell, Measurement | None]:
-    """Shrink while the finding persists: every knob at once where that keeps it, else the smallest single one."""
-    minimal, kept_measure, round_ = cell, None, 0
+    """Shrink while the finding persists, one worker per round.
+
+    A round measures each knob's smaller values and, in the same worker, the knobs that kept the finding in
+    the round before (every knob in the first) moved together, boldly and gently; the smallest layer that
+    keeps the finding is next. It ends when no smaller layer keeps it (the case is minimal) or at the deadline.
+    """
+    minimal, kept_measure, round_, hinted = cell, None, 0, None
     while time.monotonic() < deadline:
         round_ += 1
-        options = [(name, Cell(spec, minimal.settings, minimal.seed, minimal.repeats))
-                   for name, spec in shrink.candidates(minimal.layer)]
-        if not options:
-            break
+        singles = shrink.candidates(minimal.layer)
+        if not singles:
+            step("shrink", f"round {round_}", "nothing left to shrink: minimal")
+            return minimal, kept_measure
+        hints = [c for c in singles if hinted is None or c[0].partition(" ")[0] in hinted]
+        combos = [("together", layer) for layer in dict.fromkeys(
+            shrink.combine(minimal.layer, hints, boldest) for boldest in (True, False)) if layer is not None]
+        options = [(name, Cell(spec, minimal.settings, minimal.seed, minimal.repeats)) for name, spec in
+                   singles + combos]
         step("shrink", f"round {round_}: {len(options)} smaller layers", "running")
         measured = measure([c for _, c in options], f"shrink-{round_}")
         keep = [(name, c) for name, c in options if measured[c.cell_id].differs]
         if not keep:
             step("shrink", f"round {round_}", "no smaller layer keeps the finding: minimal")
             return minimal, kept_measure
-        name, best = min(keep, key=lambda item: shrink.size(item[1].layer))
-        chosen, chosen_measure = best, measured[best.cell_id]
-        kept_layers = [(n, c.layer) for n, c in keep]
-        combos = [Cell(layer, minimal.settings, minimal.seed, minimal.repeats) for layer in dict.fromkeys(
-            c for c in (shrink.combine(minimal.layer, kept_layers), shrink.combine(minimal.layer, kept_layers, False))
-            if c is not None and shrink.size(c) < shrink.size(chosen.layer))]
-        if combos and time.monotonic() < deadline:  # every kept knob at once, boldly and gently: one worker
-            results = measure(combos, f"shrink-{round_}-together")
-            together = [c for c in combos if results[c.cell_id].differs]
-            if together:
-                chosen = min(together, key=lambda c: shrink.size(c.layer))
-                name, chosen_measure = ", ".join(n for n, _ in keep), results[chosen.cell_id]
-        minimal, kept_measure = chosen, chosen_measure
+        name, minimal = min(keep, key=lambda item: shrink.size(item[1].layer))
+        kept_measure = measured[minimal.cell_id]
+        hinted = {n.partition(" ")[0] for n, _ in keep if n != "together"}
+        if name == "together":
+            name = "together: " + ", ".join(n for n, _ in keep if n != "together")
         step("shrink", f"round {round_}: {name}", f"{list(minimal.layer.input_shape)} still shows it")
     step("shrink", "budget", "stopped at the budget before the shrink finished")
     return minimal, kept_measure
@@ -394,7 +404,7 @@ def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str
         chosen = [t for t in targets if t.cell_id == cell_id]
     else:
         chosen = targets[:1]
-    others = [t for t in targets if not chosen or t.cell_id != chosen[0].cell_id]
+    others = distinct([t for t in targets if not chosen or t.cell_id != chosen[0].cell_id])
     if not chosen:
         return None, [], others
     target = chosen[0]
