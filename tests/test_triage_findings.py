@@ -162,3 +162,51 @@ def test_the_short_reproducer_of_nondeterminism_compares_passes_and_unsupported_
 def test_the_short_reproducer_of_a_real_run_has_no_detaudit_import():
     text = render_short_repro(Cell(CONFIG.layers[0], Settings(), 0, 2), TriageMode.ACCURACY, "grad_input", 1e-5)
     assert "detaudit" not in text.split('"""', 2)[2]
+
+
+def test_other_findings_fold_over_seeds():
+    from detaudit.workflows.targets import Target, distinct
+
+    def target(cell_id: str, seed: int, mode=TriageMode.ACCURACY, settings="precision=mixed_bfloat16"):
+        return Target(cell_id, mode, "grad_bias", f"Conv2DTranspose k3 s2 same [1, 2, 2, 2] [{settings}, seed={seed}]",
+                      "grad_bias 9% off float64", "", False, 0.09)
+
+    folded = distinct([target("a", 0), target("b", 1), target("c", 2), target("d", 0, TriageMode.DRIFT),
+                       target("e", 0, settings="precision=mixed_bfloat16, xla=on")])
+    assert [t.cell_id for t in folded] == ["a", "d", "e"]
+    assert folded[0].figure == "grad_bias 9% off float64 (+2 seeds)" and folded[1].figure == "grad_bias 9% off float64"
+
+
+@pytest.mark.parametrize("link", ["https://github.com/tensorflow/tensorflow/issues/86378", "not yet reported"])
+def test_the_report_follows_tensorflows_template_and_says_whether_the_bug_is_reported(tmp_path, link):
+    from detaudit.workflows.bug_report import report_markdown
+    from detaudit.workflows.triage import Measurement, TriageResult, TriageStep
+
+    cell = Cell(CONFIG.layers[0], Settings(precision="mixed_bfloat16"), 0, 2)
+    small = Cell(parse_config({"name": "m", "layers": [{"kind": "Conv2DTranspose", "filters": 1, "kernel_size": 1,
+                                                        "input_shape": [1, 2, 2, 1]}]}).layers[0], cell.settings, 0, 2)
+    confirmed = Measurement(True, 30, "grad_bias 9% off float64 (limit 1.6%)", ["grad_bias"],
+                            ops={"grad_bias": "BiasAddGrad (CPU:0, bfloat16)"})
+    repro = tmp_path / "repro.py"
+    repro.write_text("import tensorflow as tf\nprint('short')\n")
+    explanation = {"id": "bug", "cause": "sums in bfloat16", "fix": "XLA", "source": link, "known": link,
+                   "reported": link.startswith("http")}
+    result = TriageResult(cell, TriageMode.ACCURACY, "grad_bias", confirmed,
+                          [("xla", "on", "fixes", 2, "grad_bias 0.15% off float64 (limit 1.6%)")], small,
+                          Measurement(True, 3, "grad_bias 2.1% off float64 (limit 1.6%)", ["grad_bias"]),
+                          explanation, [TriageStep("confirm", "error", "grad_bias 9% off")], "[1, 2, 2, 2] -> "
+                          "[1, 2, 2, 1]", repro=repro, repro_is_short=True)
+    report = report_markdown(result, {"tensorflow_version": "2.21.0", "keras_version": "3.15.1", "python": "3.11.7",
+                                      "platform": "Linux", "cpu_model": "AMD EPYC", "cpu_flags": "avx2",
+                                      "onednn_state": "off (test)", "gpus": "none"})
+    for heading in ("**Issue type:** Bug", "**TensorFlow version:** 2.21.0", "**Keras version:** 3.15.1",
+                    "**Python version:** 3.11.7", "**CPU:** AMD EPYC; flags: avx2", "**oneDNN:** off (test)",
+                    "**Current behavior?**", "**Expected behavior?**", "**Standalone code to reproduce the issue**"):
+        assert heading in report
+    assert "```python\nimport tensorflow as tf\nprint('short')\n```" in report
+    assert "grad_bias 2.1% off float64" in report and "`xla=on`: grad_bias 0.15% off float64" in report
+    assert "`BiasAddGrad (CPU:0, bfloat16)`" in report
+    if link.startswith("http"):
+        assert f"Known upstream: {link}" in report and "not yet reported" not in report
+    else:
+        assert "**not yet reported**" in report

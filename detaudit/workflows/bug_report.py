@@ -53,13 +53,17 @@ def _behaviour(result: Any) -> tuple[str, str]:
     if mode == "drift":
         return (f"{where} differs between the two settings: {measured.detail}. {result.closer}.",
                 "Both within the dtype's rounding of the float64 result.")
-    current = f"{where}: {measured.detail}."
+    original = list(result.cell.layer.input_shape)
+    current = f"{where} in the minimal case: {measured.detail}."
+    if result.minimal.layer != result.cell.layer:
+        current += f" In the case as first found (input {original}): {result.confirmed.detail}."
     fixed = [t for t in result.toggles if t[2] == "fixes"]
     if fixed:
-        current += " The same case with one setting changed (same precision, same device): " + "; ".join(
+        current += " There, with one setting changed (same precision, same device): " + "; ".join(
             f"`{a}={v}`: {d}" for a, v, _, _, d in fixed) + "."
-    return current, (f"`{tensor}` within the accuracy of its dtype of the float64 result of the same rounded inputs "
-                     "(as the fixing setting gives).")
+    also = ", ".join(f"`{a}={v}`" for a, v, *_ in fixed)
+    return current, (f"`{tensor}` within the accuracy of its compute dtype of the float64 result computed from the "
+                     f"same rounded inputs (the limit above){f', as with {also}' if also else ''}.")
 
 
 def upstream_section(result: Any, environment: dict[str, Any], repro_text: str | None) -> list[str]:
@@ -71,6 +75,8 @@ def upstream_section(result: Any, environment: dict[str, Any], repro_text: str |
     head = ([f"Known upstream: {known}. Post this as new evidence on that issue (minimal case, figures, code)."]
             if reported else ["Status upstream: **not yet reported**. File it as a new issue with the text below."])
     gpu = environment.get("gpus") or "none"
+    onednn = cell.settings.onednn if cell.settings.onednn != "default" else \
+        str(environment.get("onednn_state") or "default").split(" ")[0]
     driver = "" if gpu == "none" else f" (driver {environment.get('nvidia_driver')})"
     lines = [
         "## For TensorFlow (bug-report template)", "", *head, "",
@@ -83,7 +89,7 @@ def upstream_section(result: Any, environment: dict[str, Any], repro_text: str |
         f"**OS platform and distribution:** {environment.get('platform') or platform.platform()}", "",
         f"**Python version:** {environment.get('python')}", "",
         f"**CPU:** {environment.get('cpu_model')}; flags: {environment.get('cpu_flags')}", "",
-        f"**oneDNN:** {environment.get('onednn_state')}; this case: onednn={cell.settings.onednn}", "",
+        f"**oneDNN:** {environment.get('onednn_state')}; this case ran with oneDNN {onednn} (repro.py pins it)", "",
         f"**CUDA/cuDNN version:** {environment.get('cuda_version') or 'n/a'} / "
         f"{environment.get('cudnn_version') or 'n/a'}", "",
         f"**GPU model and memory:** {gpu}{driver}",
