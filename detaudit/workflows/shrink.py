@@ -50,13 +50,14 @@ def _knobs(spec: LayerSpec) -> dict[str, tuple[int, Any]]:
         knobs["filters"] = (params["filters"], lambda v: _layer(spec, {**params, "filters": v}, shape))
     for key, name in (("kernel_size", "kernel"), ("strides", "stride")):
         value = params.get(key)
-        if key in declared and isinstance(value, list) and len(set(value)) == 1:
-            def make(v: int, key: str = key) -> LayerSpec:
-                new = {**params, key: [v] * len(params[key])}
+        plain = isinstance(value, int) and not isinstance(value, bool)  # a user layer's plain int
+        if key in declared and (plain or isinstance(value, list) and len(set(value)) == 1):
+            def make(v: int, key: str = key, plain: bool = plain) -> LayerSpec:
+                new = {**params, key: v if plain else [v] * len(params[key])}
                 if key == "strides" and new.get("output_padding") is not None:
                     new["output_padding"] = None  # it must stay below the stride
                 return _layer(spec, new, shape)
-            knobs[name] = (value[0], make)
+            knobs[name] = (value if plain else value[0], make)
     return knobs
 
 
