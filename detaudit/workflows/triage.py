@@ -254,8 +254,13 @@ def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measureme
             step("shrink", f"round {round_}", "nothing left to shrink: minimal")
             return minimal, kept_measure
         hints = [c for c in singles if hinted is None or c[0].partition(" ")[0] in hinted]
+        knobs = {c[0].partition(" ")[0] for c in hints}
+        # All hinted knobs at once (boldly, gently) and all but one (a finding that needs one knob large, the
+        # length of a sum, still lets every other knob go): cheap extra cells in the round's one worker.
+        subsets = [(hints, True), (hints, False),
+                   *(([c for c in hints if not c[0].startswith(k + " ")], True) for k in sorted(knobs))]
         combos = [("together", layer) for layer in dict.fromkeys(
-            shrink.combine(minimal.layer, hints, boldest) for boldest in (True, False)) if layer is not None]
+            shrink.combine(minimal.layer, subset, boldest) for subset, boldest in subsets) if layer is not None]
         options = [(name, Cell(spec, minimal.settings, minimal.seed, minimal.repeats)) for name, spec in
                    singles + combos]
         step("shrink", f"round {round_}: {len(options)} smaller layers", "running")
