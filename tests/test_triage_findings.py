@@ -210,3 +210,15 @@ def test_the_report_follows_tensorflows_template_and_says_whether_the_bug_is_rep
         assert f"Known upstream: {link}" in report and "not yet reported" not in report
     else:
         assert "**not yet reported**" in report
+
+
+def test_a_shrink_round_repeats_the_steps_that_kept_the_finding_last_round():
+    spec = parse_config({"name": "s", "layers": [{"kind": "Conv2DTranspose", "filters": 8, "kernel_size": 3,
+                                                  "strides": 2, "padding": "same",
+                                                  "input_shape": [4, 16, 16, 8]}]}).layers[0]
+    singles = shrink.candidates(spec)
+    assert shrink.hinted(singles, None) == singles  # the first round knows nothing: every step
+    chosen = shrink.hinted(singles, {"batch": "min", "spatial": "half", "filters": "half"})
+    assert [name for name, _ in chosen] == ["batch 4->1", "spatial 16->8", "filters 8->4"]
+    together = shrink.combine(spec, chosen)
+    assert list(together.input_shape) == [4 // 4, 8, 8, 8] and together.params["filters"] == 4

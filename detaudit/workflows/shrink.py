@@ -14,7 +14,7 @@ from typing import Any
 from detaudit.core.config import LayerSpec
 from detaudit.core.kinds import canonical_params
 
-__all__ = ["Candidate", "candidates", "combine", "size"]
+__all__ = ["Candidate", "candidates", "combine", "hinted", "size", "step_of"]
 
 Candidate = tuple[str, LayerSpec]  # (knob, the smaller layer)
 
@@ -105,3 +105,18 @@ def size(spec: LayerSpec) -> int:
     for n in spec.input_shape:
         total *= n
     return total
+
+
+def step_of(name: str) -> tuple[str, str]:
+    """(knob, "min" or "half") of a candidate's name ("batch 4->1" is the smallest step of batch)."""
+    knob, _, change = name.partition(" ")
+    return knob, "min" if change.endswith("->1") else "half"
+
+
+def hinted(singles: list[Candidate], hints: dict[str, str] | None) -> list[Candidate]:
+    """The candidates that repeat last round's kept steps (each knob's smallest kept step), or all at first."""
+    if hints is None:
+        return singles
+    steps = {step_of(name) for name, _ in singles}
+    wanted = {k: ("half" if v == "half" and (k, "half") in steps else "min") for k, v in hints.items()}
+    return [c for c in singles if step_of(c[0])[0] in wanted and step_of(c[0])[1] == wanted[step_of(c[0])[0]]]

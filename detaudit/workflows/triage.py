@@ -251,15 +251,16 @@ def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measureme
     the round before (every knob in the first) moved together, boldly and gently; the smallest layer that
     keeps the finding is next. It ends when no smaller layer keeps it (the case is minimal) or at the deadline.
     """
-    minimal, kept_measure, round_, hinted = cell, None, 0, None
+    minimal, kept_measure, round_ = cell, None, 0
+    hinted: dict[str, str] | None = None  # the knobs (and steps) that kept the finding last round
     while time.monotonic() < deadline:
         round_ += 1
         singles = shrink.candidates(minimal.layer)
         if not singles:
             step("shrink", f"round {round_}", "nothing left to shrink: minimal")
             return minimal, kept_measure
-        hints = [c for c in singles if hinted is None or c[0].partition(" ")[0] in hinted]
-        knobs = {c[0].partition(" ")[0] for c in hints}
+        hints = shrink.hinted(singles, hinted)
+        knobs = {shrink.step_of(c[0])[0] for c in hints}
         # All hinted knobs at once (boldly, gently) and all but one (a finding that needs one knob large, the
         # length of a sum, still lets every other knob go): cheap extra cells in the round's one worker.
         subsets = [(hints, True), (hints, False),
@@ -276,7 +277,10 @@ def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measureme
             return minimal, kept_measure
         name, minimal = min(keep, key=lambda item: shrink.size(item[1].layer))
         kept_measure = measured[minimal.cell_id]
-        hinted = {n.partition(" ")[0] for n, _ in keep if n != "together"}
+        hinted = {}
+        for n, _ in sorted(keep, key=lambda item: shrink.step_of(item[0])[1] != "min"):  # "min" first wins
+            if n != "together":
+                hinted.setdefault(*shrink.step_of(n))
         if name == "together":
             name = "together: " + ", ".join(n for n, _ in keep if n != "together")
         step("shrink", f"round {round_}: {name}", f"{list(minimal.layer.input_shape)} still shows it")
