@@ -64,13 +64,7 @@ def step(x, dy):
 _ACCURACY = '''
 c = layer.compute_dtype  # what TensorFlow computed in: expected from the same rounded values, in float64
 X, W, DY = (tf.cast(tf.cast(t, c), tf.float64).numpy() for t in (x, layer.kernel, dy))
-k, s = layer.kernel_size, layer.strides
-pad = [max(ki - si, 0) // 2 if layer.padding == "same" else 0 for ki, si in zip(k, s)]
-DYP = np.zeros((DY.shape[0], *[n * si + max(ki - si, 0) for n, ki, si in zip(X.shape[1:-1], k, s)], DY.shape[-1]))
-DYP[(slice(None), *[slice(p, p + m) for p, m in zip(pad, DY.shape[1:-1])])] = DY
-taps = {{t: DYP[(slice(None), *[slice(ti, ti + (n - 1) * si + 1, si) for ti, n, si in zip(t, X.shape[1:-1], s)])]
-        for t in np.ndindex(*k)}}
-{expected}
+{taps}{expected}
 observed = step(x, dy)[TENSOR].numpy().astype(np.float64)
 diff, scale = np.abs(observed - expected), np.abs(expected).max()
 worst = tuple(int(i) for i in np.unravel_index(diff.argmax(), diff.shape))
@@ -82,6 +76,16 @@ print(f"max |diff| {{diff.max():.3g}} = {{rel:.3%}} of max |expected| = {{int(ro
       f" (limit {{LIMIT:.3%}})")
 print("BUG" if rel > LIMIT else "OK")
 sys.exit(1 if rel > LIMIT else 0)
+'''
+
+# The kernel taps of the transposed convolution: for tap t, the upstream gradient (zero-padded as TensorFlow pads)
+# at the positions input element i reaches, i * stride + t. Every gradient but the bias's is a sum over taps.
+_TAPS = '''k, s = layer.kernel_size, layer.strides
+pad = [max(ki - si, 0) // 2 if layer.padding == "same" else 0 for ki, si in zip(k, s)]
+DYP = np.zeros((DY.shape[0], *[n * si + max(ki - si, 0) for n, ki, si in zip(X.shape[1:-1], k, s)], DY.shape[-1]))
+DYP[(slice(None), *[slice(p, p + m) for p, m in zip(pad, DY.shape[1:-1])])] = DY
+taps = {t: DYP[(slice(None), *[slice(ti, ti + (n - 1) * si + 1, si) for ti, n, si in zip(t, X.shape[1:-1], s)])]
+        for t in np.ndindex(*k)}
 '''
 
 _EXPECTED = {
@@ -148,4 +152,5 @@ def render_short_repro(cell: Cell, mode: TriageMode, tensor: str | None, limit: 
     expected = _EXPECTED.get(tensor or "grad_input", _EXPECTED["grad_input"])
     text = text.replace('SHAPE, SEED, TENSOR = ', f"LIMIT = {limit!r}  # largest relative error allowed in this "
                         "dtype\nSHAPE, SEED, TENSOR = ")
-    return text + _ACCURACY.format(expected=expected, op=(op or "the op").replace('"', "'"))
+    taps = "" if tensor == "grad_bias" else _TAPS
+    return text + _ACCURACY.format(taps=taps, expected=expected, op=(op or "the op").replace('"', "'"))
