@@ -83,7 +83,7 @@ class Target:
     op: str  # the op behind the tensor, where recorded
     broken: bool  # it breaks an expectation of the config
     score: float  # larger is worse, within its kind
-    n_settings: int = 0  # settings away from the defaults: of equal findings, the plainer cell is triaged
+    n_settings: int = 0  # settings away from the defaults (+100 for the baseline): of equal findings, the lower
 
     def line(self) -> str:
         op = f" [{self.op}]" if self.op else ""
@@ -142,7 +142,10 @@ def _n_settings(row: dict[str, Any]) -> int:
 def pick_targets(stored: StoredRun) -> list[Target]:
     """One target per cell (its worst finding), worst first: broken expectations, then by kind and size."""
     best: dict[str, Target] = {}
-    plain = {r["cell_id"]: _n_settings(r) for r in stored.table.drop_duplicates("cell_id").to_dict("records")}
+    baseline = stored.config.baseline if stored.config is not None else None
+    # Of equal findings the config's own cell before the baseline detaudit adds, then the plainer settings.
+    plain = {r["cell_id"]: _n_settings(r) + 100 * (settings_of(r) == baseline)
+             for r in stored.table.drop_duplicates("cell_id").to_dict("records")}
     for target in (dataclasses.replace(t, n_settings=plain.get(t.cell_id, 0)) for t in _candidates(stored)):
         key = (_ORDER[target.mode], -target.score)
         current = best.get(target.cell_id)
