@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -46,6 +47,25 @@ def test_the_op_behind_each_tensor_is_named_from_the_traced_pass(policy, xla):
         assert op_label(ops["grad_bias"]).startswith("XLA ") and "traced as BiasAddGrad" in op_label(ops["grad_bias"])
     else:
         assert op_label(ops["grad_bias"]) == "BiasAddGrad (CPU:0, bfloat16)"
+
+
+@pytest.mark.tf
+def test_under_op_determinism_the_xla_instruction_is_still_read():
+    """TensorFlow finds the device for the HLO with an unseeded random op unless told: determinism refuses it."""
+    pytest.importorskip("tensorflow")
+    code = ("import tensorflow as tf\n"
+            "tf.config.experimental.enable_op_determinism()\n"
+            "from detaudit.core.config import parse_config\n"
+            "from detaudit.engine.cases import build_case\n"
+            "from detaudit.engine.ops import producers\n"
+            "spec = parse_config({'name': 'o', 'layers': [{'kind': 'Conv1DTranspose', 'filters': 1, 'kernel_size': 3,"
+            " 'strides': 2, 'input_shape': [1, 3, 1]}]}).layers[0]\n"
+            "case = build_case(spec, 0, xla=True)\n"
+            "print(producers(case, list(case.names), '/CPU:0', True)['grad_bias']['xla'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                            cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 0, result.stderr
+    assert "'instruction'" in result.stdout and "error" not in result.stdout, result.stdout
 
 
 def _run(text: str, tmp_path, onednn: str) -> subprocess.CompletedProcess:

@@ -12,6 +12,7 @@ that yields the tensor is named too, with the TensorFlow op it came from.
 from __future__ import annotations
 
 import re
+import warnings
 from typing import Any
 
 __all__ = ["PASSTHROUGH", "op_label", "producers", "producers_or_error"]
@@ -85,7 +86,12 @@ def producers(case: Any, names: list[str], device: str, xla: bool) -> dict[str, 
                      "via": list(reversed(via))}
     if xla:
         try:
-            hlo = case.compiled.experimental_get_compiler_ir(case.x, case.upstream)(stage="optimized_hlo")
+            # With device_name None TensorFlow finds the device by running an unseeded random op
+            # (compiler_ir.maybe_get_device_name), which op determinism refuses; the name is deprecated, not gone.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                hlo = case.compiled.experimental_get_compiler_ir(case.x, case.upstream)(stage="optimized_hlo",
+                                                                                        device_name=device)
             for name, info in zip(names, _hlo_outputs(hlo)):
                 out[name]["xla"] = info
         except Exception as exc:  # noqa: BLE001 - the HLO is a nicety; the graph op is still named
