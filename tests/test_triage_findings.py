@@ -222,3 +222,20 @@ def test_a_shrink_round_repeats_the_steps_that_kept_the_finding_last_round():
     assert [name for name, _ in chosen] == ["batch 4->1", "spatial 16->8", "filters 8->4"]
     together = shrink.combine(spec, chosen)
     assert list(together.input_shape) == [4 // 4, 8, 8, 8] and together.params["filters"] == 4
+
+
+def test_a_failed_adjoint_test_is_a_finding_when_no_tensor_is_beyond_its_limit(tmp_path):
+    store = RunStore.create(tmp_path, CONFIG.to_dict(), CONFIG.name, run_id="adj")
+    store.write_meta({"run_id": "adj", "tensorflow": {"tensorflow_version": "2.21.0", "gpus": []},
+                      "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
+                      "interrupted": False})
+    for cell in CONFIG.cells():
+        record = _record(cell, _tensors(0))
+        record["reference"] = _reference(1e-7)
+        if cell.settings.xla == "on" and cell.settings.precision == "float32":
+            record["adjoint"] = {"dtype": "float32", "adjoint_eps": 1000.0, "reconstruction": None}
+        store.append_record(record)
+        save_tensors(store.tensor_path(cell.cell_id), _tensors(0))
+    targets = pick_targets(load_run(store.path))
+    assert [(t.cell_id, t.mode) for t in targets] == [(_cell(xla="on").cell_id, TriageMode.ADJOINT)]
+    assert "adjoint test 1e+03 eps (limit 64)" in targets[0].figure
