@@ -134,6 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="an audit: list every layer, not only those that differ")
     p.add_argument("--strict", action="store_true", help="known upstream bugs count as failures")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    p.add_argument("--ids", action="store_true", help="a matrix run: list each cell's id (what `triage --cell` "
+                   "takes), its layer, settings, seed and verdict")
 
     p = _add(sub, "compare", "compare two stored runs cell by cell; exit 1 on a regression",
              "asv-style comparison: environment differences first, then one mark per changed cell "
@@ -191,13 +193,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print as JSON")
 
     p = _add(sub, "triage", "confirm, isolate, shrink and explain a difference; write a reproducer",
-             "For each nondeterministic cell of a run (or the given cell, also a drifting one): confirm it, change "
-             "one setting at a time, shrink the layer within the budget, name the most likely cause and write "
-             "repro.py and report.md into a new triage run (the source run is not changed).",
+             "Take the run's worst finding (a broken expectation first, then the largest error against float64; "
+             "or the given cell's): confirm it, name the op behind the tensor, change one setting at a time (for an "
+             "error against float64, keeping the precision and the device), shrink the layer within the budget, "
+             "name the most likely cause or known upstream bug and write repro.py (short, standalone), "
+             "repro_full.py and report.md (with a section in TensorFlow's bug-report template) into a new triage "
+             "run (the source run is not changed). The other findings are listed with their cell ids.",
              ("detaudit triage latest", "detaudit triage runs/20261125T101500Z-quick --cell conv2dtranspose-970425c421e1"))
     p.add_argument("target", metavar="RUN_DIR|latest|CONFIG", help="a run directory (or latest), or a config to run first")
-    p.add_argument("--cell", default=None, help="the cell id to triage (default: every nondeterministic cell)")
-    p.add_argument("--budget-s", type=_number(1, 86400), default=300.0, help="seconds for shrinking, per cell")
+    p.add_argument("--cell", default=None, help="the cell id (or a unique start of one) to triage (default: the "
+                   "run's worst finding; `detaudit show RUN --ids` lists the ids)")
+    p.add_argument("--budget-s", type=_number(1, 86400), default=120.0,
+                   help="seconds for shrinking the case (the shrink stops there)")
     p.add_argument("--out", default="runs", help="where the triage run goes (and a config's run, and latest)")
 
     p = _add(sub, "audit", "pre-training reproducibility audit of your own training",

@@ -174,6 +174,12 @@ def _cmd_show(args: Any) -> int:
     from detaudit.render.tools import audit_report, triage_report
 
     stored = load_run(resolve_run(args.run_dir, args.runs, kinds=None))
+    if stored.kind is RunKind.MATRIX and args.ids:
+        from detaudit.analysis.summary import build_summary
+        from detaudit.render.tools import cell_ids_table
+
+        _out().print(cell_ids_table(build_summary(stored, args.strict)))
+        return EXIT_OK
     if stored.kind is RunKind.MATRIX:
         return _print_run(stored, args.json, args.strict)[0]
     assert stored.result is not None
@@ -339,6 +345,7 @@ def _cmd_triage(args: Any) -> int:
     from detaudit.engine.runner import run
     from detaudit.render.progress import StageProgress
     from detaudit.render.tools import triage_report
+    from detaudit.workflows.targets import TriageMode
     from detaudit.workflows.triage import triage_run
 
     target = Path(args.target)
@@ -351,7 +358,7 @@ def _cmd_triage(args: Any) -> int:
             stored = load_run(resolve_run(args.target, args.out))
 
         def on_cell(cell: Any, mode: str) -> None:
-            kind = "run-to-run difference" if mode == "repeat" else "drift from the baseline"
+            kind = TriageMode(mode).description
             out.print(Text(f"Triage {cell.cell_id} ({kind}): {cell.layer.describe()} "
                            f"[{cell.settings.label()}, seed={cell.seed}]", style="bold"))
 
@@ -363,7 +370,8 @@ def _cmd_triage(args: Any) -> int:
                 stage[0] = f"{step.stage}: {step.what}"
                 progress.update(stage[0])
             else:
-                out.print(Text(f"  {step.stage:8s} {step.what}: {step.outcome}"), highlight=False)
+                out.print(Text(f"  {step.stage:8s} {step.what}" + (f": {step.outcome}" if step.outcome else "")),
+                          highlight=False)
 
         def on_event(event: Any) -> None:  # the cells of each measurement, as they finish
             if event.kind == "planned":
@@ -372,11 +380,12 @@ def _cmd_triage(args: Any) -> int:
                 done[0] += 1
             progress.update(f"{stage[0]} ({done[0]}/{done[1]} cells)")
 
-        triage_dir, outcomes = triage_run(stored, args.cell, args.budget_s, args.out, on_cell=on_cell, on_step=on_step,
-                                          on_event=on_event)
+        triage_dir, outcomes, _ = triage_run(stored, args.cell, args.budget_s, args.out, on_cell=on_cell,
+                                             on_step=on_step, on_event=on_event)
     if triage_dir is None:
-        out.print(Text("Nothing to triage: no cell differs run to run" + (" or from the baseline" if args.cell else "")
-                       + ".", style="bold green"))
+        out.print(Text(f"Nothing to triage: {'the cell' if args.cell else 'the run'} has no finding (no run-to-run "
+                       "difference, no drift from the baseline, no tensor beyond its limit of float64, no failed "
+                       "adjoint test).", style="bold green"))
         return EXIT_OK
     triage = load_run(triage_dir)
     assert triage.result is not None

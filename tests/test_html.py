@@ -216,9 +216,11 @@ def _triage_run(root: Path) -> RunStore:
          "explanation": {"id": "atomics", "cause": f"atomic adds {SCRIPT}", "fix": "enable op determinism",
                          "source": "https://www.tensorflow.org/api_docs"},
          "steps": [{"stage": "confirm", "what": "3 repeats", "outcome": "differs"}],
-         "repro": "runs/triage-1/x/repro.py", "report": "runs/triage-1/x/report.md"},
+         "repro": "runs/triage-1/x/repro.py", "report": "runs/triage-1/x/report.md",
+         "op": f"BiasAddGrad (CPU:0, {SCRIPT})"},
         {"cell_id": _cell(1, determinism="off").cell_id, "reproduced": False,
-         "cell": _cell(1, determinism="off").to_dict()}]}
+         "cell": _cell(1, determinism="off").to_dict()}],
+        "other_findings": [{"cell_id": "c-1", "mode": "accuracy", "line": f"c-1  error against float64: {SCRIPT}"}]}
     store.write_meta({"run_id": "triage-1", "kind": "triage", "config_name": "fab-html", "source_run_id": "r1",
                       "started": "2026-01-04T00:00:00+00:00", "finished": "2026-01-04T00:00:00+00:00"})
     store.write_json("triage.json", result)
@@ -239,6 +241,8 @@ def test_the_triage_page(tmp_path):
     assert "Most likely cause" in page and html.escape(f"atomic adds {SCRIPT}") in page and SCRIPT not in page
     assert "determinism=on" in page and ">removed</td>" in page and "python runs/triage-1/x/repro.py" in page
     assert "Not reproduced" in page and "Conv2DTranspose(filters=1) on [1, 2, 2, 1]" in page
+    assert html.escape(f"BiasAddGrad (CPU:0, {SCRIPT})") in page  # the op behind the tensor, escaped
+    assert "Other findings (1)" in page and html.escape(f"c-1  error against float64: {SCRIPT}") in page
 
 
 def test_the_overview_lists_runs_plots_them_and_marks_environment_changes(tmp_path):

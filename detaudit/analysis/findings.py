@@ -74,6 +74,7 @@ class TensorGap:
     n_repeats_compared: int | None = None
     truth: tuple[float | None, float | None] | None = None
     known: str | None = None  # a known upstream bug this gap shows (its link or "not yet reported")
+    op: str | None = None  # the TensorFlow op that produced the tensor ("BiasAddGrad (CPU:0, bfloat16)")
 
     def phrase(self, sides: tuple[str, str] | None = None) -> str:
         repeats = ""
@@ -81,7 +82,8 @@ class TensorGap:
             repeats = f" in {self.n_repeats_differ}/{self.n_repeats_compared} repeats"
         scaled = "" if math.isnan(self.max_ulp_scaled) else f", {self.max_ulp_scaled:,.3g} scaled"
         unit = f" {self.dtype}" if self.dtype else ""
-        text = (f"{self.tensor}{repeats}: {self.n_mismatch:,}/{self.n_elements:,} elements differ, "
+        op = f" [{self.op}]" if self.op else ""
+        text = (f"{self.tensor}{op}{repeats}: {self.n_mismatch:,}/{self.n_elements:,} elements differ, "
                 f"max {self.max_ulp:,}{unit} ULP raw{scaled}")
         if self.truth and sides and any(v is not None for v in self.truth):
             left, right = self.truth
@@ -107,6 +109,11 @@ class Finding:
     between: tuple[str, str] | str
     n_axes: int
     gaps: tuple[TensorGap, ...]
+    cell_id: str | None = None  # the cell showing the largest gap: what `detaudit triage --cell` takes
+
+    @property
+    def where(self) -> str:
+        return f"{self.layer} (cell {self.cell_id})" if self.cell_id else self.layer
 
     @property
     def worst_scaled(self) -> float:
@@ -120,9 +127,9 @@ class Finding:
     def sentence(self) -> str:
         if self.run_to_run:
             what = "nondeterministic run to run" if self.comparison == _REPEAT else "differs in a fresh process"
-            return f"{self.layer}: {what} under {self.between}: " + "; ".join(g.phrase() for g in self.gaps)
+            return f"{self.where}: {what} under {self.between}: " + "; ".join(g.phrase() for g in self.gaps)
         before, after = self.between
-        return f"{self.layer}: {before} -> {after}: " + "; ".join(g.phrase((before, after)) for g in self.gaps)
+        return f"{self.where}: {before} -> {after}: " + "; ".join(g.phrase((before, after)) for g in self.gaps)
 
 
 def _axes_changed(row: dict[str, Any], baseline: Any) -> list[str]:
@@ -132,6 +139,10 @@ def _axes_changed(row: dict[str, Any], baseline: Any) -> list[str]:
 def _sides(row: dict[str, Any], baseline: Any) -> tuple[str, str]:
     diff = _axes_changed(row, baseline)
     return (", ".join(f"{a}={getattr(baseline, a)}" for a in diff), ", ".join(f"{a}={row[a]}" for a in diff))
+
+
+def _text(value: Any) -> str | None:
+    return None if value is None or pd.isna(value) or not str(value) else str(value)
 
 
 def _int(value: Any) -> int:
@@ -173,7 +184,7 @@ def findings(table: pd.DataFrame, baseline: Any, known: dict[tuple[str, str], st
         groups.setdefault(key, {}).setdefault(row["tensor"], []).append(row)
     out = []
     for (layer, comparison, between, n_axes), per_tensor in groups.items():
-        gaps = []
+        gaps, worst_cell = [], (-1.0, None)
         for tensor, rows in per_tensor.items():
             worst = max(rows, key=lambda r: (_int(r["max_ulp"]), _int(r["n_mismatch"])))
             scaled = [r["max_ulp_scaled"] for r in rows if not pd.isna(r["max_ulp_scaled"])]
@@ -185,7 +196,10 @@ def findings(table: pd.DataFrame, baseline: Any, known: dict[tuple[str, str], st
                 tensor, None if pd.isna(worst["dtype"]) else str(worst["dtype"]), _int(worst["n_mismatch"]),
                 _int(worst["n_elements"]), _int(worst["max_ulp"]), max(scaled) if scaled else math.nan,
                 max(repeats) if repeats else None, int(worst["repeats"]) - 1 if comparison == _REPEAT else None,
-                sides, known.get((worst["cell_id"], tensor))))
-        out.append(Finding(layer, comparison, between, n_axes, tuple(gaps)))
+                sides, known.get((worst["cell_id"], tensor)), _text(worst.get("op"))))
+            size = max(scaled) if scaled else float(_int(worst["max_ulp"]))
+            if size > worst_cell[0]:
+                worst_cell = (size, worst["cell_id"])
+        out.append(Finding(layer, comparison, between, n_axes, tuple(gaps), worst_cell[1]))
     order = {_REPEAT: 0, _PROCESS: 1, _BASELINE: 2}
     return sorted(out, key=lambda f: (order.get(f.comparison, 3), f.n_axes, -f.worst_scaled, f.layer))

@@ -115,12 +115,19 @@ def version_in_range(version: str | None, bounds: str) -> bool:
     return (not low.strip() or parse(low) <= current) and (not high.strip() or current < parse(high))
 
 
-def explain(removed_by: list[str], device: str, message: str, tf_version: str | None) -> dict[str, Any]:
-    """The first triage cause whose conditions hold (the last entry always does)."""
+def explain(removed_by: list[str], device: str, message: str, tf_version: str | None,
+            fixed_by: list[str] | None = None) -> dict[str, Any]:
+    """The first triage cause whose conditions hold (the last entry always does).
+
+    ``removed_by``: the settings whose change removed a run-to-run difference;
+    ``fixed_by``: those that brought a tensor within its limit of float64.
+    """
     causes = _knowledge()["causes"]
     for entry in causes:
         when = entry.get("when") or {}
         if "removed_by" in when and when["removed_by"] not in removed_by:
+            continue
+        if "fixed_by" in when and when["fixed_by"] not in (fixed_by or []):
             continue
         if "device" in when and not device.startswith(when["device"]):
             continue

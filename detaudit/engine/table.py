@@ -23,6 +23,7 @@ from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
 from detaudit.core.numerics import compare, max_finite_abs, narrower_dtype
+from detaudit.engine.ops import op_label
 from detaudit.engine.store import RunStore, load_tensors
 from detaudit.errors import ConfigError
 
@@ -34,12 +35,12 @@ COLUMNS = [
     "n_mismatch", "bitwise_equal", "max_ulp", "p99_ulp", "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch",
     "digest", "status", "message", "seconds",
     "input_shape", "p50_ulp", "mean_ulp", "n_repeats_differ", "reference_cell", "adjoint_eps", "reconstruction",
-    "ref_scale",
+    "ref_scale", "op",
 ]
 _INT_COLUMNS = ["n_elements", "n_mismatch", "max_ulp", "p99_ulp", "p50_ulp", "n_nan_mismatch", "n_repeats_differ"]
 _FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds", "adjoint_eps", "reconstruction",
                   "ref_scale"]
-_STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell"]
+_STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell", "op"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
 REPEAT, PROCESS, BASELINE, REFERENCE, ADJOINT = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
@@ -58,12 +59,15 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
             "message": record.get("message", ""), "seconds": record.get("seconds")}
     if record["status"] != "ok" or not record.get("tensors"):
         return [{**base, "tensor": None}]
+    ops = record.get("ops") or {}
     rows = [{**base, "tensor": t["tensor"], "dtype": t["dtype"], "digest": t["digest"],
+             "op": op_label(ops.get(t["tensor"])) or None,
              "n_repeats_differ": t.get("n_repeats_differ"), **{k: t.get(k) for k in _STAT_FIELDS}}
             for t in record["tensors"]]
     dtypes = {t["tensor"]: t["dtype"] for t in record["tensors"]}
     for t in record.get("reference", []):
         rows.append({**base, "comparison": REFERENCE, "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]),
+                     "op": op_label(ops.get(t["tensor"])) or None,
                      "seconds": None, "ref_scale": t.get("ref_scale"), **{k: t.get(k) for k in _STAT_FIELDS}})
     adjoint = record.get("adjoint")
     if adjoint:
@@ -110,7 +114,8 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
         name, ref = t["tensor"], theirs_meta.get(t["tensor"])
         if ref is None:
             continue
-        row = {**base, "tensor": name, "digest": t["digest"]}
+        row = {**base, "tensor": name, "digest": t["digest"],
+               "op": op_label((record.get("ops") or {}).get(name)) or None}
         if mine is not None and theirs is not None and name in mine and name in theirs \
                 and mine[name].shape == theirs[name].shape:
             a, b = mine[name], theirs[name]

@@ -34,7 +34,7 @@ from detaudit.core.config import Cell, Settings
 from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
-from detaudit.engine import channel, standalone
+from detaudit.engine import channel, ops, standalone
 from detaudit.errors import DiskFullError, one_line
 
 LIFELINE_EXIT = 70  # the parent is gone
@@ -135,6 +135,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
                 {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
                  "shape": list(t.first.shape), "digest": digest(t.first), "n_repeats_differ": t.n_repeats_differ}
                 for t in outcome.tensors]
+            record["ops"] = ops.producers_or_error(case, device, cell.settings.xla == "on")
             truth = reference_of(cell.layer, case, cell.seed, cache_dir)
             if truth is not None:
                 # Against the float64 truth rounded to each tensor's own dtype.

@@ -697,6 +697,10 @@ def _cell_title(data: dict[str, Any]) -> str:
     return f"{cell.layer.describe()} [{cell.settings.label()}, seed={cell.seed}]"
 
 
+_TRIAGE_MODES = {"repeat": "run to run", "drift": "drift from the baseline", "accuracy": "error against float64",
+                 "adjoint": "failed adjoint test"}
+
+
 def _triage_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
     environment = result.get("environment") or {}
     cells = result.get("cells") or []
@@ -716,22 +720,32 @@ def _triage_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
         confirmed = data.get("confirmed") or {}
         removed = ", ".join(data.get("removed_by") or []) or "no single setting"
         source = str(explanation.get("source") or "")
-        rows = [("Mode", "run to run" if data.get("mode") == "repeat" else "drift from the baseline"),
-                ("Confirmed", confirmed.get("detail")), ("Most likely cause", explanation.get("cause")),
-                ("Fix", explanation.get("fix")), ("Removed by", removed),
-                ("Minimal case", data.get("minimal_description"))]
+        mode = str(data.get("mode") or "repeat")
+        answer = (("Closer to float64", data.get("closer")) if mode == "drift" else
+                  ("Fixed by (precision and device kept)", removed) if mode in ("accuracy", "adjoint") else
+                  ("Removed by", removed))
+        upstream = explanation.get("known") if explanation.get("reported") else (
+            "not yet reported" if explanation.get("known") else None)
+        rows = [("Mode", _TRIAGE_MODES.get(mode, mode)), ("Question", data.get("question")),
+                ("Confirmed", confirmed.get("detail")), ("Op", data.get("op")),
+                ("Most likely cause", explanation.get("cause")), ("Upstream", upstream),
+                ("Fix", explanation.get("fix")), answer,
+                ("Minimal case", data.get("minimal_description")), ("Shrunk", data.get("shrunk"))]
         items = "".join(f"<dt>{_e(k)}</dt><dd>{_e(v)}</dd>" for k, v in rows if v)
         if source:
             items += f"<dt>Source</dt><dd>{_link(source)}</dd>"
         if data.get("repro"):
             items += f"<dt>Reproducer</dt><dd><code>python {_e(data['repro'])}</code></dd>"
+        if data.get("repro_full"):
+            items += f"<dt>Full reproducer</dt><dd><code>python {_e(data['repro_full'])}</code></dd>"
         if data.get("report"):
             items += f"<dt>Report</dt><dd><code>{_e(data['report'])}</code> (for an upstream issue)</dd>"
         card = [f"<div class='card'><h2>{_e(title)}</h2><p class='small muted'>cell {_e(data.get('cell_id'))}</p>",
                 f"<dl class='facts'>{items}</dl>"]
         toggles = data.get("toggles") or []
         if toggles:
-            colours = {"removed": "#2e7d32", "reduced": "#b26a00", "persists": "#c62828", "failed": "#6a1b9a"}
+            colours = {"removed": "#2e7d32", "fixes": "#2e7d32", "reduced": "#b26a00", "reduces": "#b26a00",
+                       "persists": "#c62828", "failed": "#6a1b9a"}
             card.append("<h3>One setting at a time</h3>")
             card.append(_table(["setting", "outcome", ("max ULP", "num")], [
                 [_td(f"{t.get('axis')}={t.get('value')}"),
@@ -746,6 +760,10 @@ def _triage_page(stored: StoredRun, result: dict[str, Any]) -> list[str]:
         parts.append("".join(card) + "</div>")
     if not cells:
         parts.append("<p>No cell was triaged.</p>")
+    others = result.get("other_findings") or []
+    if others:
+        parts.append(f"<h2>Other findings ({len(others)})</h2><p class='small muted'>detaudit triage RUN --cell ID"
+                     "</p><ul>" + "".join(f"<li><code>{_e(o.get('line'))}</code></li>" for o in others) + "</ul>")
     return parts
 
 

@@ -17,8 +17,8 @@ from rich.text import Text
 from detaudit.analysis.audit_view import AuditView
 from detaudit.render.terminal import render_known
 
-__all__ = ["adjoint_table", "audit_comparison", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
-           "triage_report"]
+__all__ = ["adjoint_table", "audit_comparison", "audit_markdown", "audit_report", "cell_ids_table",
+           "checkerboard_panel", "shapes_table", "triage_report"]
 
 
 def _shape_spec(row: dict[str, Any]) -> str:
@@ -208,21 +208,55 @@ def audit_markdown(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def triage_report(result: dict[str, Any]) -> RenderableType:
-    """A stored triage run: per triaged cell, the cause, the fix, what removed it and the reproducer."""
+_MODES = {"repeat": "run-to-run difference", "drift": "drift from the baseline", "accuracy": "error against float64",
+          "adjoint": "failed adjoint test"}
+
+
+def _answer(cell: dict[str, Any]) -> tuple[str, str]:
+    """The answer to the triage's question, labelled."""
+    mode, removed = cell.get("mode"), cell.get("removed_by") or []
+    if mode == "drift":
+        return "Closer to float64: ", cell.get("closer") or "not known (no float64 reference)"
+    if mode in ("accuracy", "adjoint"):
+        return "Fixed by (precision and device kept): ", ", ".join(removed) or "no single setting"
+    return "Removed by: ", ", ".join(removed) or "no single setting"
+
+
+def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
+    """A stored triage run: the finding, the op behind it, the answer, the cause, the minimal case, the files;
+    then the run's other findings with their cell ids."""
     parts: list[RenderableType] = [Text(f"Triage of {result.get('source_run', '?')}", style="bold")]
     for cell in result.get("cells", []):
         if not cell.get("reproduced"):
             parts.append(Text(f"{cell['cell_id']}: not reproduced (flaky, or gone)", style="bold yellow"))
             continue
         explanation = cell["explanation"]
+        known = explanation.get("known")
+        upstream = known if explanation.get("reported") else "not yet reported"
+        tried = [f"{t['axis']}={t['value']}: {t['outcome']}" for t in cell.get("toggles", [])]
+        label, answer = _answer(cell)
+        repro = f"python {cell['repro']}" + ("" if cell.get("repro_is_short") else " (the full one: no short form "
+                                                                                  "for this layer)")
         parts.append(Panel(Text.assemble(
+            ("Finding: ", "bold"), f"{_MODES.get(cell['mode'], cell['mode'])} in {cell.get('tensor') or 'the pass'}: "
+                                   f"{cell['confirmed']['detail']}", "\n",
+            ("Op: ", "bold"), cell.get("op") or "not recorded", "\n",
+            ("Question: ", "bold"), cell.get("question", ""), "\n",
+            ("Tried: ", "bold"), "; ".join(tried) or "nothing to toggle", "\n",
+            (label, "bold"), answer, "\n",
+            ("Upstream: ", "bold"), upstream, "\n",
             ("Most likely cause: ", "bold"), explanation["cause"], "\n",
             ("Fix: ", "bold"), explanation["fix"], "\n",
-            ("Removed by: ", "bold"), ", ".join(cell["removed_by"]) or "no single setting", "\n",
-            ("Minimal case: ", "bold"), cell["minimal_description"], "\n",
-            ("Reproducer: ", "bold"), f"python {cell['repro']}", "\n",
+            ("Minimal case: ", "bold"), f"{cell['minimal_description']} ({cell.get('shrunk', '')})", "\n",
+            ("Reproducer: ", "bold"), repro, "\n",
+            *((("Full reproducer: ", "bold"), f"python {cell['repro_full']}", "\n") if cell.get("repro_full") else ()),
             ("Report: ", "bold"), str(cell["report"])), title=f"triage {cell['cell_id']} ({cell['mode']})"))
+    others = result.get("other_findings") or []
+    if others:
+        parts.append(Text(f"Other findings ({len(others)}; triage one with --cell ID):", style="bold"))
+        parts.extend(Text(f"  {o['line']}") for o in others[:limit])
+        if len(others) > limit:
+            parts.append(Text(f"  ... and {len(others) - limit} more (triage.json lists them all)"))
     return Group(*parts)
 
 
@@ -256,3 +290,14 @@ def audit_comparison(comparison: Any) -> RenderableType:
                          "-" if row.get("max_relative") is None else f"{row['max_relative']:.2e}")
         parts.append(grid)
     return Group(*parts)
+
+
+def cell_ids_table(summary: Any) -> Table:
+    """Each cell's id (what ``triage --cell`` takes), layer, settings, seed and verdict."""
+    grid = Table(title=f"Cells of {summary.run_id}", title_justify="left", box=box.SIMPLE_HEAD)
+    for column in ("cell id", "layer", "settings", "seed", "verdict"):
+        grid.add_column(column, no_wrap=column == "cell id", overflow="fold")
+    for cell in summary.cells:
+        grid.add_row(Text(cell.cell_id), Text(cell.layer), Text(cell.settings_label), str(cell.seed),
+                     Text(cell.verdict.value, style=cell.verdict.style))
+    return grid

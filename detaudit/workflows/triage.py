@@ -1,12 +1,16 @@
-"""From "these bits differ" to a minimal standalone reproducer and the most likely fix.
+"""From a finding to the op behind it, a minimal case, the most likely fix and a bug report.
 
-For one cell: confirm the difference, toggle one setting at a time (each
-axis' declared toggle), shrink the layer while the difference persists
-(bounded by a time budget), match the result against the knowledge table and
-write repro.py and report.md. Every measurement goes through the runner
-(:func:`run_cells`), so each toggle runs in its own worker process like any
-other cell. A triage is a run of its own (kind ``triage``) linked to the run it
-came from; it never writes inside that run.
+For one target (a cell and the kind of finding, see :mod:`detaudit.workflows.targets`):
+confirm it, change one setting at a time, shrink the layer while the finding
+persists (bounded by a time budget), match the result against the knowledge
+table and write ``repro.py`` (short, standalone), ``repro_full.py`` (the
+digest-parity reproducer) and ``report.md``. The question depends on the kind:
+for run-to-run nondeterminism, which setting removes it; for an error against
+float64 (or a failed adjoint test), which setting, keeping the precision and the
+device under test, brings the tensor back within its limit; for a drift, which
+side is closer to float64. Every measurement goes through the runner
+(:func:`run_cells`), each in its own worker process like any other cell. A
+triage is a run of its own (kind ``triage``) linked to the run it came from.
 """
 
 from __future__ import annotations
@@ -20,21 +24,37 @@ from typing import Any
 
 import pandas as pd
 
+from detaudit.analysis.findings import relative_error
 from detaudit.analysis.runs import StoredRun
-from detaudit.analysis.verdicts import cell_verdicts
+from detaudit.analysis.summary import cell_facts
+from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.core.config import Cell, Config, LayerSpec
-from detaudit.core.kinds import canonical_params
-from detaudit.core.knowledge import explain
+from detaudit.core.config import Cell, Config
+from detaudit.core.knowledge import explain, judge_known_bugs
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.runner import run_cells
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import UsageError
 from detaudit.errors import a_or_an as _a
+from detaudit.workflows import shrink
+from detaudit.workflows.bug_report import environment_of, report_markdown
 from detaudit.workflows.repro import render_repro
+from detaudit.workflows.repro_short import render_short_repro
+from detaudit.workflows.targets import (
+    Target,
+    TriageMode,
+    accuracy_limit,
+    distinct,
+    percent,
+    pick_targets,
+    resolve_cell_id,
+)
 
-__all__ = ["TriageResult", "TriageStep", "environment_of", "select_cells", "triage_cell", "triage_run"]
+__all__ = ["Measurement", "TriageResult", "TriageStep", "environment_of", "triage_cell", "triage_run"]
+
+_REFERENCE, _ADJOINT, _BASELINE = (ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value,
+                                   ComparisonKind.BASELINE.value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,11 +68,17 @@ class TriageStep:
 
 @dataclasses.dataclass
 class Measurement:
+    """What one measured cell showed for the finding triaged."""
+
     differs: bool
     max_ulp: int
     detail: str
     tensors: list[str]
     measurable: bool = True
+    errors: dict[str, float] = dataclasses.field(default_factory=dict)  # vs float64, per tensor
+    ops: dict[str, str] = dataclasses.field(default_factory=dict)  # the op behind each tensor
+    known: list[dict[str, str]] = dataclasses.field(default_factory=list)  # known upstream bugs it shows
+    adjoint_eps: float | None = None
 
 
 @dataclasses.dataclass
@@ -60,72 +86,121 @@ class TriageResult:
     """Everything triage learned about one cell."""
 
     cell: Cell
-    mode: str  # "repeat" (run-to-run) or "drift" (against the baseline)
+    mode: TriageMode
+    tensor: str | None
     confirmed: Measurement
-    toggles: list[tuple[str, Any, str, int]]  # axis, value, removed/reduced/persists/failed, max ULP
+    toggles: list[tuple[str, Any, str, int, str]]  # axis, value, outcome, max ULP, detail
     minimal: Cell
+    minimal_measured: Measurement
     explanation: dict[str, Any]
     steps: list[TriageStep]
+    shrunk: str = ""
+    closer: str = ""
     repro: Path | None = None
+    repro_is_short: bool = False
+    repro_full: Path | None = None
     report: Path | None = None
 
     @property
     def removed_by(self) -> list[str]:
-        return [axis for axis, _, outcome, _ in self.toggles if outcome == "removed"]
+        """Settings whose change removed the finding (run to run) or fixed it (precision and device kept)."""
+        return [f"{axis}={value}" for axis, value, outcome, _, _ in self.toggles if outcome in ("removed", "fixes")]
 
     def to_dict(self) -> dict[str, Any]:
-        return {"cell_id": self.cell.cell_id, "cell": self.cell.to_dict(), "mode": self.mode,
-                "confirmed": dataclasses.asdict(self.confirmed),
-                "toggles": [{"axis": a, "value": v, "outcome": o, "max_ulp": u} for a, v, o, u in self.toggles],
+        return {"cell_id": self.cell.cell_id, "cell": self.cell.to_dict(), "mode": self.mode.value,
+                "question": self.mode.question, "tensor": self.tensor, "op": self.confirmed.ops.get(self.tensor or ""),
+                "ops": self.confirmed.ops, "confirmed": dataclasses.asdict(self.confirmed),
+                "toggles": [{"axis": a, "value": v, "outcome": o, "max_ulp": u, "detail": d}
+                            for a, v, o, u, d in self.toggles],
                 "minimal": self.minimal.to_dict(), "minimal_description": self.minimal.layer.describe(),
-                "explanation": self.explanation, "removed_by": self.removed_by,
+                "minimal_measured": dataclasses.asdict(self.minimal_measured), "shrunk": self.shrunk,
+                "closer": self.closer, "explanation": self.explanation, "removed_by": self.removed_by,
                 "steps": [dataclasses.asdict(s) for s in self.steps],
-                "repro": str(self.repro) if self.repro else None, "report": str(self.report) if self.report else None}
-
-
-def select_cells(table: pd.DataFrame, cell_id: str | None) -> list[tuple[str, str]]:
-    """(cell id, mode) to triage: the given cell, or every nondeterministic cell of the run."""
-    verdicts = cell_verdicts(table)
-    if cell_id is not None:
-        row = verdicts[verdicts["cell_id"] == cell_id]
-        if row.empty:
-            return []
-        if row["verdict"].iloc[0] == "NONDETERMINISTIC":
-            return [(cell_id, "repeat")]
-        drift = table[(table["cell_id"] == cell_id) & (table["comparison"] == ComparisonKind.BASELINE.value)]
-        return [(cell_id, "drift")] if (drift["bitwise_equal"] == False).any() else [(cell_id, "none")]  # noqa: E712
-    return [(c, "repeat") for c in verdicts[verdicts["verdict"] == "NONDETERMINISTIC"]["cell_id"]]
+                "repro": str(self.repro) if self.repro else None, "repro_is_short": self.repro_is_short,
+                "repro_full": str(self.repro_full) if self.repro_full else None,
+                "report": str(self.report) if self.report else None}
 
 
 def _baseline_for(cell: Cell, config: Config) -> Cell:
     return Cell(cell.layer, config.baseline, cell.seed, cell.repeats)
 
 
-def _measure(cells: list[Cell], mode: str, config: Config, work: Path, label: str,
-             on_event: Callable[[Any], None] | None = None) -> dict[str, Measurement]:
-    """Run cells (with their baselines for drift) in workers; say per cell whether the difference is there."""
-    todo = list(cells) + ([_baseline_for(c, config) for c in cells] if mode == "drift" else [])
+def _ops(rows: pd.DataFrame) -> dict[str, str]:
+    return {str(r["tensor"]): str(r["op"]) for r in rows.to_dict("records")
+            if isinstance(r.get("tensor"), str) and isinstance(r.get("op"), str) and r["op"]}
+
+
+def _known(rows: pd.DataFrame, onednn: str, tf_version: str | None) -> list[dict[str, str]]:
+    """The known upstream bugs the cell's reference and adjoint rows show."""
+    out: dict[str, dict[str, str]] = {}
+    for row in rows[rows["comparison"].isin([_REFERENCE, _ADJOINT])].to_dict("records"):
+        for bug, shows in judge_known_bugs(cell_facts(row, onednn, tf_version)):
+            if shows:
+                out[bug.id] = {"id": bug.id, "title": bug.title, "link": bug.link, "reference": bug.reference(),
+                               "effect": bug.effect, "workaround": bug.workaround}
+    return list(out.values())
+
+
+def _accuracy(cell: Cell, rows: pd.DataFrame, mode: TriageMode, focus: str | None) -> tuple[bool, int, str, dict]:
+    """Whether ``focus`` (or any tensor) is beyond its limit of float64 (or the adjoint test fails)."""
+    limit = accuracy_limit(cell.settings.precision)
+    errors = {str(r["tensor"]): e for r in rows[rows["comparison"] == _REFERENCE].to_dict("records")
+              if (e := relative_error(r)) is not None}
+    if mode is TriageMode.ADJOINT:
+        eps = rows[rows["comparison"] == _ADJOINT]["adjoint_eps"].dropna()
+        value = float(eps.max()) if len(eps) else None
+        detail = "adjoint test not measured" if value is None else f"adjoint test {value:.3g} eps (limit 64)"
+        return value is not None and value > ADJOINT_LIMIT_EPS, 0, detail, errors
+    beyond = [t for t, e in errors.items() if e > limit and (focus is None or t == focus)]
+    shown = [focus] if focus in errors else sorted(errors, key=lambda t: -errors[t])[:1]
+    detail = "; ".join(f"{t} {percent(errors[t])} off float64 (limit {percent(limit)})" for t in shown) or \
+        "no float64 reference for this layer"
+    ref = rows[(rows["comparison"] == _REFERENCE) & rows["tensor"].isin(shown)]["max_ulp"].dropna()
+    return bool(beyond), int(ref.max()) if len(ref) else 0, detail, errors
+
+
+def _measure(cells: list[Cell], mode: TriageMode, config: Config, work: Path, label: str,
+             on_event: Callable[[Any], None] | None = None, focus: str | None = None,
+             onednn: str = "", tf_version: str | None = None) -> dict[str, Measurement]:
+    """Run cells (with their baselines for a drift) in workers; say per cell whether the finding is there."""
+    todo = list(cells) + ([_baseline_for(c, config) for c in cells] if mode is TriageMode.DRIFT else [])
     table = run_cells(todo, config, out=work, run_id=label, on_event=on_event)
-    comparisons = ComparisonKind.deciding_determinism() if mode == "repeat" else (ComparisonKind.BASELINE.value,)
+    deciding = {TriageMode.REPEAT: ComparisonKind.deciding_determinism(), TriageMode.DRIFT: (_BASELINE,)}
     out = {}
     for cell in cells:
-        if mode == "drift" and cell.settings == config.baseline:
-            out[cell.cell_id] = Measurement(False, 0, "identical: these are the baseline settings", [])
-            continue
-        rows = table[(table["cell_id"] == cell.cell_id) & table["comparison"].isin(comparisons)]
+        own = table[table["cell_id"] == cell.cell_id]
+        ops = _ops(own[own["comparison"] == ComparisonKind.REPEAT.value])
+        rows = own[own["comparison"].isin(deciding.get(mode, ComparisonKind.deciding_determinism()))]
         failed = rows[rows["status"] != "ok"]
-        differing = rows[rows["bitwise_equal"] == False]  # noqa: E712
         if not failed.empty or rows.empty:
             message = failed["message"].iloc[0] if not failed.empty else "no comparison"
-            out[cell.cell_id] = Measurement(False, 0, f"not measurable: {message}"[:200], [], measurable=False)
+            out[cell.cell_id] = Measurement(False, 0, f"not measurable: {message}"[:200], [], False, ops=ops)
             continue
+        path = onednn if cell.settings.onednn == "default" else cell.settings.onednn
+        known = _known(own, path, tf_version)
+        adjoint = own[own["comparison"] == _ADJOINT]["adjoint_eps"].dropna()
+        eps = float(adjoint.max()) if len(adjoint) else None
+        if mode in (TriageMode.ACCURACY, TriageMode.ADJOINT):
+            differs, ulp, detail, errors = _accuracy(cell, own, mode, focus)
+            out[cell.cell_id] = Measurement(differs, ulp, detail, [focus] if focus and differs else [], True,
+                                            errors, ops, known, eps)
+            continue
+        differing = rows[rows["bitwise_equal"] == False]  # noqa: E712
+        errors = {str(r["tensor"]): e for r in own[own["comparison"] == _REFERENCE].to_dict("records")
+                  if (e := relative_error(r)) is not None}
         max_ulp = int(differing["max_ulp"].max()) if not differing.empty else 0
-        repeats = differing["n_repeats_differ"].dropna()
         detail = ", ".join(f"{r['tensor']} {int(r['n_mismatch'])}/{int(r['n_elements'])} max {int(r['max_ulp'])} ULP"
                            for r in differing.to_dict("records"))
-        if mode == "repeat" and len(repeats):
+        repeats = differing["n_repeats_differ"].dropna()
+        if mode is TriageMode.REPEAT and len(repeats):
             detail = f"{int(repeats.max())} of {cell.repeats - 1} repeats differ: {detail}"
-        out[cell.cell_id] = Measurement(not differing.empty, max_ulp, detail or "identical", list(differing["tensor"]))
+        out[cell.cell_id] = Measurement(not differing.empty, max_ulp, detail or "identical",
+                                        list(differing["tensor"]), True, errors, ops, known, eps)
+    for baseline in todo[len(cells):]:  # a drift's other side: its errors against float64, for "which is closer"
+        if baseline.cell_id not in out:
+            own = table[(table["cell_id"] == baseline.cell_id) & (table["comparison"] == _REFERENCE)]
+            errors = {str(r["tensor"]): e for r in own.to_dict("records") if (e := relative_error(r)) is not None}
+            out[baseline.cell_id] = Measurement(False, 0, "the baseline", [], True, errors)
     return out
 
 
@@ -133,65 +208,125 @@ def _with(cell: Cell, **changes: Any) -> Cell:
     return Cell(cell.layer, dataclasses.replace(cell.settings, **changes), cell.seed, cell.repeats)
 
 
-def _toggle_variants(cell: Cell, mode: str, config: Config) -> list[tuple[str, Any, Cell]]:
-    """One change at a time: for drift, each differing axis moved to the baseline's value; else each
-    axis' declared toggle (a step toward settings known to reproduce)."""
-    if mode == "drift":
-        return [(axis, getattr(config.baseline, axis), _with(cell, **{axis: getattr(config.baseline, axis)}))
-                for axis in AXES if getattr(cell.settings, axis) != getattr(config.baseline, axis)]
-    return [(name, axis.toggle, _with(cell, **{name: axis.toggle})) for name, axis in AXES.items()
-            if getattr(cell.settings, name) != axis.toggle]
-
-
-def _layer(spec: LayerSpec, params: dict[str, Any], shape: list[int]) -> LayerSpec:
-    return LayerSpec(spec.kind, canonical_params(params), tuple(shape))
-
-
-def _shrink_candidates(spec: LayerSpec) -> list[tuple[str, LayerSpec]]:
-    """One smaller layer per knob: batch, each spatial size, channels, and the declared filters and kernel."""
-    params, shape = spec.params, list(spec.input_shape)
-    declared = set(spec.declaration.keys) or set(params)  # a user layer: whatever it was given
-    channels_first = params.get("data_format") == "channels_first"
-    spatial = list(range(2, len(shape))) if channels_first else list(range(1, len(shape) - 1))
-    channel_axis = 1 if channels_first else len(shape) - 1
+def _toggle_variants(cell: Cell, mode: TriageMode, onednn: str = "") -> list[tuple[str, Any, Cell]]:
+    """One change at a time. Run to run: each axis' declared toggle. Accuracy: every other value of every axis
+    but the precision and the device under test (and GPU-only axes on a CPU). A drift has none: moving an axis
+    back to the baseline's value removes a drift by definition, which would say nothing."""
+    if mode is TriageMode.DRIFT:
+        return []
+    if mode is TriageMode.REPEAT:
+        return [(name, axis.toggle, _with(cell, **{name: axis.toggle})) for name, axis in AXES.items()
+                if getattr(cell.settings, name) != axis.toggle]
     out = []
-
-    def add(name: str, new_params: dict[str, Any], new_shape: list[int]) -> None:
-        if new_params != params or new_shape != shape:
-            if new_params.get("output_shape") is not None:
-                new_params = {**new_params, "output_shape": None}  # let the formula follow the smaller input
-            out.append((name, _layer(spec, new_params, new_shape)))
-
-    add("batch", params, [max(1, shape[0] // 2), *shape[1:]])
-    for axis in spatial:
-        add(f"size[{axis}]", params, [max(1, n // 2) if i == axis else n for i, n in enumerate(shape)])
-    add("channels", params, [max(1, n // 2) if i == channel_axis else n for i, n in enumerate(shape)])
-    if "filters" in declared and isinstance(params.get("filters"), int):
-        add("filters", {**params, "filters": max(1, params["filters"] // 2)}, shape)
-    kernel = params.get("kernel_size")
-    if "kernel_size" in declared and isinstance(kernel, list):
-        add("kernel", {**params, "kernel_size": [max(1, k - 1) for k in kernel]}, shape)
-    elif isinstance(kernel, int) and not isinstance(kernel, bool):  # a user layer's plain int
-        add("kernel", {**params, "kernel_size": max(1, kernel - 1)}, shape)
+    on_cpu = cell.settings.device == "cpu"
+    for name, axis in AXES.items():
+        if name in ("precision", "device") or (on_cpu and getattr(axis.check, "applies", None) == "gpu"):
+            continue
+        current = getattr(cell.settings, name)
+        if name == "onednn" and current == "default":
+            current = onednn  # the path the default is on this machine: trying it again would measure nothing new
+        values = [v for v in (axis.choices or (axis.toggle,)) if v != current and v not in ("default", "env")]
+        out.extend((name, value, _with(cell, **{name: value})) for value in values)
     return out
 
 
-def _size(spec: LayerSpec) -> int:
-    params = spec.params
-    kernel = 1
-    sizes = params.get("kernel_size") or [1]
-    for k in sizes if isinstance(sizes, list) else [sizes] * (len(spec.input_shape) - 2):
-        kernel *= int(k)
-    total = kernel * int(params.get("filters", 1))
-    for n in spec.input_shape:
-        total *= n
-    return total
+def _outcome(mode: TriageMode, confirmed: Measurement, result: Measurement) -> str:
+    if not result.measurable:
+        return "failed"
+    if not result.differs:
+        return "fixes" if mode in (TriageMode.ACCURACY, TriageMode.ADJOINT) else "removed"
+    if mode is TriageMode.ACCURACY and confirmed.tensors:
+        tensor = confirmed.tensors[0]
+        better = result.errors.get(tensor, 1.0) < confirmed.errors.get(tensor, 0.0)
+    else:
+        better = result.max_ulp < confirmed.max_ulp
+    return "reduces" if better else "persists"
 
 
-def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: float = 300,
+def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measurement]], deadline: float,
+            step: Callable[[str, str, str], None]) -> tuple[Cell, Measurement | None]:
+    """Shrink while the finding persists, one worker per round.
+
+    A round measures each knob's smaller values and, in the same worker, the knobs that kept the finding in
+    the round before (every knob in the first) moved together, boldly and gently; the smallest layer that
+    keeps the finding is next. It ends when no smaller layer keeps it (the case is minimal) or at the deadline.
+    """
+    minimal, kept_measure, round_ = cell, None, 0
+    hinted: dict[str, str] | None = None  # the knobs (and steps) that kept the finding last round
+    while time.monotonic() < deadline:
+        round_ += 1
+        singles = shrink.candidates(minimal.layer)
+        if not singles:
+            step("shrink", f"round {round_}", "nothing left to shrink: minimal")
+            return minimal, kept_measure
+        hints = shrink.hinted(singles, hinted)
+        knobs = {shrink.step_of(c[0])[0] for c in hints}
+        # All hinted knobs at once (boldly, gently) and all but one (a finding that needs one knob large, the
+        # length of a sum, still lets every other knob go): cheap extra cells in the round's one worker.
+        subsets = [(hints, True), (hints, False),
+                   *(([c for c in hints if not c[0].startswith(k + " ")], True) for k in sorted(knobs))]
+        combos = [("together", layer) for layer in dict.fromkeys(
+            shrink.combine(minimal.layer, subset, boldest) for subset, boldest in subsets) if layer is not None]
+        options = [(name, Cell(spec, minimal.settings, minimal.seed, minimal.repeats)) for name, spec in
+                   singles + combos]
+        step("shrink", f"round {round_}: {len(options)} smaller layers", "running")
+        measured = measure([c for _, c in options], f"shrink-{round_}")
+        keep = [(name, c) for name, c in options if measured[c.cell_id].differs]
+        if not keep:
+            step("shrink", f"round {round_}", "no smaller layer keeps the finding: minimal")
+            return minimal, kept_measure
+        name, minimal = min(keep, key=lambda item: shrink.size(item[1].layer))
+        kept_measure = measured[minimal.cell_id]
+        hinted = {}
+        for n, _ in sorted(keep, key=lambda item: shrink.step_of(item[0])[1] != "min"):  # "min" first wins
+            if n != "together":
+                hinted.setdefault(*shrink.step_of(n))
+        if name == "together":
+            name = "together: " + ", ".join(n for n, _ in keep if n != "together")
+        step("shrink", f"round {round_}: {name}", f"{list(minimal.layer.input_shape)} still shows it")
+    step("shrink", "budget", "stopped at the budget before the shrink finished")
+    return minimal, kept_measure
+
+
+def _closer(cell: Measurement, baseline: Measurement, tensors: list[str], sides: tuple[str, str]) -> str:
+    """Which side of a drift is closer to float64, per tensor, and whether either is beyond its limit."""
+    parts = []
+    for tensor in tensors:
+        mine, theirs = cell.errors.get(tensor), baseline.errors.get(tensor)
+        if mine is None or theirs is None:
+            continue
+        closer = sides[0] if theirs < mine else sides[1] if mine < theirs else "neither"
+        parts.append(f"{tensor}: {sides[0]} {percent(theirs)}, {sides[1]} {percent(mine)} off float64 "
+                     f"({closer} is closer)")
+    return "; ".join(parts) or "no float64 reference for this layer: which side is right is not known"
+
+
+def _explanation(mode: TriageMode, cell: Cell, measured: Measurement, fixed: list[str], message: str,
+                 tf_version: str | None) -> dict[str, Any]:
+    """A known upstream bug the finding shows, else the knowledge table's first matching cause."""
+    if measured.known:
+        bug = measured.known[0]
+        return {"id": bug["id"], "cause": f"{bug['title']}. {bug['effect']}".strip(), "fix": bug["workaround"],
+                "source": bug["link"], "known": bug["reference"], "reported": bug["link"].startswith("http")}
+    axes = [f.partition("=")[0] for f in fixed]
+    if mode is TriageMode.REPEAT:
+        entry = explain(axes, cell.settings.device, message, tf_version)
+    elif mode is TriageMode.DRIFT:
+        entry = explain([], cell.settings.device, message, tf_version)
+    else:
+        entry = explain([], cell.settings.device, message, tf_version, fixed_by=axes)
+    return {**entry, "known": None, "reported": False}
+
+
+def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, budget_s: float = 120,
                 on_step: Callable[[TriageStep], None] | None = None, tf_version: str | None = None,
-                message: str = "", on_event: Callable[[Any], None] | None = None) -> TriageResult | None:
-    """Confirm, toggle, shrink, explain for one cell (measurements under ``work``). None when it does not reproduce."""
+                message: str = "", on_event: Callable[[Any], None] | None = None, tensor: str | None = None,
+                onednn: str = "") -> TriageResult | None:
+    """Confirm, toggle, shrink, explain for one cell (measurements under ``work``). None when it does not reproduce.
+
+    ``budget_s`` bounds the shrink, the one step whose length depends on the layer.
+    """
+    mode = TriageMode(mode)
     steps: list[TriageStep] = []
 
     def step(stage: str, what: str, outcome: str) -> None:
@@ -199,139 +334,117 @@ def triage_cell(cell: Cell, mode: str, config: Config, work: Path, budget_s: flo
         if on_step:
             on_step(steps[-1])
 
-    started = time.monotonic()
-    cell = Cell(cell.layer, cell.settings, cell.seed, max(cell.repeats, 5))
-    step("confirm", f"{mode} difference, {cell.repeats} repeats", "running")
-    confirmed = _measure([cell], mode, config, work, "confirm", on_event)[cell.cell_id]
-    step("confirm", f"{mode} difference with {cell.repeats} repeats", confirmed.detail)
+    def measure(cells: list[Cell], label: str) -> dict[str, Measurement]:
+        return _measure(cells, mode, config, work, label, on_event, tensor, onednn, tf_version)
+
+    cell = Cell(cell.layer, cell.settings, cell.seed, max(cell.repeats, 5 if mode is TriageMode.REPEAT else 2))
+    variants = _toggle_variants(cell, mode, onednn)
+    # The cell and its toggles in one measurement: those that differ only in per-cell settings share its worker.
+    step("confirm", f"{mode.description}, and {len(variants)} settings one at a time", "running")
+    measured = measure([cell, *(v for _, _, v in variants)], "confirm")
+    confirmed = measured[cell.cell_id]
+    op = confirmed.ops.get(tensor or (confirmed.tensors[0] if confirmed.tensors else ""), "")
+    step("confirm", f"{mode.description}{f' in {tensor}' if tensor else ''}",
+         confirmed.detail + (f"; produced by {op}" if op else ""))
     if not confirmed.differs:
         return None
-
-    variants = _toggle_variants(cell, mode, config)
-    toggles = []
-    if variants:
-        step("toggle", f"{len(variants)} settings, one at a time", "running")
-        measured = _measure([v for _, _, v in variants], mode, config, work, "toggles", on_event)
-        for axis, value, variant in variants:
-            result = measured[variant.cell_id]
-            outcome = ("failed" if not result.measurable else "removed" if not result.differs
-                       else "reduced" if result.max_ulp < confirmed.max_ulp else "persists")
-            toggles.append((axis, value, outcome, result.max_ulp))
-            step("toggle", f"{axis}={value}", f"{outcome}: {result.detail}")
-
-    minimal, round_ = cell, 0
-    while time.monotonic() - started < budget_s:
-        round_ += 1
-        candidates = [(name, Cell(spec, minimal.settings, minimal.seed, minimal.repeats))
-                      for name, spec in _shrink_candidates(minimal.layer)]
-        if not candidates:
-            break
-        step("shrink", f"round {round_}: {len(candidates)} smaller layers", "running")
-        measured = _measure([c for _, c in candidates], mode, config, work, f"shrink-{round_}", on_event)
-        keep = [(name, c) for name, c in candidates if measured[c.cell_id].differs]
-        if not keep:
-            step("shrink", f"round {round_}", "no smaller layer keeps the difference")
-            break
-        name, minimal = min(keep, key=lambda item: _size(item[1].layer))
-        step("shrink", f"round {round_}: {name}", f"{minimal.layer.describe()} still differs")
-    else:
-        step("shrink", "budget", f"stopped after {budget_s:g} s")
-
-    removed = [axis for axis, _, outcome, _ in toggles if outcome == "removed"]
-    explanation = explain(removed, cell.settings.device, message, tf_version)
+    step("question", mode.question, "")  # printed without an outcome
+    toggles, closer = [], ""
+    for axis, value, variant in variants:
+        result = measured[variant.cell_id]
+        outcome = _outcome(mode, confirmed, result)
+        toggles.append((axis, value, outcome, result.max_ulp, result.detail))
+        step("toggle", f"{axis}={value}", f"{outcome}: {result.detail}")
+    if mode is TriageMode.DRIFT:
+        baseline = measured[_baseline_for(cell, config).cell_id]
+        differing = [a for a in AXES if getattr(cell.settings, a) != getattr(config.baseline, a)]
+        sides = (", ".join(f"{a}={getattr(config.baseline, a)}" for a in differing),
+                 ", ".join(f"{a}={getattr(cell.settings, a)}" for a in differing))
+        closer = _closer(confirmed, baseline, confirmed.tensors, sides)
+        step("truth", "which side is closer to float64", closer)
+    minimal, kept = _shrink(cell, measure, time.monotonic() + budget_s, step)
+    shrunk = f"{list(cell.layer.input_shape)} -> {list(minimal.layer.input_shape)}"
+    if minimal.layer.params != cell.layer.params:
+        changed = [f"{k} {cell.layer.params[k]}->{v}" for k, v in minimal.layer.params.items()
+                   if cell.layer.params.get(k) != v]
+        shrunk += f" ({', '.join(changed)})"
+    step("shrink", "minimal case", f"{minimal.layer.describe()}: {shrunk}")
+    fixed = [f"{a}={v}" for a, v, o, _, _ in toggles if o in ("removed", "fixes")]
+    minimal_measured = kept or confirmed
+    explanation = _explanation(mode, cell, minimal_measured if minimal_measured.known else confirmed, fixed,
+                               message, tf_version)
     step("explain", explanation["id"], explanation["fix"])
-    return TriageResult(cell, mode, confirmed, toggles, minimal, explanation, steps)
+    return TriageResult(cell, mode, tensor or (confirmed.tensors[0] if confirmed.tensors else None), confirmed,
+                        toggles, minimal, minimal_measured, explanation, steps, shrunk, closer)
 
 
 def _write_outputs(result: TriageResult, store: RunStore, environment: dict[str, Any], config: Config) -> None:
-    """Write repro.py (standalone) and report.md for a triaged cell, inside the triage run."""
-    cell = result.minimal
-    reference = None
-    if result.mode == "drift":  # compare against the setting that removed the drift, else the baseline
-        removing = next((variant for axis, _, variant in _toggle_variants(cell, "drift", config)
-                         if axis in result.removed_by), None)
-        reference = (removing or _baseline_for(cell, config)).settings
-    folder = result.cell.cell_id
-    result.repro = store.write_text(f"{folder}/repro.py", render_repro(cell, result.mode, reference))
+    """Write repro.py (short), repro_full.py (digest parity) and report.md for a triaged cell."""
+    cell, folder = result.minimal, result.cell.cell_id
+    reference = _baseline_for(cell, config).settings if result.mode is TriageMode.DRIFT else None
+    full_mode = "drift" if result.mode is TriageMode.DRIFT else "repeat"
+    full = render_repro(cell, full_mode, reference)
+    result.repro_full = store.write_text(f"{folder}/repro_full.py", full)
+    limit = accuracy_limit(cell.settings.precision)
+    upstream = result.explanation.get("known") if result.explanation.get("reported") else "not yet reported"
+    short = render_short_repro(cell, result.mode, result.tensor, limit, result.confirmed.ops.get(result.tensor or ""),
+                               upstream, onednn=str(environment.get("onednn_state") or "").split(" ")[0])
+    # A layer the short form cannot express (a user layer, say) gets the full reproducer as repro.py too.
+    result.repro = store.write_text(f"{folder}/repro.py", short if short is not None else full)
+    result.repro_is_short = short is not None
     result.report = store.write_text(f"{folder}/report.md", report_markdown(result, environment))
-
-
-def report_markdown(result: TriageResult, environment: dict[str, Any]) -> str:
-    """The triage of one cell as Markdown, ready for an upstream issue."""
-    cell, minimal = result.cell, result.minimal
-    lines = [
-        f"# detaudit triage: {cell.layer.describe()}", "",
-        f"Settings: `{cell.settings.label()}`, seed {cell.seed}. Kind of difference: "
-        f"{'run to run' if result.mode == 'repeat' else 'against the baseline settings'}.", "",
-        "## Environment", "", *[f"- {key}: {value}" for key, value in environment.items()], "",
-        "## 1. Confirmed", "", result.confirmed.detail, "",
-        "## 2. One setting at a time", "", "| setting | outcome | max ULP |", "|---|---|---|",
-        *[f"| {axis}={value} | {outcome} | {ulp} |" for axis, value, outcome, ulp in result.toggles], "",
-        "## 3. Minimal case", "", f"{minimal.layer.describe()} (from {cell.layer.describe()})", "",
-        "## 4. Most likely cause", "", f"{result.explanation['cause']}", "", f"**Fix:** {result.explanation['fix']}",
-        "", f"Source: {result.explanation.get('source', '')}", "",
-        "## 5. Reproducer", "",
-        "`python repro.py` rebuilds the minimal case with fixed seeds, runs it and exits 1 when the bits differ.", "",
-        "## Steps", "", *[f"- {s.stage}: {s.what}: {s.outcome}" for s in result.steps if s.outcome != "running"], "",
-    ]
-    return "\n".join(lines)
-
-
-def environment_of(stored: StoredRun) -> dict[str, Any]:
-    """The fingerprint an upstream issue needs: TensorFlow, CUDA, cuDNN, driver, GPU, CPU, oneDNN."""
-    tf = stored.meta.get("tensorflow") or {}
-    host = stored.meta.get("host") or {}
-    return {**{k: tf.get(k) for k in ("tensorflow_version", "keras_version", "cuda_version", "cudnn_version")},
-            "gpus": ", ".join(g.get("name") or g.get("device") for g in tf.get("gpus", [])) or "none",
-            **{k: host.get(k) for k in ("nvidia_driver", "cpu_model", "onednn_state", "platform", "python")}}
 
 
 def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str | Path,
                on_cell: Callable[[Cell, str], None] | None = None,
                on_step: Callable[[TriageStep], None] | None = None,
                on_event: Callable[[Any], None] | None = None,
-               ) -> tuple[Path | None, list[tuple[Cell, TriageResult | None]]]:
-    """Triage the selected cells of a stored matrix run into a new triage run under ``out``.
+               ) -> tuple[Path | None, list[tuple[Cell, TriageResult | None]], list[Target]]:
+    """Triage one finding of a stored matrix run (the given cell's, else the worst) into a new triage run.
 
     Returns:
-        (the triage run directory, or None when nothing was selected; (cell, result) per selected cell,
-        the result None where the difference did not reproduce).
+        (the triage run directory, or None when the run has no finding; (cell, result) for the cell triaged,
+        the result None where the finding did not reproduce; the run's other findings, worst first).
 
     Raises:
-        UsageError: ``cell_id`` is not a cell of the run, or the run is not a matrix run.
+        UsageError: ``cell_id`` names no cell (or several) of the run, or the run is not a matrix run.
     """
     if stored.config is None:
         raise UsageError(f"{stored.path}: {_a(stored.kind.value)} run; triage takes runs of `detaudit run`.")
-    if cell_id and cell_id not in set(stored.table["cell_id"]):
-        raise UsageError(f"{stored.path}: no cell {cell_id!r}. Cell ids are in results.parquet "
-                         "(detaudit show RUN_DIR --json lists them).")
-    selected = [(c, m) for c, m in select_cells(stored.table, cell_id) if m != "none"]
-    if not selected:
-        return None, []
+    targets = pick_targets(stored)
+    if cell_id:
+        cell_id = resolve_cell_id(stored, cell_id)
+        chosen = [t for t in targets if t.cell_id == cell_id]
+    else:
+        chosen = targets[:1]
+    others = distinct([t for t in targets if not chosen or t.cell_id != chosen[0].cell_id])
+    if not chosen:
+        return None, [], others
+    target = chosen[0]
     records = {r["cell_id"]: r for r in stored.store.iter_records() if not r.get("replay")}
     environment = environment_of(stored)
+    onednn = str(environment.get("onednn_state") or "").split(" ")[0]
     store = RunStore.create(out, stored.config.to_dict(), f"triage-{stored.config.name}", kind=RunKind.TRIAGE)
     meta = {"run_id": store.run_id, "kind": RunKind.TRIAGE.value, "config_name": stored.config.name,
-            "source_run": str(stored.path), "source_run_id": stored.run_id, "cells": [c for c, _ in selected],
+            "source_run": str(stored.path), "source_run_id": stored.run_id, "cells": [target.cell_id],
             "started": _dt.datetime.now(_dt.timezone.utc).isoformat(), "finished": None, "host": host_fingerprint(),
             "tensorflow": stored.meta.get("tensorflow"), "budget_s": budget_s}
-    outcomes: list[tuple[Cell, TriageResult | None]] = []
+    cell = Cell.from_dict(records[target.cell_id]["cell"])
     with store.lock():
         store.write_meta(meta)
-        for selected_id, mode in selected:
-            cell = Cell.from_dict(records[selected_id]["cell"])
-            if on_cell:
-                on_cell(cell, mode)
-            result = triage_cell(cell, mode, stored.config, store.inside(f"{selected_id}/measurements"), budget_s,
-                                 on_step=on_step, tf_version=environment["tensorflow_version"],
-                                 message=records[selected_id].get("message", ""), on_event=on_event)
-            if result is not None:
-                _write_outputs(result, store, environment, stored.config)
-            outcomes.append((cell, result))
-            store.write_json("triage.json", {"source_run": str(stored.path), "environment": environment,
-                                             "cells": [{"cell_id": c.cell_id, "reproduced": r is not None,
-                                                        **(r.to_dict() if r else {"cell": c.to_dict()})}
-                                                       for c, r in outcomes]})
+        if on_cell:
+            on_cell(cell, target.mode.value)
+        result = triage_cell(cell, target.mode, stored.config, store.inside(f"{target.cell_id}/measurements"),
+                             budget_s, on_step=on_step, tf_version=environment["tensorflow_version"],
+                             message=records[target.cell_id].get("message", ""), on_event=on_event,
+                             tensor=target.tensor, onednn=onednn)
+        if result is not None:
+            _write_outputs(result, store, environment, stored.config)
+        store.write_json("triage.json", {
+            "source_run": str(stored.path), "environment": environment,
+            "cells": [{"cell_id": cell.cell_id, "reproduced": result is not None,
+                       **(result.to_dict() if result else {"cell": cell.to_dict(), "mode": target.mode.value})}],
+            "other_findings": [{"cell_id": t.cell_id, "mode": t.mode.value, "line": t.line()} for t in others]})
         meta["finished"] = _dt.datetime.now(_dt.timezone.utc).isoformat()
         store.write_meta(meta)
-    return store.path, outcomes
+    return store.path, [(cell, result)], others
