@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import detaudit
+from tests.helpers.cli import detaudit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 

@@ -1,6 +1,6 @@
 """The HTML pages (run, audit, triage, overview) from fabricated runs. No TensorFlow.
 
-Records are made the way the worker makes them (see tests/test_summary.py), with float64
+Records are made the way the worker makes them (see tests/helpers/runs.py), with float64
 reference rows; one optional test opens a page in a real headless browser (Debian's
 chromium) and is skipped where it is not installed.
 """
