@@ -129,6 +129,7 @@ def test_ctrl_c_or_sigterm_keeps_what_finished_and_stops_the_workers(tmp_path, s
     assert not alive(workers), "a worker outlived the interrupted run"
 
 
+@pytest.mark.onednn
 @pytest.mark.tf
 def test_env_prints_the_fingerprint():
     result = detaudit("env", "--json")

@@ -127,6 +127,7 @@ def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):
         one_clean_line(detaudit_main(*args))
 
 
+@pytest.mark.onednn
 def test_shapes_formulas_and_rejections_match_tensorflow():
     args = ["shapes", "--json", "--rank", "1", "--input", *map(str, range(1, 9))]
     for kernel, stride, padding, op in ((4, 2, "same", "0"), (2, 3, "valid", "1")):
@@ -144,6 +145,7 @@ def test_shapes_formulas_and_rejections_match_tensorflow():
             assert board["measured"]["resize_conv"]["score"] == 0
 
 
+@pytest.mark.onednn
 def test_adjoint_passes_on_a_config_and_reports_the_reconstruction(tmp_path):
     config = tmp_path / "adj.yaml"
     config.write_text(yaml.safe_dump({"name": "adj", "layers": [

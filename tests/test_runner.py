@@ -15,27 +15,7 @@ from detaudit.core.knowledge import explain
 from detaudit.engine.runner import Event, run, worker_environ
 from detaudit.engine.store import RunStore
 from detaudit.errors import UsageError
-
-TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
-ALL_KINDS = [
-    {"kind": "Conv1DTranspose", **TINY, "input_shape": [2, 5, 3]},
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "valid",
-     "output_padding": 1, "input_shape": [2, 4, 4, 3]},
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "use_bias": False, "input_shape": [1, 4, 4, 2]},
-    # TensorFlow's CPU kernels refuse dilated transposed convolutions (GPU runs them).
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "dilation_rate": 2, "input_shape": [1, 5, 4, 2]},
-    {"kind": "Conv3DTranspose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
-    {"kind": "conv1d_transpose", **TINY, "use_bias": True, "input_shape": [2, 5, 3]},
-    {"kind": "conv2d_transpose", **TINY, "output_shape": [2, 8, 8, 2], "input_shape": [2, 4, 4, 3]},
-    {"kind": "conv3d_transpose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
-    {"kind": "resize_conv2d", "filters": 2, "kernel_size": 3, "input_shape": [2, 4, 4, 3]},
-    {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
-    {"kind": "tests.support_layers:RefusesDeterminism", "filters": 2, "kernel_size": 3, "input_shape": [1, 4, 4, 2]},
-    # Same padding, even kernel, output_padding 0: TensorFlow fails at run time (TF-FACTS).
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same",
-     "output_padding": 0, "input_shape": [1, 5, 5, 2]},
-]
-
+from tests.helpers.layers import ALL_KINDS, TINY
 
 @pytest.fixture(scope="module")
 def kinds_run(tmp_path_factory):
@@ -78,6 +58,7 @@ def test_a_random_order_backward_pass_is_caught_and_determinism_fixes_it(kinds_r
     assert on["bitwise_equal"].all()
 
 
+@pytest.mark.onednn
 @pytest.mark.tf
 def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     config, table, _ = kinds_run
@@ -146,6 +127,7 @@ def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     assert len(logs) == 3  # one worker died, one hung, a third finished the group
 
 
+@pytest.mark.onednn
 @pytest.mark.tf
 def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
     config = parse_config({
