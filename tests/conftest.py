@@ -1,4 +1,10 @@
-"""Shared fixtures. TensorFlow integration tests carry the `tf` marker and run real workers on tiny shapes."""
+"""Shared fixtures and options.
+
+Markers (pyproject.toml): `tf` runs TensorFlow (workers, or in-process), on tiny shapes; `onednn` depends on the
+oneDNN path and runs again with oneDNN on in CI (tests/test_onednn.py); `slow` takes over 20 s on 2 cores.
+Golden files (tests/golden/) hold the text of commands and pages; `pytest --update-golden` rewrites them from
+the current output, for review in the diff.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,28 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
+GOLDEN = Path(__file__).resolve().parent / "golden"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--update-golden", action="store_true",
+                     help="rewrite tests/golden/ from the current output instead of comparing with it")
+
+
+@pytest.fixture()
+def golden(request: pytest.FixtureRequest):
+    """``golden(name, text)``: assert ``text`` equals tests/golden/NAME (or rewrite it with --update-golden)."""
+    update = request.config.getoption("--update-golden")
+
+    def check(name: str, text: str) -> None:
+        path = GOLDEN / name
+        if update:
+            path.write_text(text, encoding="utf-8")
+            return
+        assert path.exists(), f"no golden file {path}: run pytest --update-golden, review the file, commit it"
+        assert text == path.read_text(encoding="utf-8"), f"{name}: pytest --update-golden rewrites it; review the diff"
+
+    return check
 
 
 @pytest.fixture(autouse=True, scope="session")

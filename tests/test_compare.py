@@ -15,23 +15,10 @@ from detaudit.render.junit import JUnitCase, write_junit
 from tests.helpers import runs as fab
 from tests.helpers.runs import CONFIG
 
+
 @pytest.fixture()
 def pair(tmp_path):
-    base_t = fab.tensors(0)
-    on, off, xla = fab.cell(determinism="on"), fab.cell(determinism="off"), fab.cell(xla="on")
-    both = fab.cell(xla="on", determinism="on")
-    shaky = {**base_t, "grad_bias": fab.nudge(base_t["grad_bias"], 3)}
-    drift = {**base_t, "output": fab.nudge(base_t["output"], 1)}
-    base = fab.make_run(tmp_path, "base", "2026-01-01T00:00:00", [
-        (on, base_t, None, "ok"), (off, base_t, None, "ok"), (xla, base_t, shaky, "ok"), (both, base_t, None, "ok")])
-    new_meta = {**fab.BASE_META, "tensorflow": {"tensorflow_version": "2.21.0", "gpus": []}}
-    new = fab.make_run(tmp_path, "new", "2026-01-02T00:00:00", [
-        (on, base_t, None, "ok"),             # unchanged
-        (off, base_t, shaky, "ok"),           # newly nondeterministic
-        (xla, drift, None, "ok"),             # fixed, and different bits
-        (both, base_t, None, "crash"),        # new failure
-    ], meta=new_meta)
-    return tmp_path, base, new
+    return (tmp_path, *fab.make_pair(tmp_path))
 
 
 def test_a_run_against_itself_has_no_changes(pair):

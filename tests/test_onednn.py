@@ -30,11 +30,11 @@ REPO = TESTS.parent
 KNOWN = {
     "dilated-transpose-on-cpu": (
         "TensorFlow's own CPU kernels refuse a dilated transposed convolution; oneDNN's run it",
-        ["tests/test_runner.py::test_refusals_errors_and_missing_devices_are_rows_not_crashes"]),
+        ["tests/test_runner.py::test_the_cpu_path_decides_dilated_transposes_and_the_refusals_words"]),
     "backprop-size-mismatch-text": (
         "the refusal of same padding + even kernel + output_padding 0 reads 'Size of out_backprop doesn't match "
         "computed' without oneDNN and 'could not create a primitive descriptor' with it",
-        ["tests/test_runner.py::test_refusals_errors_and_missing_devices_are_rows_not_crashes"]),
+        ["tests/test_runner.py::test_the_cpu_path_decides_dilated_transposes_and_the_refusals_words"]),
 }
 
 # Tests whose assertions hold on the path the environment selects (TF_ENABLE_ONEDNN_OPTS, else the CPU's

@@ -58,7 +58,6 @@ def test_a_random_order_backward_pass_is_caught_and_determinism_fixes_it(kinds_r
     assert on["bitwise_equal"].all()
 
 
-@pytest.mark.onednn
 @pytest.mark.tf
 def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     config, table, _ = kinds_run
@@ -68,19 +67,34 @@ def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     assert "Determinism is not yet supported" in refuses[refuses["determinism"] == "on"]["message"].iloc[0]
     even = verdicts[verdicts["params"].str.contains('"kernel_size": \\[4, 4\\]') & (verdicts["device"] == "cpu")]
     assert set(even["verdict"]) == {"ERROR"}
-    # The refusal reads differently with oneDNN on and off; the knowledge table knows both texts.
-    assert explain([], "cpu", even["message"].iloc[0], None)["id"] == "backprop-size-mismatch"
-    dilated = verdicts[verdicts["params"].str.contains('"dilation_rate": \\[2, 2\\]') & (verdicts["device"] == "cpu")]
-    meta = RunStore.open(table.attrs["run_dir"]).read_meta()
-    if all(str(g["onednn"]).startswith("on") for g in meta["groups"].values()):
-        assert set(dilated["verdict"]) == {"DETERMINISTIC"}  # oneDNN's kernels run dilated transposes on the CPU
-    else:  # TensorFlow's own CPU kernels refuse them
-        assert set(dilated["verdict"]) == {"ERROR"}
-        assert "do not yet support dilation rates larger than 1" in dilated["message"].iloc[0]
     gpu = verdicts[verdicts["device"] == "gpu"]
     assert set(gpu["verdict"]) == {"SKIPPED"} and gpu["message"].str.contains("no GPU visible").all()
     failures = build_summary(load_run(table.attrs["run_dir"])).failures
     assert any("RandomOrderSum" in f and "NONDETERMINISTIC" in f for f in failures)
+
+
+@pytest.mark.onednn
+@pytest.mark.tf
+def test_the_cpu_path_decides_dilated_transposes_and_the_refusals_words(tmp_path):
+    """With the environment's oneDNN state (CI runs this with oneDNN off, then on; tests/test_onednn.py measures
+    both paths in one run whatever the environment)."""
+    dilated, even = ALL_KINDS[3], ALL_KINDS[-1]
+    config = parse_config({"name": "path", "seeds": [0], "repeats": 2, "layers": [dilated, even]})
+    table = run(config, out=tmp_path, workers=1)
+    verdicts = _verdicts(table).set_index("params")
+    meta = RunStore.open(table.attrs["run_dir"]).read_meta()
+    (group,) = meta["groups"].values()
+    refusal = verdicts.filter(like='"kernel_size": [4, 4]', axis=0).iloc[0]
+    assert refusal["verdict"] == "ERROR"
+    # The refusal reads differently with oneDNN on and off; the knowledge table knows both texts.
+    assert explain([], "cpu", refusal["message"], None)["id"] == "backprop-size-mismatch"
+    dilation = verdicts.filter(like='"dilation_rate": [2, 2]', axis=0).iloc[0]
+    if str(group["onednn"]).startswith("on"):
+        assert "could not create a primitive descriptor" in refusal["message"]
+        assert dilation["verdict"] == "DETERMINISTIC"  # oneDNN's kernels run dilated transposes on the CPU
+    else:  # TensorFlow's own CPU kernels refuse them
+        assert "Size of out_backprop doesn't match computed" in refusal["message"]
+        assert dilation["verdict"] == "ERROR" and "do not yet support dilation rates larger than 1" in dilation["message"]
 
 
 @pytest.mark.tf

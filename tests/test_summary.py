@@ -6,7 +6,6 @@ No TensorFlow: records are made the way the worker makes them, from NumPy tensor
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -21,9 +20,6 @@ from detaudit.engine.table import COLUMNS, build_table
 from detaudit.render.terminal import render_run
 from tests.helpers import runs as fab
 from tests.helpers.runs import CONFIG
-
-GOLDEN = Path(__file__).parent / "golden"
-
 
 @pytest.fixture()
 def store(tmp_path) -> RunStore:
@@ -112,11 +108,9 @@ def _render(store, width: int) -> str:
 
 
 @pytest.mark.parametrize("width", [80, 120])
-def test_rendering_matches_the_golden_files(store, width):
+def test_rendering_matches_the_golden_files(store, width, golden):
     text = _render(store, width)
-    golden = GOLDEN / f"run-{width}.txt"
-    assert golden.exists(), f"missing golden file {golden}: write it from _render(), review it, commit it"
-    assert text == golden.read_text()
+    golden(f"run-{width}.txt", text)
     assert all(len(line) <= width for line in text.splitlines())
 
 

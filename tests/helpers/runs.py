@@ -73,3 +73,23 @@ def make_run(root: Path, run_id: str, started: str, cells: Iterable[tuple], meta
         else:
             store.append_record(failed_record(c, status, *message))
     return store
+
+
+def make_pair(root: Path) -> tuple[RunStore, RunStore]:
+    """Two runs of CONFIG a day apart, TensorFlow 2.20 then 2.21: one cell unchanged, one newly nondeterministic,
+    one fixed with different bits, one newly crashed."""
+    base_t = tensors(0)
+    on, off, xla = cell(determinism="on"), cell(determinism="off"), cell(xla="on")
+    both = cell(xla="on", determinism="on")
+    shaky = {**base_t, "grad_bias": nudge(base_t["grad_bias"], 3)}
+    drift = {**base_t, "output": nudge(base_t["output"], 1)}
+    base = make_run(root, "base", "2026-01-01T00:00:00", [
+        (on, base_t, None, "ok"), (off, base_t, None, "ok"), (xla, base_t, shaky, "ok"), (both, base_t, None, "ok")])
+    new_meta = {**BASE_META, "tensorflow": {"tensorflow_version": "2.21.0", "gpus": []}}
+    new = make_run(root, "new", "2026-01-02T00:00:00", [
+        (on, base_t, None, "ok"),             # unchanged
+        (off, base_t, shaky, "ok"),           # newly nondeterministic
+        (xla, drift, None, "ok"),             # fixed, and different bits
+        (both, base_t, None, "crash"),        # new failure
+    ], meta=new_meta)
+    return base, new
