@@ -116,13 +116,17 @@ def test_onednn_changes_only_the_known_behaviours(tmp_path):
     from detaudit.analysis.verdicts import cell_verdicts
     from detaudit.core.config import parse_config
     from detaudit.engine.runner import run
+    from detaudit.engine.store import RunStore
     from tests.helpers.layers import ALL_KINDS
 
+    # Op determinism off, as a user's defaults: oneDNN must not add run-to-run differences either. The baseline is
+    # one of the two points, so two workers (one per path) run everything.
     config = parse_config({"name": "onednn-paths", "seeds": [0], "repeats": 3, "layers": ALL_KINDS,
-                           "matrix": {"onednn": ["off", "on"]}})
+                           "matrix": {"onednn": ["off", "on"]}, "baseline": {"onednn": "off", "determinism": "off"}})
     table = run(config, out=tmp_path, workers=2)
     verdicts = cell_verdicts(table)
     assert set(verdicts["onednn"]) == {"off", "on"}
+    assert len(RunStore.open(table.attrs["run_dir"]).read_meta()["groups"]) == 2
     by_path = {path: dict(zip(rows["layer"] + " " + rows["params"].astype(str) + " " + rows["input_shape"].astype(str),
                               zip(rows["verdict"], rows["message"].fillna("").astype(str))))
                for path, rows in verdicts.groupby("onednn")}
