@@ -147,14 +147,27 @@ def test_shapes_formulas_and_rejections_match_tensorflow():
 
 @pytest.mark.onednn
 def test_adjoint_passes_on_a_config_and_reports_the_reconstruction(tmp_path):
+    """On the environment's path; the conv3d spec is the known CPU bug, in float64 on both paths and in float32
+    only without oneDNN (measured: 4e4 eps off, 0.001 on): the knowledge table must excuse exactly that."""
     config = tmp_path / "adj.yaml"
     config.write_text(yaml.safe_dump({"name": "adj", "layers": [
-        {"kind": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "input_shape": [2, 5, 5, 2]},
-        {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "valid", "input_shape": [2, 6, 3]}]}))
+        {"kind": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same",
+         "input_shape": [2, 5, 5, 2]},
+        {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "valid",
+         "input_shape": [2, 6, 3]},
+        {"kind": "Conv3DTranspose", "filters": 2, "kernel_size": 1, "strides": 3, "padding": "same",
+         "input_shape": [1, 3, 3, 3, 2]}]}))
     result = detaudit("adjoint", str(config), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
+    buggy = {"float64"} | ({"float32"} if data["onednn"].startswith("off") else set())
     for spec in data["specs"]:
         for dtype, outcome in spec["results"].items():
-            assert outcome["adjoint_eps"] < 4, (spec, dtype)
+            if spec["rank"] == 3 and dtype in buggy:
+                assert outcome["adjoint_eps"] > 64, (spec, dtype)
+            else:
+                assert outcome["adjoint_eps"] < 4, (spec, dtype)
             assert outcome["reconstruction"] > 0.1  # the adjoint is not the inverse
+        assert spec["known"] == (spec["rank"] == 3) and not spec["failed"], spec
+    excused = {m["spec"].rsplit(", ", 1)[1] for m in data["known_matches"] if not m["fixed_upstream"]}
+    assert excused == buggy
