@@ -79,11 +79,13 @@ def test_the_cpu_path_decides_dilated_transposes_and_the_refusals_words(tmp_path
     """With the environment's oneDNN state (CI runs this with oneDNN off, then on; tests/test_onednn.py measures
     both paths in one run whatever the environment)."""
     dilated, even = ALL_KINDS[3], ALL_KINDS[-1]
-    config = parse_config({"name": "path", "seeds": [0], "repeats": 2, "layers": [dilated, even]})
+    config = parse_config({"name": "path", "seeds": [0], "repeats": 2, "layers": [dilated, even],
+                           "baseline": {"determinism": "off"}})  # one worker: the baseline is the only point
     table = run(config, out=tmp_path, workers=1)
     verdicts = _verdicts(table).set_index("params")
     meta = RunStore.open(table.attrs["run_dir"]).read_meta()
-    (path,) = {str(group["onednn"]).split(" ")[0] for group in meta["groups"].values()}  # the environment's
+    (group,) = meta["groups"].values()
+    path = str(group["onednn"]).split(" ")[0]  # the environment's
     refusal = verdicts.filter(like='"kernel_size": [4, 4]', axis=0).iloc[0]
     assert refusal["verdict"] == "ERROR"
     # The refusal reads differently with oneDNN on and off; the knowledge table knows both texts.
@@ -232,7 +234,8 @@ def test_the_device_compare_path_agrees_with_the_host_path(tmp_path, monkeypatch
     """The GPU path (repeats compared inside the pass's graph, one sync per cell), forced on the CPU."""
     config = parse_config({"name": "dev", "seeds": [0], "repeats": 3, "layers": [
         {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
-        {"kind": "Conv2DTranspose", **TINY, "input_shape": [2, 5, 5, 3]}], "matrix": {"xla": ["off", "on"]}})
+        {"kind": "Conv2DTranspose", **TINY, "input_shape": [2, 5, 5, 3]}], "matrix": {"xla": ["off", "on"]},
+        "baseline": {"determinism": "off"}})  # one worker per run: the baseline is a point of the matrix
     host = run(config, out=tmp_path / "host", workers=2)
     monkeypatch.setenv("DETAUDIT_COMPARE_ON_DEVICE", "1")
     device = run(config, out=tmp_path / "device", workers=2)
