@@ -144,7 +144,6 @@ def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     assert len(logs) == 3  # one worker died, one hung, a third finished the group
 
 
-@pytest.mark.onednn
 @pytest.mark.tf
 def test_precisions_and_threads_apply_in_their_own_workers(tmp_path):
     config = parse_config({
