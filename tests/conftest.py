@@ -1,7 +1,7 @@
 """Shared fixtures and options.
 
 Markers (pyproject.toml): `tf` runs TensorFlow (workers, or in-process), on tiny shapes; `onednn` depends on the
-oneDNN path and runs again with oneDNN on in CI (tests/test_onednn.py); `slow` takes over 20 s on 2 cores.
+oneDNN path and runs again with oneDNN on in CI (tests/test_onednn.py); `slow` takes about 15 s or more on 2 cores.
 Golden files (tests/golden/) hold the text of commands and pages; `pytest --update-golden` rewrites them from
 the current output, for review in the diff.
 """

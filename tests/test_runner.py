@@ -123,6 +123,7 @@ def test_the_run_directory_holds_everything(kinds_run):
     assert events[0].kind == "planned" and events[-1].kind == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     config = parse_config({
@@ -228,6 +229,7 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
     assert set(table["status"]) == {"skipped"} and len(table) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_the_device_compare_path_agrees_with_the_host_path(tmp_path, monkeypatch):
     """The GPU path (repeats compared inside the pass's graph, one sync per cell), forced on the CPU."""

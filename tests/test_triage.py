@@ -26,6 +26,7 @@ def test_the_knowledge_table_picks_the_most_specific_cause():
     assert explain([], "cpu", "", None)["id"] == "unknown"
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp_path):
     config = tmp_path / "tri.yaml"
@@ -55,6 +56,7 @@ def test_a_deterministic_run_has_nothing_to_triage(tmp_path):
     assert "Nothing to triage" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_a_drifting_cell_is_triaged_by_the_toggle_that_removes_the_drift(tmp_path):
     layer = {"kind": "Conv2DTranspose", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same",
