@@ -70,11 +70,11 @@ def test_version():
 @pytest.mark.tf
 def test_run_then_show_then_json(tmp_path):
     config = _write(tmp_path / "tiny.yaml", {"name": "tiny", "seeds": [0], "repeats": 2, "layers": [TINY_LAYER],
-                                             "matrix": {"device": ["cpu", "gpu"]}})
+                                             "matrix": {"device": ["cpu", "gpu"]}, "baseline": {"determinism": "off"}})
     result = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["passed"] and summary["counts"] == {"DETERMINISTIC": 2, "SKIPPED": 1}
+    assert summary["passed"] and summary["counts"] == {"DETERMINISTIC": 1, "SKIPPED": 1}  # one worker
     run_dir = summary["run_dir"]
     shown = detaudit("show", run_dir)
     assert shown.returncode == 0 and "DETERMINISTIC" in shown.stdout and "PASS" in shown.stdout
@@ -85,7 +85,8 @@ def test_run_then_show_then_json(tmp_path):
 def test_nondeterminism_exits_1(tmp_path):
     layer = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 2, "kernel_size": 3,
              "strides": 2, "padding": "same", "input_shape": [2, 6, 6, 3]}
-    config = _write(tmp_path / "nd.yaml", {"name": "nd", "repeats": 3, "layers": [layer]})
+    config = _write(tmp_path / "nd.yaml", {"name": "nd", "repeats": 3, "layers": [layer],
+                                           "baseline": {"determinism": "off"}})  # one worker
     result = detaudit("run", str(config), "--out", str(tmp_path / "runs"))
     assert result.returncode == 1, result.stderr
     assert "NONDETERMINISTIC" in result.stdout and "grad_bias in 2/2 repeats" in result.stdout

@@ -16,12 +16,13 @@ import yaml
 
 from tests.helpers.cli import detaudit, detaudit_main, one_clean_line
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
-CONFIG = {"name": "nightly-test", "seeds": [0, 1], "repeats": 2,
+# Six cells in one worker group: the baseline is a point of the matrix (multi-group resume: tests/test_trust.py).
+CONFIG = {"name": "nightly-test", "seeds": [0, 1, 2], "repeats": 2,
           "layers": [{"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
                       "input_shape": [1, 6, 2]}],
-          "matrix": {"xla": ["off", "on"]}}
+          "matrix": {"xla": ["off", "on"]}, "baseline": {"determinism": "off"}}
 
 
 def _config(path: Path, **changes) -> Path:
@@ -61,7 +62,8 @@ def test_a_run_compared_with_itself_passes_and_writes_junit(runs):
 
 def test_a_real_setting_change_is_a_digest_change_and_exit_1(runs):
     root, out, _, done = runs
-    changed = _config(root / "f64.yaml", matrix={"xla": ["off", "on"], "precision": "float64"})
+    changed = _config(root / "f64.yaml", matrix={"xla": ["off", "on"], "precision": "float64"},
+                      baseline={"determinism": "off", "precision": "float64"})  # every cell float64
     result = detaudit("run", str(changed), "--out", str(out), "--run-id", "f64", "--compare-to", str(done["whole"]),
                       "--json")
     assert result.returncode == 1, result.stderr
