@@ -1,8 +1,14 @@
-"""cli: the real command in a subprocess, as a user runs it."""
+"""cli: the real command in a subprocess, as a user runs it; refusals through cli.main in-process.
+
+A refusal needs no subprocess: `detaudit_main` calls the same `main` with the output captured. The tests
+that start `python -m detaudit` are those about the process itself: its exit status through `-m`, signals,
+its workers.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -12,13 +18,11 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.helpers.cli import detaudit, detaudit_main, one_clean_line
+from tests.helpers.workers import alive, worker_pids
+
 TINY_LAYER = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
               "input_shape": [1, 4, 2]}
-
-
-def detaudit(*args: str, **kwargs) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "detaudit", *args], capture_output=True, text=True,
-                          timeout=300, **kwargs)
 
 
 def _write(path: Path, data: dict) -> Path:
@@ -26,22 +30,22 @@ def _write(path: Path, data: dict) -> Path:
     return path
 
 
-def _one_clean_line(result: subprocess.CompletedProcess[str]) -> str:
-    assert result.returncode == 2, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
-
-
-def test_a_typo_in_a_config_is_one_line_and_exit_2(tmp_path):
+def test_a_typo_in_a_config_is_one_line_and_exit_2_from_the_real_command(tmp_path):
     config = _write(tmp_path / "typo.yaml", {"name": "typo", "layers": [TINY_LAYER], "matrix": {"precison": ["float32"]}})
-    line = _one_clean_line(detaudit("run", str(config), "--out", str(tmp_path)))
+    line = one_clean_line(detaudit("run", str(config), "--out", str(tmp_path)))
     assert "typo.yaml" in line and "unknown key `precison`" in line and "Did you mean `precision`?" in line
+    assert not any(tmp_path.glob("*/meta.json"))  # refused before any work
+
+
+def test_in_process_main_reads_as_the_command_does(tmp_path):
+    """detaudit_main is what the refusal tests use: the same line, the same status, as `python -m detaudit`."""
+    for args in (("frobnicate",), ("run", str(tmp_path / "nope.yaml"))):
+        real, in_process = detaudit(*args), detaudit_main(*args)
+        assert (in_process.returncode, in_process.stderr) == (real.returncode, real.stderr) and real.returncode == 2
 
 
 def test_a_missing_config_is_one_line_and_exit_2(tmp_path):
-    line = _one_clean_line(detaudit("run", str(tmp_path / "nope.yaml")))
+    line = one_clean_line(detaudit_main("run", str(tmp_path / "nope.yaml")))
     assert "nope.yaml: config file not found (bundled configs, by name alone:" in line
 
 
@@ -51,11 +55,11 @@ def test_a_missing_config_is_one_line_and_exit_2(tmp_path):
     (("show", "/definitely/not/here"), "no such run directory"),
 ])
 def test_bad_arguments_are_one_line_and_exit_2(args, fragment):
-    assert fragment in _one_clean_line(detaudit(*args))
+    one_clean_line(detaudit_main(*args), fragment)
 
 
 def test_show_refuses_a_foreign_directory(tmp_path):
-    assert "not a detaudit run directory" in _one_clean_line(detaudit("show", str(tmp_path)))
+    one_clean_line(detaudit_main("show", str(tmp_path)), "not a detaudit run directory")
 
 
 def test_version():
@@ -66,11 +70,11 @@ def test_version():
 @pytest.mark.tf
 def test_run_then_show_then_json(tmp_path):
     config = _write(tmp_path / "tiny.yaml", {"name": "tiny", "seeds": [0], "repeats": 2, "layers": [TINY_LAYER],
-                                             "matrix": {"device": ["cpu", "gpu"]}})
+                                             "matrix": {"device": ["cpu", "gpu"]}, "baseline": {"determinism": "off"}})
     result = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--json")
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["passed"] and summary["counts"] == {"DETERMINISTIC": 2, "SKIPPED": 1}
+    assert summary["passed"] and summary["counts"] == {"DETERMINISTIC": 1, "SKIPPED": 1}  # one worker
     run_dir = summary["run_dir"]
     shown = detaudit("show", run_dir)
     assert shown.returncode == 0 and "DETERMINISTIC" in shown.stdout and "PASS" in shown.stdout
@@ -81,23 +85,12 @@ def test_run_then_show_then_json(tmp_path):
 def test_nondeterminism_exits_1(tmp_path):
     layer = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 2, "kernel_size": 3,
              "strides": 2, "padding": "same", "input_shape": [2, 6, 6, 3]}
-    config = _write(tmp_path / "nd.yaml", {"name": "nd", "repeats": 3, "layers": [layer]})
+    config = _write(tmp_path / "nd.yaml", {"name": "nd", "repeats": 3, "layers": [layer],
+                                           "baseline": {"determinism": "off"}})  # one worker
     result = detaudit("run", str(config), "--out", str(tmp_path / "runs"))
     assert result.returncode == 1, result.stderr
     assert "NONDETERMINISTIC" in result.stdout and "grad_bias in 2/2 repeats" in result.stdout
     assert "FAIL" in result.stdout
-
-
-def _worker_pids() -> set[int]:
-    pids = set()
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if b"detaudit.worker" in (entry / "cmdline").read_bytes():
-                    pids.add(int(entry.name))
-            except OSError:
-                pass
-    return pids
 
 
 @pytest.mark.tf
@@ -121,6 +114,8 @@ def test_ctrl_c_or_sigterm_keeps_what_finished_and_stops_the_workers(tmp_path, s
         time.sleep(0.2)
     assert cells is not None, "no cell finished in time"
     time.sleep(0.5)  # the hanging cell is now in flight
+    workers = worker_pids(proc.pid)
+    assert workers, "found no worker of this run to watch: the lifeline would go untested"
     proc.send_signal(signum)
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == code, stderr
@@ -130,13 +125,19 @@ def test_ctrl_c_or_sigterm_keeps_what_finished_and_stops_the_workers(tmp_path, s
     meta = json.loads((run_dir / "meta.json").read_text())
     assert meta["interrupted"] is True and (run_dir / "results.parquet").is_file()
     assert "DETERMINISTIC" in stdout  # the partial summary is printed
-    time.sleep(0.5)
-    assert not _worker_pids()
+    deadline = time.monotonic() + 5
+    while alive(workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(workers), "a worker outlived the interrupted run"
 
 
+@pytest.mark.onednn
 @pytest.mark.tf
 def test_env_prints_the_fingerprint():
     result = detaudit("env", "--json")
     assert result.returncode == 0, result.stderr
     info = json.loads(result.stdout)
-    assert info["tensorflow"]["tensorflow_version"] and info["host"]["onednn_state"]
+    assert info["tensorflow"]["tensorflow_version"]
+    value = os.environ.get("TF_ENABLE_ONEDNN_OPTS")  # CI sets it: 0, then 1 for the tests marked onednn
+    expected = {"0": "off (TF_ENABLE_ONEDNN_OPTS=0)", "1": "on (TF_ENABLE_ONEDNN_OPTS=1)"}.get(value)
+    assert info["host"]["onednn_state"] == expected or (expected is None and info["host"]["onednn_state"])

@@ -9,47 +9,16 @@ import pytest
 
 from detaudit.analysis.compare import Category, compare_runs, environment_diff
 from detaudit.analysis.runs import list_runs, load_run, merge_runs, resolve_run
-from detaudit.engine.store import RunStore, save_tensors
+from detaudit.engine.store import RunStore
 from detaudit.errors import RunDirError
 from detaudit.render.junit import JUnitCase, write_junit
-from tests.test_summary import CONFIG, _cell, _nudge, _record, _tensors
-
-BASE_META = {"tensorflow": {"tensorflow_version": "2.20.0", "gpus": []},
-             "host": {"env": {"TF_ENABLE_ONEDNN_OPTS": "1"}, "cpu_model": "X"}}
-
-
-def _make_run(root, run_id, started, cells, meta=None):
-    """cells: list of (cell, first tensors, later tensors or None, status)."""
-    store = RunStore.create(root, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
-    store.write_meta({"run_id": run_id, "started": started, "finished": started, "interrupted": False,
-                      **(meta or BASE_META)})
-    for cell, first, later, status in cells:
-        if status == "ok":
-            store.append_record(_record(cell, first, later))
-            save_tensors(store.tensor_path(cell.cell_id), first)
-        else:
-            store.append_record({"event": "cell", "cell_id": cell.cell_id, "status": status, "tensors": [],
-                                 "message": f"worker {status}", "seconds": None, "cell": cell.to_dict()})
-    return store
+from tests.helpers import runs as fab
+from tests.helpers.runs import CONFIG
 
 
 @pytest.fixture()
 def pair(tmp_path):
-    base_t = _tensors(0)
-    on, off, xla = _cell(determinism="on"), _cell(determinism="off"), _cell(xla="on")
-    both = _cell(xla="on", determinism="on")
-    shaky = {**base_t, "grad_bias": _nudge(base_t["grad_bias"], 3)}
-    drift = {**base_t, "output": _nudge(base_t["output"], 1)}
-    base = _make_run(tmp_path, "base", "2026-01-01T00:00:00", [
-        (on, base_t, None, "ok"), (off, base_t, None, "ok"), (xla, base_t, shaky, "ok"), (both, base_t, None, "ok")])
-    new_meta = {**BASE_META, "tensorflow": {"tensorflow_version": "2.21.0", "gpus": []}}
-    new = _make_run(tmp_path, "new", "2026-01-02T00:00:00", [
-        (on, base_t, None, "ok"),             # unchanged
-        (off, base_t, shaky, "ok"),           # newly nondeterministic
-        (xla, drift, None, "ok"),             # fixed, and different bits
-        (both, base_t, None, "crash"),        # new failure
-    ], meta=new_meta)
-    return tmp_path, base, new
+    return (tmp_path, *fab.make_pair(tmp_path))
 
 
 def test_a_run_against_itself_has_no_changes(pair):
@@ -63,19 +32,20 @@ def test_every_category_is_found_and_the_environment_comes_first(pair):
     _, base, new = pair
     result = compare_runs(load_run(base.path), load_run(new.path))
     found = {(c.category, c.cell_id) for c in result.changes}
-    assert (Category.NEWLY_NONDETERMINISTIC, _cell(determinism="off").cell_id) in found
-    assert (Category.FIXED, _cell(xla="on").cell_id) in found
-    assert (Category.DIGEST_CHANGED, _cell(xla="on").cell_id) in found
-    assert (Category.NEW_FAILURE, _cell(xla="on", determinism="on").cell_id) in found
+    assert (Category.NEWLY_NONDETERMINISTIC, fab.cell(determinism="off").cell_id) in found
+    assert (Category.FIXED, fab.cell(xla="on").cell_id) in found
+    assert (Category.DIGEST_CHANGED, fab.cell(xla="on").cell_id) in found
+    assert (Category.NEW_FAILURE, fab.cell(xla="on", determinism="on").cell_id) in found
     assert ("tensorflow.tensorflow_version", "2.20.0", "2.21.0") in result.environment
     assert result.regressions and result.verdict().startswith("REGRESSED")
     assert json.dumps(result.to_dict())
 
 
 def test_added_and_removed_cells(tmp_path):
-    t = _tensors(0)
-    base = _make_run(tmp_path, "b", "1", [(_cell(determinism="on"), t, None, "ok"), (_cell(xla="on"), t, None, "ok")])
-    new = _make_run(tmp_path, "n", "2", [(_cell(determinism="on"), t, None, "ok"), (_cell(determinism="off"), t, None, "ok")])
+    t = fab.tensors(0)
+    on, off, xla = fab.cell(determinism="on"), fab.cell(determinism="off"), fab.cell(xla="on")
+    base = fab.make_run(tmp_path, "b", "1", [(on, t, None, "ok"), (xla, t, None, "ok")])
+    new = fab.make_run(tmp_path, "n", "2", [(on, t, None, "ok"), (off, t, None, "ok")])
     result = compare_runs(load_run(base.path), load_run(new.path))
     assert {c.category for c in result.changes} == {Category.ADDED, Category.REMOVED}
     assert not result.regressions
@@ -83,10 +53,10 @@ def test_added_and_removed_cells(tmp_path):
 
 def test_a_cell_measured_before_and_skipped_now_is_a_regression(tmp_path):
     """A nightly whose GPU vanished still runs its CPU cells (the run passes): compare must not."""
-    t = _tensors(0)
-    on, off = _cell(determinism="on"), _cell(determinism="off")
-    base = _make_run(tmp_path, "b", "1", [(on, t, None, "ok"), (off, t, None, "ok")])
-    new = _make_run(tmp_path, "n", "2", [(on, t, None, "ok"), (off, t, None, "skipped")])
+    t = fab.tensors(0)
+    on, off = fab.cell(determinism="on"), fab.cell(determinism="off")
+    base = fab.make_run(tmp_path, "b", "1", [(on, t, None, "ok"), (off, t, None, "ok")])
+    new = fab.make_run(tmp_path, "n", "2", [(on, t, None, "ok"), (off, t, None, "skipped")])
     result = compare_runs(load_run(base.path), load_run(new.path))
     assert [(c.category, c.cell_id) for c in result.changes] == [(Category.NEWLY_SKIPPED, off.cell_id)]
     assert result.regressions and "DETERMINISTIC -> SKIPPED: worker skipped" in result.changes[0].detail
@@ -116,13 +86,13 @@ def test_history_resolves_latest_and_previous_and_skips_broken_runs(pair):
 
 
 def test_latest_and_previous_mean_runs_of_the_same_config(tmp_path):
-    t = _tensors(0)
-    on = _cell(determinism="on")
-    quick = _make_run(tmp_path, "quick-1", "1", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "fab"})
-    other = _make_run(tmp_path, "other-1", "2", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "other"})
+    t = fab.tensors(0)
+    on = fab.cell(determinism="on")
+    quick = fab.make_run(tmp_path, "quick-1", "1", [(on, t, None, "ok")], meta={**fab.BASE_META, "config_name": "fab"})
+    other = fab.make_run(tmp_path, "other-1", "2", [(on, t, None, "ok")], meta={**fab.BASE_META, "config_name": "other"})
     assert resolve_run("latest", tmp_path) == other.path  # no config given: the newest of all
     assert resolve_run("latest", tmp_path, config_name=CONFIG.name) == quick.path
-    newer = _make_run(tmp_path, "quick-2", "3", [(on, t, None, "ok")], meta={**BASE_META, "config_name": "fab"})
+    newer = fab.make_run(tmp_path, "quick-2", "3", [(on, t, None, "ok")], meta={**fab.BASE_META, "config_name": "fab"})
     assert resolve_run("previous", tmp_path, relative_to=newer.path) == quick.path  # not other-1, stored between
     with pytest.raises(RunDirError, match="no matrix run of config 'nightly' to take as latest"):
         resolve_run("latest", tmp_path, config_name="nightly")
@@ -134,9 +104,10 @@ def test_merge_refuses_different_configs_and_joins_shards(tmp_path, pair):
     other.write_meta({"run_id": "other", "started": "0"})
     with pytest.raises(RunDirError, match="config differs"):
         merge_runs([base.path, other.path], tmp_path / "merged")
-    t = _tensors(0)
-    half_a = _make_run(tmp_path / "a", "a", "1", [(_cell(determinism="on"), t, None, "ok")])
-    half_b = _make_run(tmp_path / "b", "b", "1", [(_cell(xla="on"), {**t, "output": _nudge(t["output"], 2)}, None, "ok")])
+    t = fab.tensors(0)
+    half_a = fab.make_run(tmp_path / "a", "a", "1", [(fab.cell(determinism="on"), t, None, "ok")])
+    nudged = {**t, "output": fab.nudge(t["output"], 2)}
+    half_b = fab.make_run(tmp_path / "b", "b", "1", [(fab.cell(xla="on"), nudged, None, "ok")])
     merged = merge_runs([half_a.path, half_b.path], tmp_path / "merged")
     gaps = merged.table[(merged.table["comparison"] == "baseline") & (merged.table["tensor"] == "output")]
     assert len(gaps) == 1 and gaps["max_ulp"].iloc[0] == 2  # a baseline gap across shards, computed at merge

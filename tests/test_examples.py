@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.test_cli import detaudit
+from tests.helpers.cli import detaudit
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
@@ -101,6 +101,7 @@ def _audit(factory: str, out: Path) -> dict:
     return json.loads(result.stdout)
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_the_dcgan_generator_audits_reproducible(tmp_path):
     data = _audit("examples.dcgan_generator:build_generator", tmp_path)
@@ -109,6 +110,7 @@ def test_the_dcgan_generator_audits_reproducible(tmp_path):
     assert classes.count("Conv2DTranspose") == 2 and classes[-1] == "Conv2D"
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_the_unet_audits_reproducible(tmp_path):
     data = _audit("examples.unet_segmentation:build_unet", tmp_path)

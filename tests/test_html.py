@@ -1,6 +1,6 @@
 """The HTML pages (run, audit, triage, overview) from fabricated runs. No TensorFlow.
 
-Records are made the way the worker makes them (see tests/test_summary.py), with float64
+Records are made the way the worker makes them (see tests/helpers/runs.py), with float64
 reference rows; one optional test opens a page in a real headless browser (Debian's
 chromium) and is skipped where it is not installed.
 """
@@ -20,12 +20,12 @@ import pytest
 from detaudit.analysis.compare import compare_runs
 from detaudit.analysis.runs import load_run
 from detaudit.analysis.summary import KnownMatch, build_summary
-from detaudit.core.config import Cell, Settings, parse_config
+from detaudit.core.config import Cell, parse_config
 from detaudit.core.knowledge import KnownBug
 from detaudit.core.numerics import compare
-from detaudit.engine.store import RunKind, RunStore, save_tensors
+from detaudit.engine.store import RunKind, RunStore
 from detaudit.render.html import render_html, render_overview, render_result_page
-from tests.test_summary import _nudge, _record, _tensors
+from tests.helpers import runs as fab
 
 CONFIG = parse_config({
     "name": "fab-html",
@@ -40,14 +40,14 @@ SCRIPT = "<script>alert(1)</script>"
 
 
 def _cell(seed: int = 0, **settings) -> Cell:
-    return next(c for c in CONFIG.cells() if c.settings == Settings(**settings) and c.seed == seed)
+    return fab.cell(CONFIG, seed, **settings)
 
 
 def _with_reference(record: dict, first: dict[str, np.ndarray]) -> dict:
     """Add the float64 reference rows a worker adds: the truth is the cell's tensors, nudged by one ULP here."""
     reference = []
     for name, a in first.items():
-        truth = _nudge(a, 1, 1)
+        truth = fab.nudge(a, 1, 1)
         stats = compare(a, truth, digest=False).to_dict()
         reference.append({**stats, "tensor": name, "ref_scale": float(np.abs(truth.astype(np.float64)).max())})
     return {**record, "reference": reference}
@@ -57,31 +57,22 @@ def _make_run(root: Path, run_id: str, started: str, meta: dict | None = None, c
     """seed 0 and 1: the baseline; determinism=off with a 2-ULP grad_bias gap and a nondeterministic repeat;
     xla=on with a 5-ULP output gap; xla=on + determinism=off crashed (seed 0) or has xla's bits (seed 1);
     every GPU cell skipped."""
-    store = RunStore.create(root, CONFIG.to_dict(), CONFIG.name, run_id=run_id)
-    store.write_meta({"run_id": run_id, "started": started, "finished": started, "interrupted": False,
-                      "config_name": CONFIG.name, **(meta or META)})
+    cells = []
     for seed in (0, 1):
-        base = _tensors(seed)
-        off = {**base, "grad_bias": _nudge(base["grad_bias"], 2, 2)}
-        xla = {**base, "output": _nudge(base["output"], 5, 4)}
-        runs = [(_cell(seed, determinism="on"), base, None),
-                (_cell(seed, determinism="off"), off, {**off, "grad_bias": _nudge(off["grad_bias"], 3, 1)}),
-                (_cell(seed, determinism="on", xla="on"), xla, None)]
+        base = fab.tensors(seed)
+        off = {**base, "grad_bias": fab.nudge(base["grad_bias"], 2, 2)}
+        xla = {**base, "output": fab.nudge(base["output"], 5, 4)}
+        cells += [(_cell(seed, determinism="on"), base, None, "ok"),
+                  (_cell(seed, determinism="off"), off, {**off, "grad_bias": fab.nudge(off["grad_bias"], 3, 1)}, "ok"),
+                  (_cell(seed, determinism="on", xla="on"), xla, None, "ok")]
         if seed == 1:
-            runs.append((_cell(seed, determinism="off", xla="on"), xla, None))
-        for cell, first, later in runs:
-            store.append_record(_with_reference(_record(cell, first, later), first))
-            save_tensors(store.tensor_path(cell.cell_id), first)
-        if seed == 0:
-            crashed = _cell(seed, determinism="off", xla="on")
-            store.append_record({"event": "cell", "cell_id": crashed.cell_id, "status": "crash", "tensors": [],
-                                 "message": crash_message, "seconds": None, "cell": crashed.to_dict()})
-        for cell in CONFIG.cells():
-            if cell.seed == seed and cell.settings.device == "gpu":
-                store.append_record({"event": "cell", "cell_id": cell.cell_id, "status": "skipped", "tensors": [],
-                                     "message": "no GPU visible to TensorFlow", "seconds": None,
-                                     "cell": cell.to_dict()})
-    return store
+            cells.append((_cell(seed, determinism="off", xla="on"), xla, None, "ok"))
+        else:
+            cells.append((_cell(seed, determinism="off", xla="on"), None, None, "crash", crash_message))
+        cells += [(cell, None, None, "skipped", "no GPU visible to TensorFlow") for cell in CONFIG.cells()
+                  if cell.seed == seed and cell.settings.device == "gpu"]
+    return fab.make_run(root, run_id, started, cells, {"config_name": CONFIG.name, **(meta or META)}, CONFIG,
+                        extend=_with_reference)
 
 
 @pytest.fixture(scope="module")

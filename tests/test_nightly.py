@@ -14,14 +14,15 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.test_cli import detaudit
+from tests.helpers.cli import detaudit, detaudit_main, one_clean_line
 
-pytestmark = pytest.mark.tf
+pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
-CONFIG = {"name": "nightly-test", "seeds": [0, 1], "repeats": 2,
+# Six cells in one worker group: the baseline is a point of the matrix (multi-group resume: tests/test_trust.py).
+CONFIG = {"name": "nightly-test", "seeds": [0, 1, 2], "repeats": 2,
           "layers": [{"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
                       "input_shape": [1, 6, 2]}],
-          "matrix": {"xla": ["off", "on"]}}
+          "matrix": {"xla": ["off", "on"]}, "baseline": {"determinism": "off"}}
 
 
 def _config(path: Path, **changes) -> Path:
@@ -61,7 +62,8 @@ def test_a_run_compared_with_itself_passes_and_writes_junit(runs):
 
 def test_a_real_setting_change_is_a_digest_change_and_exit_1(runs):
     root, out, _, done = runs
-    changed = _config(root / "f64.yaml", matrix={"xla": ["off", "on"], "precision": "float64"})
+    changed = _config(root / "f64.yaml", matrix={"xla": ["off", "on"], "precision": "float64"},
+                      baseline={"determinism": "off", "precision": "float64"})  # every cell float64
     result = detaudit("run", str(changed), "--out", str(out), "--run-id", "f64", "--compare-to", str(done["whole"]),
                       "--json")
     assert result.returncode == 1, result.stderr
@@ -124,11 +126,10 @@ def test_bad_directories_are_one_line_and_exit_2(runs, tmp_path):
     (tmp_path / "meta.json").write_text("{broken")
     for args in (("compare", str(tmp_path), str(done["whole"])), ("merge", str(done["s1"]), str(tmp_path), "--out", str(tmp_path)),
                  ("history", str(tmp_path / "nope")), ("run", "--resume", str(tmp_path / "nope"))):
-        result = detaudit(*args)
-        assert result.returncode == 2, (args, result.stderr)
-        assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        one_clean_line(detaudit_main(*args))
 
 
+@pytest.mark.onednn
 def test_shapes_formulas_and_rejections_match_tensorflow():
     args = ["shapes", "--json", "--rank", "1", "--input", *map(str, range(1, 9))]
     for kernel, stride, padding, op in ((4, 2, "same", "0"), (2, 3, "valid", "1")):
@@ -146,15 +147,29 @@ def test_shapes_formulas_and_rejections_match_tensorflow():
             assert board["measured"]["resize_conv"]["score"] == 0
 
 
+@pytest.mark.onednn
 def test_adjoint_passes_on_a_config_and_reports_the_reconstruction(tmp_path):
+    """On the environment's path; the conv3d spec is the known CPU bug, in float64 on both paths and in float32
+    only without oneDNN (measured: 4e4 eps off, 0.001 on): the knowledge table must excuse exactly that."""
     config = tmp_path / "adj.yaml"
     config.write_text(yaml.safe_dump({"name": "adj", "layers": [
-        {"kind": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same", "input_shape": [2, 5, 5, 2]},
-        {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "valid", "input_shape": [2, 6, 3]}]}))
+        {"kind": "Conv2DTranspose", "filters": 3, "kernel_size": 3, "strides": 2, "padding": "same",
+         "input_shape": [2, 5, 5, 2]},
+        {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "valid",
+         "input_shape": [2, 6, 3]},
+        {"kind": "Conv3DTranspose", "filters": 2, "kernel_size": 1, "strides": 3, "padding": "same",
+         "input_shape": [1, 3, 3, 3, 2]}]}))
     result = detaudit("adjoint", str(config), "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
+    buggy = {"float64"} | ({"float32"} if data["onednn"].startswith("off") else set())
     for spec in data["specs"]:
         for dtype, outcome in spec["results"].items():
-            assert outcome["adjoint_eps"] < 4, (spec, dtype)
+            if spec["rank"] == 3 and dtype in buggy:
+                assert outcome["adjoint_eps"] > 64, (spec, dtype)
+            else:
+                assert outcome["adjoint_eps"] < 4, (spec, dtype)
             assert outcome["reconstruction"] > 0.1  # the adjoint is not the inverse
+        assert spec["known"] == (spec["rank"] == 3) and not spec["failed"], spec
+    excused = {m["spec"].rsplit(", ", 1)[1] for m in data["known_matches"] if not m["fixed_upstream"]}
+    assert excused == buggy

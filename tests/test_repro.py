@@ -44,6 +44,7 @@ def test_a_drift_reproducer_names_both_settings():
         render_repro(_cell(LAYERS[0]), mode="drift")
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_a_reproducer_built_from_a_run_reproduces_its_digests(tmp_path):
     from detaudit.engine.runner import run

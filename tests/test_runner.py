@@ -15,27 +15,7 @@ from detaudit.core.knowledge import explain
 from detaudit.engine.runner import Event, run, worker_environ
 from detaudit.engine.store import RunStore
 from detaudit.errors import UsageError
-
-TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
-ALL_KINDS = [
-    {"kind": "Conv1DTranspose", **TINY, "input_shape": [2, 5, 3]},
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "valid",
-     "output_padding": 1, "input_shape": [2, 4, 4, 3]},
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "use_bias": False, "input_shape": [1, 4, 4, 2]},
-    # TensorFlow's CPU kernels refuse dilated transposed convolutions (GPU runs them).
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "dilation_rate": 2, "input_shape": [1, 5, 4, 2]},
-    {"kind": "Conv3DTranspose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
-    {"kind": "conv1d_transpose", **TINY, "use_bias": True, "input_shape": [2, 5, 3]},
-    {"kind": "conv2d_transpose", **TINY, "output_shape": [2, 8, 8, 2], "input_shape": [2, 4, 4, 3]},
-    {"kind": "conv3d_transpose", **TINY, "input_shape": [1, 3, 3, 3, 2]},
-    {"kind": "resize_conv2d", "filters": 2, "kernel_size": 3, "input_shape": [2, 4, 4, 3]},
-    {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
-    {"kind": "tests.support_layers:RefusesDeterminism", "filters": 2, "kernel_size": 3, "input_shape": [1, 4, 4, 2]},
-    # Same padding, even kernel, output_padding 0: TensorFlow fails at run time (TF-FACTS).
-    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 4, "strides": 2, "padding": "same",
-     "output_padding": 0, "input_shape": [1, 5, 5, 2]},
-]
-
+from tests.helpers.layers import ALL_KINDS, TINY
 
 @pytest.fixture(scope="module")
 def kinds_run(tmp_path_factory):
@@ -87,19 +67,37 @@ def test_refusals_errors_and_missing_devices_are_rows_not_crashes(kinds_run):
     assert "Determinism is not yet supported" in refuses[refuses["determinism"] == "on"]["message"].iloc[0]
     even = verdicts[verdicts["params"].str.contains('"kernel_size": \\[4, 4\\]') & (verdicts["device"] == "cpu")]
     assert set(even["verdict"]) == {"ERROR"}
-    # The refusal reads differently with oneDNN on and off; the knowledge table knows both texts.
-    assert explain([], "cpu", even["message"].iloc[0], None)["id"] == "backprop-size-mismatch"
-    dilated = verdicts[verdicts["params"].str.contains('"dilation_rate": \\[2, 2\\]') & (verdicts["device"] == "cpu")]
-    meta = RunStore.open(table.attrs["run_dir"]).read_meta()
-    if all(str(g["onednn"]).startswith("on") for g in meta["groups"].values()):
-        assert set(dilated["verdict"]) == {"DETERMINISTIC"}  # oneDNN's kernels run dilated transposes on the CPU
-    else:  # TensorFlow's own CPU kernels refuse them
-        assert set(dilated["verdict"]) == {"ERROR"}
-        assert "do not yet support dilation rates larger than 1" in dilated["message"].iloc[0]
     gpu = verdicts[verdicts["device"] == "gpu"]
     assert set(gpu["verdict"]) == {"SKIPPED"} and gpu["message"].str.contains("no GPU visible").all()
     failures = build_summary(load_run(table.attrs["run_dir"])).failures
     assert any("RandomOrderSum" in f and "NONDETERMINISTIC" in f for f in failures)
+
+
+@pytest.mark.onednn
+@pytest.mark.tf
+def test_the_cpu_path_decides_dilated_transposes_and_the_refusals_words(tmp_path):
+    """With the environment's oneDNN state (CI runs this with oneDNN off, then on; tests/test_onednn.py measures
+    both paths in one run whatever the environment)."""
+    dilated, even = ALL_KINDS[3], ALL_KINDS[-1]
+    config = parse_config({"name": "path", "seeds": [0], "repeats": 2, "layers": [dilated, even],
+                           "baseline": {"determinism": "off"}})  # one worker: the baseline is the only point
+    table = run(config, out=tmp_path, workers=1)
+    verdicts = _verdicts(table).set_index("params")
+    meta = RunStore.open(table.attrs["run_dir"]).read_meta()
+    (group,) = meta["groups"].values()
+    path = str(group["onednn"]).split(" ")[0]  # the environment's
+    refusal = verdicts.filter(like='"kernel_size": [4, 4]', axis=0).iloc[0]
+    assert refusal["verdict"] == "ERROR"
+    # The refusal reads differently with oneDNN on and off; the knowledge table knows both texts.
+    assert explain([], "cpu", refusal["message"], None)["id"] == "backprop-size-mismatch"
+    dilation = verdicts.filter(like='"dilation_rate": [2, 2]', axis=0).iloc[0]
+    if path == "on":
+        assert "could not create a primitive descriptor" in refusal["message"]
+        assert dilation["verdict"] == "DETERMINISTIC"  # oneDNN's kernels run dilated transposes on the CPU
+    else:  # TensorFlow's own CPU kernels refuse them
+        assert "Size of out_backprop doesn't match computed" in refusal["message"]
+        assert dilation["verdict"] == "ERROR"
+        assert "do not yet support dilation rates larger than 1" in dilation["message"]
 
 
 @pytest.mark.tf
@@ -125,6 +123,7 @@ def test_the_run_directory_holds_everything(kinds_run):
     assert events[0].kind == "planned" and events[-1].kind == "finished"
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_crashes_and_hangs_cost_one_cell_each(tmp_path):
     config = parse_config({
@@ -230,12 +229,14 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
     assert set(table["status"]) == {"skipped"} and len(table) == 5
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_the_device_compare_path_agrees_with_the_host_path(tmp_path, monkeypatch):
     """The GPU path (repeats compared inside the pass's graph, one sync per cell), forced on the CPU."""
     config = parse_config({"name": "dev", "seeds": [0], "repeats": 3, "layers": [
         {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", **TINY, "input_shape": [2, 6, 6, 3]},
-        {"kind": "Conv2DTranspose", **TINY, "input_shape": [2, 5, 5, 3]}], "matrix": {"xla": ["off", "on"]}})
+        {"kind": "Conv2DTranspose", **TINY, "input_shape": [2, 5, 5, 3]}], "matrix": {"xla": ["off", "on"]},
+        "baseline": {"determinism": "off"}})  # one worker per run: the baseline is a point of the matrix
     host = run(config, out=tmp_path / "host", workers=2)
     monkeypatch.setenv("DETAUDIT_COMPARE_ON_DEVICE", "1")
     device = run(config, out=tmp_path / "device", workers=2)

@@ -11,7 +11,7 @@ import yaml
 
 from detaudit.core.config import bundled_config_path
 from detaudit.core.schema import config_schema
-from tests.test_cli import detaudit
+from tests.helpers.cli import detaudit
 
 COMMITTED = Path(__file__).resolve().parent.parent / "configs" / "detaudit.schema.json"
 

@@ -6,9 +6,7 @@ No TensorFlow: records are made the way the worker makes them, from NumPy tensor
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
-import numpy as np
 import pytest
 from rich.console import Console
 
@@ -16,49 +14,12 @@ from detaudit.analysis.findings import findings
 from detaudit.analysis.runs import load_run
 from detaudit.analysis.summary import RunStatus, build_summary
 from detaudit.analysis.verdicts import Verdict, cell_verdicts
-from detaudit.core.config import Cell, Settings, parse_config
-from detaudit.core.numerics import compare, digest
+from detaudit.core.config import Cell, parse_config
 from detaudit.engine.store import RunStore, save_tensors
 from detaudit.engine.table import COLUMNS, build_table
 from detaudit.render.terminal import render_run
-
-GOLDEN = Path(__file__).parent / "golden"
-CONFIG = parse_config({
-    "name": "fab",
-    "seeds": [0],
-    "layers": [{"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
-                "input_shape": [1, 2, 2, 2]}],
-    "matrix": {"determinism": ["off", "on"], "xla": ["off", "on"]},
-    "replay_process": True,
-})
-
-
-def _tensors(seed: int) -> dict[str, np.ndarray]:
-    rng = np.random.default_rng(seed)
-    return {"output": rng.standard_normal((1, 4, 4, 2)).astype(np.float32),
-            "grad_bias": rng.standard_normal(2).astype(np.float32)}
-
-
-def _nudge(x: np.ndarray, ulps: int, count: int = 1) -> np.ndarray:
-    bits = x.reshape(-1).view(np.uint32).copy()
-    bits[:count] += ulps
-    return bits.view(np.float32).reshape(x.shape)
-
-
-def _record(cell: Cell, first: dict[str, np.ndarray], later: dict[str, np.ndarray] | None = None) -> dict:
-    tensors = []
-    for name, a in first.items():
-        b = (later or first)[name]
-        result = compare(b, a, digest=False).to_dict()
-        tensors.append({**result, "tensor": name, "dtype": a.dtype.name, "shape": list(a.shape),
-                        "digest": digest(a), "n_repeats_differ": 0 if result["bitwise_equal"] else cell.repeats - 1})
-    return {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "seconds": 0.5,
-            "tensors": tensors, "cell": cell.to_dict()}
-
-
-def _cell(**settings) -> Cell:
-    return next(c for c in CONFIG.cells() if c.settings == Settings(**settings))
-
+from tests.helpers import runs as fab
+from tests.helpers.runs import CONFIG
 
 @pytest.fixture()
 def store(tmp_path) -> RunStore:
@@ -68,16 +29,16 @@ def store(tmp_path) -> RunStore:
     store.write_meta({"run_id": "fab", "tensorflow": {"tensorflow_version": "2.x", "keras_version": "3.x", "gpus": []},
                       "started": "2026-01-01T00:00:00+00:00", "finished": "2026-01-01T00:01:00+00:00",
                       "interrupted": False})
-    base = _tensors(0)
-    off = _cell(determinism="off")
-    shaky = {**base, "grad_bias": _nudge(base["grad_bias"], 3, 2)}
-    xla = {**base, "output": _nudge(base["output"], 5, 4)}
-    runs = [(_cell(determinism="on"), base, None), (off, base, shaky), (_cell(xla="on"), xla, None)]
+    base = fab.tensors(0)
+    off = fab.cell(determinism="off")
+    shaky = {**base, "grad_bias": fab.nudge(base["grad_bias"], 3, 2)}
+    xla = {**base, "output": fab.nudge(base["output"], 5, 4)}
+    runs = [(fab.cell(determinism="on"), base, None), (off, base, shaky), (fab.cell(xla="on"), xla, None)]
     for cell, first, later in runs:
         for replay in (False, True):
-            store.append_record({**_record(cell, first, later), "replay": replay})
+            store.append_record({**fab.record(cell, first, later), "replay": replay})
             save_tensors(store.tensor_path(cell.cell_id, replay), first)
-    crashed = _cell(xla="on", determinism="on")
+    crashed = fab.cell(xla="on", determinism="on")
     for replay in (False, True):
         store.append_record({"event": "cell", "cell_id": crashed.cell_id, "status": "crash", "tensors": [],
                              "message": "worker killed by SIGSEGV", "seconds": None, "cell": crashed.to_dict(),
@@ -98,7 +59,8 @@ def test_table_has_the_contract_columns_and_integer_ulps(store):
 def test_baseline_rows_measure_the_gap_to_the_baseline_cell(store):
     table = build_table(store, CONFIG)
     gap = table[(table["comparison"] == "baseline") & (table["xla"] == "on") & (table["tensor"] == "output")].iloc[0]
-    assert gap["max_ulp"] == 5 and gap["n_mismatch"] == 4 and gap["reference_cell"] == _cell(determinism="on").cell_id
+    assert gap["max_ulp"] == 5 and gap["n_mismatch"] == 4
+    assert gap["reference_cell"] == fab.cell(determinism="on").cell_id
 
 
 def test_rebuilding_gives_the_same_table(store):
@@ -107,9 +69,9 @@ def test_rebuilding_gives_the_same_table(store):
 
 def test_verdicts(store):
     verdicts = cell_verdicts(build_table(store, CONFIG)).set_index("cell_id")["verdict"]
-    assert verdicts[_cell(determinism="on").cell_id] == Verdict.DETERMINISTIC.value
-    assert verdicts[_cell(determinism="off").cell_id] == Verdict.NONDETERMINISTIC.value
-    assert verdicts[_cell(xla="on", determinism="on").cell_id] == Verdict.CRASH.value
+    assert verdicts[fab.cell(determinism="on").cell_id] == Verdict.DETERMINISTIC.value
+    assert verdicts[fab.cell(determinism="off").cell_id] == Verdict.NONDETERMINISTIC.value
+    assert verdicts[fab.cell(xla="on", determinism="on").cell_id] == Verdict.CRASH.value
 
 
 def test_default_expectation_is_run_to_run_determinism_and_no_crash(store):
@@ -149,11 +111,9 @@ def _render(store, width: int) -> str:
 
 
 @pytest.mark.parametrize("width", [80, 120])
-def test_rendering_matches_the_golden_files(store, width):
+def test_rendering_matches_the_golden_files(store, width, golden):
     text = _render(store, width)
-    golden = GOLDEN / f"run-{width}.txt"
-    assert golden.exists(), f"missing golden file {golden}: write it from _render(), review it, commit it"
-    assert text == golden.read_text()
+    golden(f"run-{width}.txt", text)
     assert all(len(line) <= width for line in text.splitlines())
 
 
@@ -189,8 +149,8 @@ def _skipped_run(tmp_path, run_id: str, ran: list[Cell], config=CONFIG, **meta) 
     for cell in config.cells():
         for replay in (False, True):
             if cell in ran:
-                store.append_record({**_record(cell, _tensors(0)), "replay": replay})
-                save_tensors(store.tensor_path(cell.cell_id, replay), _tensors(0))
+                store.append_record({**fab.record(cell, fab.tensors(0)), "replay": replay})
+                save_tensors(store.tensor_path(cell.cell_id, replay), fab.tensors(0))
             else:
                 store.append_record({"event": "cell", "cell_id": cell.cell_id, "status": "skipped", "tensors": [],
                                      "message": "no GPU visible to TensorFlow on this machine", "seconds": 0.0,
@@ -231,7 +191,7 @@ def test_a_gpu_matrix_fails_without_a_gpu_though_the_cpu_baseline_added_to_it_ra
 
 
 def test_one_cell_that_ran_is_enough_to_pass(tmp_path):
-    summary = build_summary(load_run(_skipped_run(tmp_path, "one-ran", [_cell(determinism="on")]).path))
+    summary = build_summary(load_run(_skipped_run(tmp_path, "one-ran", [fab.cell(determinism="on")]).path))
     assert not summary.nothing_measured and summary.status is RunStatus.PASS, summary.failures
 
 

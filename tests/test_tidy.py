@@ -5,19 +5,18 @@ from __future__ import annotations
 import pandas as pd
 
 import detaudit
-from tests.test_compare import BASE_META, _make_run
-from tests.test_summary import _cell, _nudge, _tensors
+from tests.helpers import runs as fab
 
 
 def _runs(tmp_path):
-    t = _tensors(0)
-    meta = lambda version: {**BASE_META, "host": {**BASE_META["host"], "onednn_state": "off (default)",  # noqa: E731
-                                                  "detaudit_version": "0.2.0"},
+    t = fab.tensors(0)
+    host = {**fab.BASE_META["host"], "onednn_state": "off (default)", "detaudit_version": "0.2.0"}
+    meta = lambda version: {**fab.BASE_META, "host": host,  # noqa: E731
                             "tensorflow": {"tensorflow_version": version, "keras_version": "3.15", "gpus": []}}
     for i, version in enumerate(("2.20.0", "2.21.0", "2.21.0")):
-        drift = {**t, "output": _nudge(t["output"], i + 1)}
-        _make_run(tmp_path, f"r{i}", f"2026-01-0{i + 1}T00:00:00", [
-            (_cell(determinism="on"), t, None, "ok"), (_cell(xla="on"), drift, None, "ok")], meta=meta(version))
+        drift = {**t, "output": fab.nudge(t["output"], i + 1)}
+        fab.make_run(tmp_path, f"r{i}", f"2026-01-0{i + 1}T00:00:00", [
+            (fab.cell(determinism="on"), t, None, "ok"), (fab.cell(xla="on"), drift, None, "ok")], meta=meta(version))
     return tmp_path
 
 

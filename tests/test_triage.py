@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from detaudit.core.knowledge import explain
-from tests.test_cli import detaudit
+from tests.helpers.cli import detaudit, detaudit_main
 
 RANDOM_ORDER = {"kind": "tests.support_layers:RandomOrderSumConv2DTranspose", "filters": 4, "kernel_size": 3,
                 "strides": 2, "padding": "same", "input_shape": [4, 8, 8, 4]}
@@ -30,6 +30,7 @@ def test_the_knowledge_table_picks_the_most_specific_cause():
     assert explain(["xla"], "cpu", "", "2.21.0", fixed_by=[])["id"] == "xla"  # run to run: not an accuracy cause
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp_path):
     config = tmp_path / "tri.yaml"
@@ -61,6 +62,7 @@ def test_a_deterministic_run_has_nothing_to_triage(tmp_path):
     assert "Nothing to triage" in result.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.tf
 def test_a_drifting_cell_is_triaged_by_the_toggle_that_removes_the_drift(tmp_path):
     layer = {"kind": "Conv2DTranspose", "filters": 8, "kernel_size": 3, "strides": 2, "padding": "same",
@@ -84,11 +86,10 @@ def test_a_drifting_cell_is_triaged_by_the_toggle_that_removes_the_drift(tmp_pat
 
 
 def test_an_unknown_cell_is_bad_input(tmp_path):
-    from tests.test_compare import _make_run
-    from tests.test_summary import _cell, _tensors
+    from tests.helpers.runs import cell as _cell, make_run as _make_run, tensors as _tensors
 
     store = _make_run(tmp_path, "r", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
-    result = detaudit("triage", str(store.path), "--cell", "nope-123")
+    result = detaudit_main("triage", str(store.path), "--cell", "nope-123")
     assert result.returncode == 2 and "no cell 'nope-123'" in result.stderr
 
 

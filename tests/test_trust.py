@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from detaudit.engine.store import RunStore
-from tests.test_cli import _worker_pids, detaudit
+from tests.helpers.cli import detaudit
+from tests.helpers.workers import worker_pids as _worker_pids
 
 TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
         "input_shape": [1, 4, 2]}
@@ -220,8 +221,7 @@ def test_a_locked_run_cannot_be_resumed_twice(tmp_path):
 
 
 def test_compare_of_runs_with_no_cell_in_common_is_bad_input(tmp_path):
-    from tests.test_compare import _make_run
-    from tests.test_summary import _cell, _tensors
+    from tests.helpers.runs import cell as _cell, make_run as _make_run, tensors as _tensors
 
     a = _make_run(tmp_path, "a", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
     b = _make_run(tmp_path, "b", "2", [(_cell(xla="on"), _tensors(0), None, "ok")])
@@ -229,8 +229,7 @@ def test_compare_of_runs_with_no_cell_in_common_is_bad_input(tmp_path):
 
 
 def test_merge_never_writes_outside_its_output_nor_follows_links(tmp_path):
-    from tests.test_compare import _make_run
-    from tests.test_summary import _cell, _tensors
+    from tests.helpers.runs import cell as _cell, make_run as _make_run, tensors as _tensors
 
     a = _make_run(tmp_path / "s", "a", "1", [(_cell(determinism="on"), _tensors(0), None, "ok")])
     b = _make_run(tmp_path / "s", "b", "1", [(_cell(xla="on"), _tensors(0), None, "ok")])
