@@ -94,9 +94,9 @@ def test_findings_name_the_tensor_the_setting_and_the_ulps(store):
     found = findings(build_table(store, CONFIG), CONFIG.baseline)
     sentences = [f.sentence() for f in found]
     # The cell id is where `detaudit triage --cell` needs it: in the finding.
-    assert sentences[0].startswith(f"Conv2DTranspose k3 s2 same [1, 2, 2, 2] (cell {_cell().cell_id}): "
+    assert sentences[0].startswith(f"Conv2DTranspose k3 s2 same [1, 2, 2, 2] (cell {fab.cell().cell_id}): "
                                    "nondeterministic run to run under defaults")
-    assert found[0].cell_id == _cell().cell_id
+    assert found[0].cell_id == fab.cell().cell_id
     assert "grad_bias in 2/2 repeats: 2/2 elements differ, max 3 float32 ULP raw" in sentences[0]
     # The xla=on cell also has determinism=off, and its determinism=on twin crashed: both axes are named.
     assert any("determinism=on, xla=off -> determinism=off, xla=on: output: 4/32 elements differ, "

@@ -16,7 +16,7 @@ from detaudit.errors import UsageError
 from detaudit.workflows import shrink
 from detaudit.workflows.repro_short import MAX_LINES, render_short_repro
 from detaudit.workflows.targets import TriageMode, pick_targets, resolve_cell_id
-from tests.test_summary import _record, _tensors
+from tests.helpers.runs import record as _record, tensors as _tensors
 
 CONFIG = parse_config({
     "name": "fab", "seeds": [0],

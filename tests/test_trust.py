@@ -188,7 +188,7 @@ def test_runs_written_by_format_1_are_read_and_upgraded_on_the_fly():
     audit = detaudit("show", str(FIXTURES / "format1-audit"))
     assert audit.returncode == 0, audit.stderr
     assert "REPRODUCIBLE" in audit.stdout and "up1" not in audit.stdout  # only differing layers are listed
-    assert "2 of 2 layers identical" in audit.stdout
+    assert "2 of 2 recorded tensors identical" in audit.stdout
 
 
 def _copy_fixture(tmp_path: Path) -> Path:

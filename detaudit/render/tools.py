@@ -150,6 +150,10 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
     if view.consequences and not show_all:
         parts.append(Text(f"{view.consequences} tensors after the data differ because the data does "
                           "(--all lists them)", style="dim"))
+    identical = sum(1 for row in view.all_rows if not row.get("first_step"))
+    if identical and not show_all:
+        parts.append(Text(f"{identical} of {len(view.all_rows)} recorded tensors identical in every execution "
+                          "(--all lists them)", style="green"))
     shown = view.all_rows if show_all else view.differing
     if shown:
         grid = Table(title="Tensors in the order a step computes them" + ("" if show_all else " that differ between "
