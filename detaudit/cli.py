@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -419,7 +420,7 @@ def _cmd_env(args: Any) -> int:
         return EXIT_OK
     out = _out()
     for section, values in info.items():
-        out.print(f"[bold]{section}[/bold]")
+        out.print(section, style="bold", highlight=False)
         for key, value in values.items():
             out.print(f"  {key}: {value}", highlight=False, markup=False)
     return EXIT_OK
@@ -437,8 +438,64 @@ _HANDLERS = {"run": _cmd_run, "show": _cmd_show, "compare": _cmd_compare, "histo
              "audit": _cmd_audit, "merge": _cmd_merge, "env": _cmd_env, "schema": _cmd_schema}
 
 
+class _Output:
+    """sys.stdout or sys.stderr made safe for any reader: a character the encoding lacks is written as an escape
+    (``PYTHONIOENCODING=ascii``, ``LC_ALL=C``), and once the reader has gone (``detaudit run | head -1``) the rest
+    is dropped, so the command finishes with its own exit code instead of failing on the pipe."""
+
+    def __init__(self, stream: Any):
+        self._stream, self.closed_by_reader = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self._guarded(lambda: self._stream.write(
+                    text.encode(encoding, "backslashreplace").decode(encoding)), len(text))
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            self._guarded(self._stream.flush, None)
+
+    def _guarded(self, action: Any, default: Any) -> Any:
+        try:
+            return action()
+        except BrokenPipeError:
+            self._reader_left()
+            return default
+
+    def _reader_left(self) -> None:
+        self.closed_by_reader = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # the interpreter's last flush must not fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno: the stream's own
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
+    streams = sys.stdout, sys.stderr
+    if sys.stdout is not None and not isinstance(sys.stdout, _Output):
+        sys.stdout = _Output(sys.stdout)  # type: ignore[assignment]
+    if sys.stderr is not None and not isinstance(sys.stderr, _Output):
+        sys.stderr = _Output(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main_with_signals(argv)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        sys.stdout, sys.stderr = streams  # main() called in-process leaves the streams as it found them
+
+
+def _main_with_signals(argv: list[str] | None) -> int:
     terminated = False
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -471,8 +528,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         return _HANDLERS[args.command](args)
     except DetauditError as exc:
-        for line in str(exc).splitlines() or [exc.__class__.__name__]:
-            print(f"detaudit: error: {line}", file=sys.stderr)
+        from detaudit.render.text import visible
+
+        for line in str(exc).splitlines() or [exc.__class__.__name__]:  # may quote a run's or a config's text
+            print(f"detaudit: error: {visible(line)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("detaudit: interrupted", file=sys.stderr)

@@ -58,3 +58,113 @@ def test_a_layer_named_in_the_working_directory_is_imported_after_detaudits_own_
     result = detaudit_in(tmp_path, "run", "c.yaml", "--out", "runs", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _markers(tmp_path) == []
+
+
+# ---- text from outside is shown as text -------------------------------------------------------------------------
+
+FIXTURE = REPO / "tests" / "fixtures" / "format1" / "format1-matrix"
+HOSTILE = "[bold red]x[/] [link=file:///etc/passwd]y[/link] \x1b[2J \x1b]0;title\x07 \x00 \x0b end"
+#: What must never reach a terminal, an HTML page or an XML file from stored text.
+_RAW = ("\x1b[2J", "\x1b]", "\x07", "\x00", "\x0b")
+
+
+def _hostile_run(root: Path, name: str = "R[bold red]x\x1b[2J") -> Path:
+    """The fixture run with hostile text in its directory name, meta.json fields and a cell's message."""
+    import json
+    import shutil
+
+    run_dir = root / name
+    shutil.copytree(FIXTURE, run_dir)
+    meta = json.loads((run_dir / "meta.json").read_text())
+    meta["tensorflow"]["tensorflow_version"] = HOSTILE
+    meta["host"]["cpu_model"] = HOSTILE
+    meta["config_name"] = HOSTILE
+    (run_dir / "meta.json").write_text(json.dumps(meta))
+    records = [json.loads(line) for line in (run_dir / "cells.jsonl").read_text().splitlines()]
+    for record in records:
+        if record["status"] == "skipped":
+            record["message"] = HOSTILE
+    (run_dir / "cells.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    (run_dir / "results.parquet").unlink()  # the table is rebuilt from the records, with their messages
+    return run_dir
+
+
+def _shown_as_text(output: str) -> None:
+    for raw in _RAW:
+        assert raw not in output, (raw, output)
+    assert "\\x1b[2J" in output  # shown, escaped
+    assert "[bold red]x" in output  # markup printed as written, not obeyed
+
+
+ENV = {**os.environ, "COLUMNS": "400"}
+
+
+@pytest.mark.parametrize("command", ["show", "history", "compare"])
+def test_stored_text_reaches_the_terminal_as_text(tmp_path, command):
+    run_dir = _hostile_run(tmp_path / "runs")
+    args = {"show": [str(run_dir)], "history": [str(run_dir.parent)],
+            "compare": [str(_hostile_run(tmp_path / "runs", "base\x1b]0;t\x07")), str(run_dir)]}[command]
+    result = detaudit_in(tmp_path, command, *args, env=ENV)
+    assert "Traceback" not in result.stderr, result.stderr
+    _shown_as_text(result.stdout + result.stderr)
+
+
+def test_history_renders_no_markup_from_a_run_directory():
+    from io import StringIO
+
+    from detaudit.render.terminal import console, history_table
+
+    out = StringIO()
+    row = {"run_id": "[link=file:///etc/passwd]r[/link]", "started": "2026-01-01T00:00:00", "kind": "matrix",
+           "tensorflow": "[bold red]2.99[/]\x1b]0;t\x07", "device": "cpu", "counts": {}, "status": None,
+           "verdict": None}
+    console(out, width=200).print(history_table([row]))
+    text = out.getvalue()
+    assert "[link=file:///etc/passwd]r[/link]" in text and "[bold red]2.99[/]\\x1b]0;t\\x07" in text
+
+
+def test_a_console_forced_to_colour_still_obeys_no_stored_escape():
+    from io import StringIO
+
+    from rich.text import Text
+
+    from detaudit.render.text import SafeConsole
+
+    out = StringIO()
+    shown = SafeConsole(file=out, width=200, force_terminal=True, color_system="standard")  # detaudit's styles on
+    shown.print(Text(HOSTILE, style="bold"), "[bold]x[/bold]\x1b]8;;file:///etc/passwd\x1b\\", highlight=False)
+    text = out.getvalue()
+    assert "\x1b[1m" in text  # its own style
+    assert "\x1b[2J" not in text and "\x1b]" not in text and "\x07" not in text and "[bold]x[/bold]" in text
+
+
+def test_html_report_and_junit_escape_stored_text(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    run_dir = _hostile_run(tmp_path / "runs")
+    page = tmp_path / "r.html"
+    assert detaudit_in(tmp_path, "report", str(run_dir), "--html", str(page), env=ENV).returncode == 0
+    overview = tmp_path / "o.html"
+    assert detaudit_in(tmp_path, "report", str(run_dir.parent), "--html", str(overview), env=ENV).returncode == 0
+    for html in (page.read_text(), overview.read_text()):
+        assert not any(raw in html for raw in _RAW) and "\\x1b[2J" in html
+    base = _hostile_run(tmp_path / "runs", "base")
+    junit = tmp_path / "j.xml"
+    result = detaudit_in(tmp_path, "compare", str(base), str(run_dir), "--junit", str(junit), env=ENV)
+    assert "Traceback" not in result.stderr, result.stderr
+    text = junit.read_text()
+    ET.fromstring(text.encode())  # well-formed XML 1.0
+    assert "\\x1b[2J" in text and "\\x00" in text
+
+
+def test_junit_holds_only_xml_characters(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    from detaudit.render.junit import JUnitCase, write_junit
+
+    path = tmp_path / "j.xml"
+    write_junit(path, "s\x1b", [JUnitCase("c\x00", "n\x0b", failure=HOSTILE + "\ud800\uffff"),
+                                JUnitCase("c", "m", skipped=HOSTILE)])
+    root = ET.parse(path).getroot()
+    failure = root.find("testsuite/testcase/failure")
+    assert failure is not None and "\\x1b[2J" in failure.text and "\\ud800\\uffff" in failure.text

@@ -15,6 +15,7 @@ from rich.table import Table
 from rich.text import Text
 
 from detaudit.render.terminal import render_known
+from detaudit.render.text import visible
 
 __all__ = ["adjoint_table", "applies_here", "audit_markdown", "audit_report", "checkerboard_panel", "shapes_table",
            "triage_report"]
@@ -207,7 +208,7 @@ def audit_markdown(result: dict[str, Any]) -> str:
     if checks:
         lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
         lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in checks]
-    return "\n".join(lines) + "\n"
+    return visible("\n".join(lines) + "\n")  # a report file is read in a terminal too
 
 
 def triage_report(result: dict[str, Any]) -> RenderableType:
