@@ -168,3 +168,36 @@ def test_junit_holds_only_xml_characters(tmp_path):
     root = ET.parse(path).getroot()
     failure = root.find("testsuite/testcase/failure")
     assert failure is not None and "\\x1b[2J" in failure.text and "\\ud800\\uffff" in failure.text
+
+
+# ---- bounded YAML ---------------------------------------------------------------------------------------------
+
+_BOMB = "a0: &a0 [x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"a{i}: &a{i} [*a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}, *a{i - 1}]\n"
+    for i in range(1, 10)) + "name: *a9\nlayers: []\n"
+
+
+@pytest.mark.parametrize("text, fragment", [
+    (_BOMB, "an alias (*'a0') is not allowed in a config"),
+    ("? [1, 2]\n: x\nname: t\n", "a mapping key must be a plain name or number"),
+    ("? {a: 1}\n: x\nname: t\n", "a mapping key must be a plain name or number"),
+    ("name: t\nlayers: [{kind: Conv1DTranspose, filters: '" + "x" * 200_000 + "', kernel_size: 3, "
+     "input_shape: [1, 4, 2]}]\n", "Received filters='xxxx"),
+    ("name: t\n'" + "k" * 1000 + "': 1\nlayers: []\n", "unknown key `'kkkk"),
+    ("name: !!set {a, b}\nlayers: [{kind: Conv1DTranspose, filters: !!binary aGVsbG8=, kernel_size: 3, "
+     "input_shape: [1, 4, 2]}]\n", "Received filters=b'hello'"),
+], ids=["alias-bomb", "list-key", "mapping-key", "huge-value", "long-key", "set-and-binary"])
+def test_hostile_yaml_is_refused_at_once_in_a_short_line(tmp_path, text, fragment):
+    import time
+
+    from detaudit.core.config import load_config
+    from detaudit.errors import ConfigError
+
+    path = tmp_path / "c.yaml"
+    path.write_text(text)
+    started = time.perf_counter()
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert time.perf_counter() - started < 1.0
+    message = str(caught.value)
+    assert fragment in message and all(len(line) < 500 for line in message.splitlines()), message[:1000]
