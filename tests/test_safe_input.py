@@ -201,3 +201,24 @@ def test_hostile_yaml_is_refused_at_once_in_a_short_line(tmp_path, text, fragmen
     assert time.perf_counter() - started < 1.0
     message = str(caught.value)
     assert fragment in message and all(len(line) < 500 for line in message.splitlines()), message[:1000]
+
+
+# ---- output places ----------------------------------------------------------------------------------------------
+
+def _one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
+    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], (fragment, lines[0])
+    return lines[0]
+
+
+def test_an_existing_run_id_is_refused_naming_the_directory_and_resume(tmp_path):
+    (tmp_path / "runs" / "myci").mkdir(parents=True)
+    (tmp_path / "runs" / "myci" / "keep").write_text("previous")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
+    _one_line(detaudit_in(tmp_path, "run", "c.yaml", "--out", "runs", "--run-id", "myci"),
+              "`--run-id`", str(Path("runs") / "myci"), "already exists", "--resume")
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["myci"]  # no myci-2

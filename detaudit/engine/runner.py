@@ -485,7 +485,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         out: directory under which ``<run-id>/`` is created.
         workers: environment groups run in parallel (default: number of cores).
         on_event: progress callback; the engine itself never prints.
-        run_id: a safe name for the run directory (default: timestamp plus config name).
+        run_id: a safe name for the run directory (default: timestamp plus config name); one that exists is refused.
         shard: ``(i, n)``: run only shard i of n (see :func:`shard_cells`); ``merge`` joins them.
         resume: an interrupted run directory to finish: cells already in its
             cells.jsonl are not run again.
@@ -537,7 +537,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
     if config is None:
         raise UsageError("No config given.")
     check_user_modules(config)
-    store = RunStore.create(out, config.to_dict(), config.name, run_id)
+    store = RunStore.create(out, config.to_dict(), config.name, run_id, exact=True)
     meta = _new_meta(store, config, shard=list(shard) if shard else None)
     with store.lock():
         return _run_in(store, config, meta, shard_cells(config.cells(), shard), set(), workers, on_event, fresh=True)
