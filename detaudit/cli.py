@@ -46,8 +46,22 @@ def _live(as_json: bool) -> bool:
     return not as_json and sys.stderr.isatty()
 
 
+def _outside_runs(path: str | Path, what: str) -> None:
+    """Refuse an output path inside a run directory: a report written there would replace a run's records.
+
+    Raises:
+        UsageError: naming the argument and the run directory.
+    """
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / "meta.json").is_file() or (folder / "cells.jsonl").is_file():
+            raise UsageError(f"Invalid value for argument `{what}`. Expected a path outside every run directory. "
+                             f"Received {str(path)!r}, inside the run directory {folder}.")
+
+
 def _writable(path: str | None, what: str) -> Path | None:
-    """Check an output path before any work: not a directory, and its folder can be made and written.
+    """Check an output path before any work: not a directory, not inside a run directory, and its folder can be
+    made and the file written (``/dev/full`` cannot).
 
     Raises:
         UsageError: naming the argument and why the path cannot be written.
@@ -57,17 +71,29 @@ def _writable(path: str | None, what: str) -> Path | None:
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"Invalid value for argument `{what}`. Expected a file path. Received {path!r}, a directory.")
+    _outside_runs(target, what)
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("a", encoding="utf-8"):
-            pass
+        with target.open("a", encoding="utf-8") as handle:
+            if existed and not target.is_file():  # a device: only a write shows whether it takes data
+                handle.write("\n")
+                handle.flush()
     except OSError as exc:
         raise UsageError(f"Invalid value for argument `{what}`. Cannot write {path!r}: "
                          f"{exc.strerror or exc.__class__.__name__}.") from None
     if not existed:
         target.unlink()
     return target
+
+
+def _write(path: Path, what: str, write: Any) -> None:
+    """Write an output file after the work; a failure (the disk filled meanwhile) is one line, not a traceback."""
+    try:
+        write()
+    except OSError as exc:
+        raise UsageError(f"Invalid value for argument `{what}`. Cannot write {str(path)!r}: "
+                         f"{exc.strerror or exc.__class__.__name__}.") from None
 
 
 def _print_json(data: Any) -> None:
@@ -165,7 +191,7 @@ def _cmd_run(args: Any) -> int:
     if not_compared and base_path is not None:
         _note(f"Not compared: {not_compared}")
     if junit is not None:
-        write_junit(junit, stored.run_id, summary_cases(summary))
+        _write(junit, "--junit", lambda: write_junit(junit, stored.run_id, summary_cases(summary)))
     return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
 
 
@@ -211,7 +237,8 @@ def _cmd_compare(args: Any) -> int:
             if change.category.regression:
                 regressions.setdefault(change.cell_id, []).append(
                     f"{change.category.mark} {change.category.label}: {change.detail}")
-        write_junit(junit, f"{comparison.base_id}..{comparison.new_id}", summary_cases(build_summary(new), regressions))
+        _write(junit, "--junit", lambda: write_junit(junit, f"{comparison.base_id}..{comparison.new_id}",
+                                                     summary_cases(build_summary(new), regressions)))
     if new.completeness is not None and not new.completeness.complete:
         _err().print(f"{new.run_id} is INCOMPLETE ({len(new.completeness.missing)} cells have no record): "
                      "its missing cells are not compared.", style="bold yellow", highlight=False)
@@ -393,7 +420,7 @@ def _cmd_audit(args: Any) -> int:
                            targets=args.targets, loss=args.loss, steps=args.steps, repeats=args.repeats,
                            seed=args.seed, unsafe=args.unsafe, on_progress=progress.update)
     if report is not None:
-        report.write_text(audit_markdown(result), encoding="utf-8")
+        _write(report, "--report", lambda: report.write_text(audit_markdown(result), encoding="utf-8"))
     if args.json:
         _print_json(result)
     else:
@@ -407,6 +434,7 @@ def _cmd_audit(args: Any) -> int:
 def _cmd_merge(args: Any) -> int:
     from detaudit.analysis.runs import merge_runs
 
+    _outside_runs(args.out, "--out")  # the merged run goes beside its shards, never inside one
     return _print_run(merge_runs(args.run_dirs, args.out), args.json, False)[0]
 
 

@@ -222,3 +222,36 @@ def test_an_existing_run_id_is_refused_naming_the_directory_and_resume(tmp_path)
     _one_line(detaudit_in(tmp_path, "run", "c.yaml", "--out", "runs", "--run-id", "myci"),
               "`--run-id`", str(Path("runs") / "myci"), "already exists", "--resume")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["myci"]  # no myci-2
+
+
+@pytest.mark.parametrize("inside", ["cells.jsonl", "logs/new.xml"])
+@pytest.mark.parametrize("command", ["report", "compare", "show-junit"])
+def test_no_output_path_points_into_a_run_directory(tmp_path, inside, command):
+    import shutil
+
+    run_dir = tmp_path / "runs" / "R"
+    shutil.copytree(FIXTURE, run_dir)
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()}
+    target = str(run_dir / inside)
+    args = {"report": ["report", str(run_dir), "--html", target],
+            "compare": ["compare", str(run_dir), str(run_dir), "--junit", target],
+            "show-junit": ["run", "--junit", target]}[command]
+    _one_line(detaudit_in(tmp_path, *args), "inside the run directory", str(run_dir))
+    assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
+
+
+def test_merge_out_inside_a_shard_is_refused(tmp_path):
+    import shutil
+
+    shutil.copytree(FIXTURE, tmp_path / "a")
+    shutil.copytree(FIXTURE, tmp_path / "b")
+    _one_line(detaudit_in(tmp_path, "merge", "a", "b", "--out", "a/merged"), "`--out`", "inside the run directory")
+    assert not (tmp_path / "a" / "merged").exists()
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("args", [["compare", str(FIXTURE), str(FIXTURE), "--junit", "/dev/full"],
+                                  ["report", str(FIXTURE), "--html", "/dev/full"],
+                                  ["run", "--junit", "/dev/full"]], ids=["compare", "report", "run"])
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, args):
+    _one_line(detaudit_in(tmp_path, *args), "/dev/full")
