@@ -119,6 +119,8 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None,
     from detaudit.render.terminal import render_comparison, render_run
 
     summary = build_summary(stored, strict=strict)
+    if stored.table_note:
+        _note(stored.table_note)
     if as_json:
         data = summary.to_dict()
         if comparison is not None:
@@ -132,7 +134,7 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None,
         if summary.completeness.resume_command:  # a command to copy is never wrapped
             out.print(f"Resume with: {summary.completeness.resume_command}", style="bold yellow", highlight=False,
                       soft_wrap=True)
-        where = stored.store.results_path if stored.store.results_path.is_file() else stored.store.cells_path
+        where = stored.table_source or stored.store.cells_path  # never a results.parquet that was not used
         out.print(f"Results: {where}  (again: detaudit show {stored.path})", highlight=False, soft_wrap=True)
         if comparison is not None:
             out.print(render_comparison(comparison))
@@ -254,7 +256,7 @@ def _cmd_history(args: Any) -> int:
     if args.json:
         _print_json(rows)
     else:
-        _out().print(history_table(rows))
+        _out().print(history_table(rows) if rows else f"No runs in {args.runs_dir}.", highlight=False)
     return EXIT_OK
 
 

@@ -255,3 +255,82 @@ def test_merge_out_inside_a_shard_is_refused(tmp_path):
                                   ["run", "--junit", "/dev/full"]], ids=["compare", "report", "run"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, args):
     _one_line(detaudit_in(tmp_path, *args), "/dev/full")
+
+
+# ---- the table agrees with the records ----------------------------------------------------------------------------
+
+def _finished_run(tmp_path: Path, name: str = "r") -> Path:
+    """A finished run of the current format with its results.parquet (built from two fake cells)."""
+    from tests.test_compare import _make_run
+    from tests.test_summary import _cell, _tensors
+
+    stored = _make_run(tmp_path / "runs", name, "2026-01-01T00:00:00+00:00", [(_cell(determinism="on"), _tensors(0), None, "ok"),
+                                                       (_cell(xla="on"), _tensors(0), None, "ok")])
+    from detaudit.analysis.runs import load_run
+
+    load_run(stored.path).table.to_parquet(stored.results_path, index=False)  # as a finished run writes it
+    run = load_run(stored.path)
+    assert run.table_note is None and run.table_source == run.store.results_path, run.table_note
+    return stored.path
+
+
+def test_a_stale_table_is_not_believed(tmp_path):
+    import pandas as pd
+
+    from detaudit.analysis.runs import load_run
+
+    run_dir = _finished_run(tmp_path)
+    table = pd.read_parquet(run_dir / "results.parquet")
+    kept = table["cell_id"].unique()[0]
+    table[table["cell_id"] == kept].to_parquet(run_dir / "results.parquet")  # a stale table: one of two cells
+    run = load_run(run_dir)
+    assert run.table["cell_id"].nunique() == 2 and run.table_source == run.store.cells_path
+    assert run.table_note == "results.parquet holds 1 of the 2 recorded cells: the table was rebuilt from cells.jsonl."
+    shown = detaudit_in(tmp_path, "show", str(run_dir), "--json")
+    assert "holds 1 of the 2 recorded cells" in shown.stderr and "Traceback" not in shown.stderr
+
+
+def test_another_runs_table_is_not_believed_and_a_copied_run_has_its_own_id(tmp_path):
+    import shutil
+
+    from detaudit.analysis.runs import load_run
+    from detaudit.analysis.tidy import load_runs
+
+    first, second = _finished_run(tmp_path, "first"), _finished_run(tmp_path, "second")
+    shutil.copy(first / "results.parquet", second / "results.parquet")
+    assert "is the table of run first, not of second" in load_run(second).table_note
+    copy = tmp_path / "copies" / "copy"
+    shutil.copytree(first, copy)
+    assert set(load_runs([first, copy])["run_id"]) == {"first", "copy"}
+
+
+def test_a_broken_table_is_rebuilt_and_not_pointed_at(tmp_path):
+    run_dir = _finished_run(tmp_path)
+    (run_dir / "results.parquet").write_bytes(b"PAR1 not really")
+    shown = detaudit_in(tmp_path, "show", str(run_dir))
+    assert shown.returncode == 1 and "Traceback" not in shown.stderr  # 1: the fake run lacks cells of its matrix
+    assert "results.parquet is unreadable" in shown.stderr
+    assert f"Results: {run_dir / 'cells.jsonl'}" in shown.stdout
+
+
+def test_load_runs_skips_an_unreadable_run_with_a_note(tmp_path):
+    from detaudit.analysis.tidy import load_runs
+
+    good = _finished_run(tmp_path, "good")
+    bad = _finished_run(tmp_path, "bad")
+    (bad / "config.yaml").write_text("layers: [")
+    newer = _finished_run(tmp_path, "newer")
+    meta = yaml.safe_load((newer / "meta.json").read_text())
+    meta["format_version"] = 99
+    (newer / "meta.json").write_text(yaml.safe_dump(meta))
+    skipped: list[tuple[Path, str]] = []
+    table = load_runs(good.parent, on_skip=lambda path, why: skipped.append((path, why)))
+    assert set(table["run_id"]) == {"good"}
+    assert sorted(p.name for p, _ in skipped) == ["bad", "newer"]
+    with pytest.warns(UserWarning, match="skipped"):
+        load_runs(good.parent)
+
+
+def test_history_of_an_empty_directory_says_no_runs(tmp_path):
+    result = detaudit_in(tmp_path, "history", str(tmp_path))
+    assert result.returncode == 0 and f"No runs in {tmp_path}." in result.stdout
