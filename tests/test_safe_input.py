@@ -334,3 +334,42 @@ def test_load_runs_skips_an_unreadable_run_with_a_note(tmp_path):
 def test_history_of_an_empty_directory_says_no_runs(tmp_path):
     result = detaudit_in(tmp_path, "history", str(tmp_path))
     assert result.returncode == 0 and f"No runs in {tmp_path}." in result.stdout
+
+
+# ---- the recorded environment ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["garbage", "yes", "2", "off", "", " 1", "on"])
+def test_onednn_values_tensorflow_ignores_mean_its_default(value):
+    from detaudit.engine.fingerprint import onednn_state
+
+    default = onednn_state({}).split(" ")[0]
+    state = onednn_state({"TF_ENABLE_ONEDNN_OPTS": value})
+    assert state.split(" ")[0] == default and "is not 0, 1, true or false" in state
+
+
+@pytest.mark.parametrize("value, word", [("0", "off"), ("false", "off"), ("FALSE", "off"), ("1", "on"),
+                                         ("True", "on"), ("tRuE", "on")])
+def test_onednn_values_tensorflow_reads(value, word):
+    from detaudit.engine.fingerprint import onednn_state
+
+    assert onednn_state({"TF_ENABLE_ONEDNN_OPTS": value}) == f"{word} (TF_ENABLE_ONEDNN_OPTS={value})"
+
+
+def test_what_tensorflow_reports_wins_over_the_prediction(monkeypatch):
+    from detaudit.engine import fingerprint
+
+    monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", "0")
+    monkeypatch.setattr(fingerprint, "_reported_by_tensorflow", lambda: True)
+    assert fingerprint.onednn_state().startswith("on (reported by TensorFlow; predicted off from TF_ENABLE")
+
+
+@pytest.mark.tf
+def test_a_worker_records_the_onednn_state_tensorflow_uses():
+    code = ("import tensorflow; from tensorflow.python.util import _pywrap_util_port as p; "
+            "from detaudit.engine.fingerprint import onednn_state; "
+            "print(p.IsMklEnabled(), onednn_state())")
+    for value in ("garbage", "1"):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"})
+        used, _, state = out.stdout.strip().splitlines()[-1].partition(" ")
+        assert state.split(" ")[0] == ("on" if used == "True" else "off"), out.stdout + out.stderr
