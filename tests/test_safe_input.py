@@ -373,3 +373,52 @@ def test_a_worker_records_the_onednn_state_tensorflow_uses():
                              env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": value, "TF_CPP_MIN_LOG_LEVEL": "3"})
         used, _, state = out.stdout.strip().splitlines()[-1].partition(" ")
         assert state.split(" ")[0] == ("on" if used == "True" else "off"), out.stdout + out.stderr
+
+
+# ---- any output encoding, a closed pipe ---------------------------------------------------------------------------
+
+_ASCII_ENVS = {"ascii": {"PYTHONIOENCODING": "ascii"},
+               "C-locale": {"LC_ALL": "C", "LANG": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0",
+                            "PYTHONIOENCODING": ""},
+               "latin-1": {"PYTHONIOENCODING": "latin-1"}}
+
+
+@pytest.mark.parametrize("name", list(_ASCII_ENVS))
+def test_show_degrades_to_ascii_on_any_output_encoding(tmp_path, name):
+    run_dir = _hostile_run(tmp_path / "runs", "R")
+    result = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, "show", str(run_dir)], capture_output=True,
+                            timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO), **_ASCII_ENVS[name]})
+    assert result.returncode == 0, result.stderr.decode(errors="replace")
+    assert b"Traceback" not in result.stderr and result.stdout.isascii()
+    assert b"PASS" in result.stdout
+
+
+def _closed_stdout(tmp_path: Path, *args: str) -> int:
+    """The exit code of ``detaudit ARGS`` whose reader has gone before it prints (``| head -0``)."""
+    read, write = os.pipe()
+    os.close(read)  # every write to the pipe now fails with EPIPE
+    proc = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, *args], stdout=write, stderr=subprocess.PIPE,
+                          timeout=300, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)})
+    os.close(write)
+    assert b"Traceback" not in proc.stderr and b"BrokenPipe" not in proc.stderr, proc.stderr
+    return proc.returncode
+
+
+def test_a_closed_pipe_keeps_the_commands_exit_code(tmp_path):
+    import shutil
+
+    assert _closed_stdout(tmp_path, "show", str(FIXTURE)) == 0
+    failing = tmp_path / "incomplete"
+    shutil.copytree(FIXTURE, failing)
+    (failing / "cells.jsonl").write_text("".join((FIXTURE / "cells.jsonl").read_text().splitlines(True)[:2]))
+    assert _closed_stdout(tmp_path, "show", str(failing)) == 1
+
+
+@pytest.mark.tf
+def test_a_run_piped_to_a_reader_that_left_or_to_ascii_keeps_its_exit_code(tmp_path):
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
+    assert _closed_stdout(tmp_path, "run", "c.yaml", "--out", "runs") == 0
+    result = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, "run", "c.yaml", "--out", "runs"],
+                            capture_output=True, timeout=300, cwd=tmp_path,
+                            env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "ascii"})
+    assert result.returncode == 0 and b"Traceback" not in result.stderr and result.stdout.isascii(), result.stderr
