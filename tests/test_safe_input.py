@@ -6,8 +6,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -422,3 +424,93 @@ def test_a_run_piped_to_a_reader_that_left_or_to_ascii_keeps_its_exit_code(tmp_p
                             capture_output=True, timeout=300, cwd=tmp_path,
                             env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONIOENCODING": "ascii"})
     assert result.returncode == 0 and b"Traceback" not in result.stderr and result.stdout.isascii(), result.stderr
+
+
+# ---- assert_deterministic and the plugin: bounded, and one bit-for-bit rule ---------------------------------------
+
+def _calls(*values):
+    it = iter(values)
+    return lambda: next(it)
+
+
+def test_repeats_are_capped_as_in_a_config():
+    from detaudit.errors import UsageError
+    from detaudit.testing import assert_deterministic
+
+    with pytest.raises(UsageError, match="at most 100,000"):
+        assert_deterministic(lambda: 1, repeats=10**9)
+
+
+def test_structures_that_cannot_be_compared_are_refused_clearly():
+    from detaudit.errors import UsageError
+    from detaudit.testing import MAX_DEPTH, assert_deterministic
+
+    loop: list = [1]
+    loop.append(loop)
+    with pytest.raises(UsageError, match=r"at `\[1\]` it holds itself"):
+        assert_deterministic(lambda: loop)
+    deep: list = [0]
+    for _ in range(5000):
+        deep = [deep]
+    with pytest.raises(UsageError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        assert_deterministic(lambda: deep)
+    with pytest.raises(UsageError, match=r"is generator \(an iterator, used up once read\)"):
+        assert_deterministic(lambda: (i for i in range(3)))
+    with pytest.raises(UsageError, match="which equals only itself"):
+        assert_deterministic(lambda: {"a": object()})
+
+
+class _Sparse:  # the attributes of tf.sparse.SparseTensor, without TensorFlow
+    def __init__(self, values):
+        self.indices, self.values, self.dense_shape = np.array([[0], [2]]), np.array(values, np.float32), np.array([4])
+
+
+class _Ragged:  # the attributes of tf.RaggedTensor
+    def __init__(self, values):
+        self.flat_values, self.nested_row_splits = np.array(values, np.float32), (np.array([0, 1, 3]),)
+
+
+def test_sparse_and_ragged_results_are_compared_by_their_parts():
+    from detaudit.testing import assert_deterministic
+
+    assert_deterministic(_calls(_Sparse([1, 2]), _Sparse([1, 2])), repeats=2)
+    assert_deterministic(_calls(_Ragged([1, 2, 3]), _Ragged([1, 2, 3])), repeats=2)
+    with pytest.raises(AssertionError, match=r"Tensor `\.values` \(shape \(2,\), float32\)"):
+        assert_deterministic(_calls(_Sparse([1, 2]), _Sparse([1, 3])), repeats=2)
+    with pytest.raises(AssertionError, match=r"Tensor `\[0\]\.flat_values`"):
+        assert_deterministic(_calls([_Ragged([1, 2, 3])], [_Ragged([1, 2, 4])]), repeats=2)
+
+
+def test_bit_for_bit_is_one_rule_nan_payloads_and_signed_zeros_alike():
+    from detaudit.core.numerics import compare
+    from detaudit.testing import assert_deterministic
+
+    quiet = np.array([np.nan], np.float32)
+    payload = np.array([0x7FC00001], np.uint32).view(np.float32)
+    zero, negative = np.zeros(1, np.float32), -np.zeros(1, np.float32)
+    for a, b, what in ((quiet, payload, "payload of a NaN"), (zero, negative, "sign of zero")):
+        assert compare(b, a).n_mismatch == 1 and compare(b, a).max_ulp == 0  # the matrix's rule
+        with pytest.raises(AssertionError, match=f"Only the {what} differs.*0 ULP apart, but the default check is "
+                                                 "bit for bit"):
+            assert_deterministic(_calls(a, b), repeats=2)
+        assert_deterministic(_calls(a, b), repeats=2, max_ulp=1)  # by value they are equal
+        assert_deterministic(_calls(a, b), repeats=2, atol=1e-30)
+
+
+@pytest.mark.tf
+def test_real_sparse_and_ragged_tensors_are_compared():
+    code = textwrap.dedent("""
+        import tensorflow as tf
+        from detaudit.testing import assert_deterministic
+        assert_deterministic(lambda: tf.sparse.SparseTensor([[0, 1]], [1.5], [2, 2]))
+        assert_deterministic(lambda: tf.ragged.constant([[1.0], [2.0, 3.0]]))
+        it = iter([tf.ragged.constant([[1.0], [2.0]]), tf.ragged.constant([[1.0], [2.5]])])
+        try:
+            assert_deterministic(lambda: next(it), repeats=2)
+        except AssertionError as exc:
+            print("DIFFERS", str(exc).splitlines()[0])
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "DIFFERS Tensor `.flat_values` (shape (2,), float32)" in out.stdout
