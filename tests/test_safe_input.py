@@ -514,3 +514,34 @@ def test_real_sparse_and_ragged_tensors_are_compared():
                          env={**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"})
     assert out.returncode == 0, out.stderr[-2000:]
     assert "DIFFERS Tensor `.flat_values` (shape (2,), float32)" in out.stdout
+
+
+# ---- a .keras archive is bounded by its declared sizes --------------------------------------------------------------
+
+def _zip(path: Path, members: dict[str, bytes]) -> Path:
+    import zipfile
+
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        for name, data in members.items():
+            archive.writestr(name, data)
+    return path
+
+
+def test_a_keras_archive_that_unpacks_too_large_is_refused_before_loading(tmp_path):
+    import time
+
+    from detaudit.engine.limits import MAX_JSON_BYTES, check_keras_archive
+    from detaudit.errors import UsageError
+
+    bomb = _zip(tmp_path / "bomb.keras", {"config.json": b" " * (MAX_JSON_BYTES + 1), "metadata.json": b"{}"})
+    assert bomb.stat().st_size < 200_000  # small on disk
+    started = time.perf_counter()
+    with pytest.raises(UsageError, match="its config.json unpacks to 67,108,865 bytes"):
+        check_keras_archive(bomb)
+    assert time.perf_counter() - started < 1.0  # the declared sizes are read, nothing is inflated
+    weights = _zip(tmp_path / "big.keras", {"config.json": b"{}", "model.weights.h5": b"\0" * 3_000_000})
+    with pytest.raises(UsageError, match=r"unpacks to 2.9 MiB; a model loaded here is at most half of this machine's memory \(1.9 MiB of 3.8 MiB\)"):
+        check_keras_archive(weights, memory_bytes=4_000_000)
+    check_keras_archive(weights, memory_bytes=8_000_000)
+    with pytest.raises(UsageError, match="not a readable .keras model archive"):
+        check_keras_archive(tmp_path / "bomb.keras.missing")
