@@ -545,3 +545,23 @@ def test_a_keras_archive_that_unpacks_too_large_is_refused_before_loading(tmp_pa
     check_keras_archive(weights, memory_bytes=8_000_000)
     with pytest.raises(UsageError, match="not a readable .keras model archive"):
         check_keras_archive(tmp_path / "bomb.keras.missing")
+
+
+@pytest.mark.tf
+def test_a_run_shows_and_writes_hostile_worker_text_as_text(tmp_path):
+    import xml.etree.ElementTree as ET
+
+    config = {"name": "c", "seeds": [0], "repeats": 2, "replay_process": False,
+              "layers": [{"kind": "tests.support_layers:RaisesHostileText", "input_shape": [1, 2]},
+                         {"kind": "tests.support_layers:DiesPrintingHostileText", "input_shape": [1, 2]}]}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    result = subprocess.run([sys.executable, "-m", "detaudit", "run", str(tmp_path / "c.yaml"), "--out",
+                             str(tmp_path / "runs"), "--junit", str(tmp_path / "j.xml")], capture_output=True,
+                            text=True, timeout=300, cwd=REPO, env={**ENV, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stdout + result.stderr
+    for raw in _RAW:
+        assert raw not in result.stdout + result.stderr, raw
+    junit = (tmp_path / "j.xml").read_text()
+    failures = [f.text for f in ET.fromstring(junit.encode()).iter("failure")]
+    assert failures and all("\\x1b[2J" in (text or "") for text in failures), failures
+    assert any("SIGSEGV" in (text or "") for text in failures)  # the crash record, with the worker's stderr
