@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from detaudit._version import __version__
@@ -57,11 +58,12 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
                 retry_failed=retry_failed)
 
 
-def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+              on_skip: Callable[[Path, str], None] | None = None) -> pd.DataFrame:
     """One tidy table across stored runs; see :func:`detaudit.analysis.tidy.load_runs`."""
     from detaudit.analysis.tidy import load_runs as _load_runs
 
-    return _load_runs(runs)
+    return _load_runs(runs, on_skip)
 
 
 def audit_model(training: Any, *, steps: int = 3, repeats: int = 3, seed: int = 0, xla: bool = False,

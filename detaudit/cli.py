@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import signal
 import sys
 from pathlib import Path
@@ -45,8 +46,22 @@ def _live(as_json: bool) -> bool:
     return not as_json and sys.stderr.isatty()
 
 
+def _outside_runs(path: str | Path, what: str) -> None:
+    """Refuse an output path inside a run directory: a report written there would replace a run's records.
+
+    Raises:
+        UsageError: naming the argument and the run directory.
+    """
+    resolved = Path(path).resolve()
+    for folder in (resolved, *resolved.parents):
+        if (folder / "meta.json").is_file() or (folder / "cells.jsonl").is_file():
+            raise UsageError(f"Invalid value for argument `{what}`. Expected a path outside every run directory. "
+                             f"Received {str(path)!r}, inside the run directory {folder}.")
+
+
 def _writable(path: str | None, what: str) -> Path | None:
-    """Check an output path before any work: not a directory, and its folder can be made and written.
+    """Check an output path before any work: not a directory, not inside a run directory, and its folder can be
+    made and the file written (``/dev/full`` cannot).
 
     Raises:
         UsageError: naming the argument and why the path cannot be written.
@@ -56,17 +71,29 @@ def _writable(path: str | None, what: str) -> Path | None:
     target = Path(path)
     if target.is_dir():
         raise UsageError(f"Invalid value for argument `{what}`. Expected a file path. Received {path!r}, a directory.")
+    _outside_runs(target, what)
     existed = target.exists()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("a", encoding="utf-8"):
-            pass
+        with target.open("a", encoding="utf-8") as handle:
+            if existed and not target.is_file():  # a device: only a write shows whether it takes data
+                handle.write("\n")
+                handle.flush()
     except OSError as exc:
         raise UsageError(f"Invalid value for argument `{what}`. Cannot write {path!r}: "
                          f"{exc.strerror or exc.__class__.__name__}.") from None
     if not existed:
         target.unlink()
     return target
+
+
+def _write(path: Path, what: str, write: Any) -> None:
+    """Write an output file after the work; a failure (the disk filled meanwhile) is one line, not a traceback."""
+    try:
+        write()
+    except OSError as exc:
+        raise UsageError(f"Invalid value for argument `{what}`. Cannot write {str(path)!r}: "
+                         f"{exc.strerror or exc.__class__.__name__}.") from None
 
 
 def _print_json(data: Any) -> None:
@@ -92,6 +119,8 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None,
     from detaudit.render.terminal import render_comparison, render_run
 
     summary = build_summary(stored, strict=strict)
+    if stored.table_note:
+        _note(stored.table_note)
     if as_json:
         data = summary.to_dict()
         if comparison is not None:
@@ -105,7 +134,7 @@ def _print_run(stored: Any, as_json: bool, strict: bool, comparison: Any = None,
         if summary.completeness.resume_command:  # a command to copy is never wrapped
             out.print(f"Resume with: {summary.completeness.resume_command}", style="bold yellow", highlight=False,
                       soft_wrap=True)
-        where = stored.store.results_path if stored.store.results_path.is_file() else stored.store.cells_path
+        where = stored.table_source or stored.store.cells_path  # never a results.parquet that was not used
         out.print(f"Results: {where}  (again: detaudit show {stored.path})", highlight=False, soft_wrap=True)
         if comparison is not None:
             out.print(render_comparison(comparison))
@@ -164,7 +193,7 @@ def _cmd_run(args: Any) -> int:
     if not_compared and base_path is not None:
         _note(f"Not compared: {not_compared}")
     if junit is not None:
-        write_junit(junit, stored.run_id, summary_cases(summary))
+        _write(junit, "--junit", lambda: write_junit(junit, stored.run_id, summary_cases(summary)))
     return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
 
 
@@ -232,7 +261,8 @@ def _cmd_compare(args: Any) -> int:
             if change.category.regression:
                 regressions.setdefault(change.cell_id, []).append(
                     f"{change.category.mark} {change.category.label}: {change.detail}")
-        write_junit(junit, f"{comparison.base_id}..{comparison.new_id}", summary_cases(build_summary(new), regressions))
+        _write(junit, "--junit", lambda: write_junit(junit, f"{comparison.base_id}..{comparison.new_id}",
+                                                     summary_cases(build_summary(new), regressions)))
     if new.completeness is not None and not new.completeness.complete:
         _err().print(f"{new.run_id} is INCOMPLETE ({len(new.completeness.missing)} cells have no record): "
                      "its missing cells are not compared.", style="bold yellow", highlight=False)
@@ -248,7 +278,7 @@ def _cmd_history(args: Any) -> int:
     if args.json:
         _print_json(rows)
     else:
-        _out().print(history_table(rows))
+        _out().print(history_table(rows) if rows else f"No runs in {args.runs_dir}.", highlight=False)
     return EXIT_OK
 
 
@@ -421,7 +451,7 @@ def _cmd_audit(args: Any) -> int:
                            seed=args.seed, unsafe=args.unsafe, batch_size=args.batch_size,
                            resume_step=args.resume_step, on_progress=progress.update)
     if report is not None:
-        report.write_text(audit_markdown(result), encoding="utf-8")
+        _write(report, "--report", lambda: report.write_text(audit_markdown(result), encoding="utf-8"))
     if args.json:
         _print_json(result)
     else:
@@ -438,6 +468,7 @@ def _cmd_audit(args: Any) -> int:
 def _cmd_merge(args: Any) -> int:
     from detaudit.analysis.runs import merge_runs
 
+    _outside_runs(args.out, "--out")  # the merged run goes beside its shards, never inside one
     return _print_run(merge_runs(args.run_dirs, args.out), args.json, False)[0]
 
 
@@ -451,7 +482,7 @@ def _cmd_env(args: Any) -> int:
         return EXIT_OK
     out = _out()
     for section, values in info.items():
-        out.print(f"[bold]{section}[/bold]")
+        out.print(section, style="bold", highlight=False)
         for key, value in values.items():
             out.print(f"  {key}: {value}", highlight=False, markup=False)
     return EXIT_OK
@@ -469,8 +500,64 @@ _HANDLERS = {"run": _cmd_run, "show": _cmd_show, "compare": _cmd_compare, "histo
              "audit": _cmd_audit, "merge": _cmd_merge, "env": _cmd_env, "schema": _cmd_schema}
 
 
+class _Output:
+    """sys.stdout or sys.stderr made safe for any reader: a character the encoding lacks is written as an escape
+    (``PYTHONIOENCODING=ascii``, ``LC_ALL=C``), and once the reader has gone (``detaudit run | head -1``) the rest
+    is dropped, so the command finishes with its own exit code instead of failing on the pipe."""
+
+    def __init__(self, stream: Any):
+        self._stream, self.closed_by_reader = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.closed_by_reader:
+            try:
+                return self._stream.write(text)
+            except UnicodeEncodeError:
+                encoding = getattr(self._stream, "encoding", None) or "ascii"
+                return self._guarded(lambda: self._stream.write(
+                    text.encode(encoding, "backslashreplace").decode(encoding)), len(text))
+            except BrokenPipeError:
+                self._reader_left()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.closed_by_reader:
+            self._guarded(self._stream.flush, None)
+
+    def _guarded(self, action: Any, default: Any) -> Any:
+        try:
+            return action()
+        except BrokenPipeError:
+            self._reader_left()
+            return default
+
+    def _reader_left(self) -> None:
+        self.closed_by_reader = True
+        with contextlib.suppress(OSError, ValueError, AttributeError):  # the interpreter's last flush must not fail
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, self._stream.fileno())
+            os.close(devnull)
+
+    def __getattr__(self, name: str) -> Any:  # encoding, isatty, fileno: the stream's own
+        return getattr(self._stream, name)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``detaudit`` console script."""
+    streams = sys.stdout, sys.stderr
+    if sys.stdout is not None and not isinstance(sys.stdout, _Output):
+        sys.stdout = _Output(sys.stdout)  # type: ignore[assignment]
+    if sys.stderr is not None and not isinstance(sys.stderr, _Output):
+        sys.stderr = _Output(sys.stderr)  # type: ignore[assignment]
+    try:
+        return _main_with_signals(argv)
+    finally:
+        with contextlib.suppress(Exception):
+            sys.stdout.flush()
+        sys.stdout, sys.stderr = streams  # main() called in-process leaves the streams as it found them
+
+
+def _main_with_signals(argv: list[str] | None) -> int:
     terminated = False
 
     def on_sigterm(signum: int, frame: Any) -> None:
@@ -503,8 +590,10 @@ def _main(argv: list[str] | None) -> int:
     try:
         return _HANDLERS[args.command](args)
     except DetauditError as exc:
-        for line in str(exc).splitlines() or [exc.__class__.__name__]:
-            print(f"detaudit: error: {line}", file=sys.stderr)
+        from detaudit.render.text import visible
+
+        for line in str(exc).splitlines() or [exc.__class__.__name__]:  # may quote a run's or a config's text
+            print(f"detaudit: error: {visible(line)}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("detaudit: interrupted", file=sys.stderr)

@@ -23,11 +23,12 @@ from __future__ import annotations
 import dataclasses
 import math
 import numbers
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
 
+from detaudit.core.config import MAX_REPEATS
 from detaudit.core.numerics import FLOAT_DTYPES, Comparison, nan_mismatch, ulp_distance
 from detaudit.core.repeat import TensorOutcome, compare_any, repeat_and_compare
 from detaudit.errors import UsageError
@@ -35,6 +36,8 @@ from detaudit.errors import UsageError
 __all__ = ["assert_deterministic"]
 
 _ROOT = "output"  # the name of a result that is a single tensor, not a structure
+#: How deep a returned structure may nest (a deeper one is refused, not a RecursionError).
+MAX_DEPTH = 100
 
 
 def assert_deterministic(fn: Callable[..., Any], *args: Any, repeats: int = 3, max_ulp: int = 0, atol: float = 0.0,
@@ -49,10 +52,15 @@ def assert_deterministic(fn: Callable[..., Any], *args: Any, repeats: int = 3, m
 
     An element matches when its distance in ULPs is at most ``max_ulp`` **or**
     its absolute difference is at most ``atol``. With the defaults
-    (``max_ulp=0, atol=0.0``) the check is bit for bit, so +0 vs -0 is a
-    mismatch; with any tolerance the comparison is by value and +0 equals -0.
-    NaN matches NaN (whatever the payload) and never matches a number. Integers and booleans have no ULPs:
-    they match exactly unless ``atol`` allows the difference.
+    (``max_ulp=0, atol=0.0``) the check is bit for bit, the rule of every
+    detaudit comparison: a bitwise mismatch is counted even where the values
+    are 0 ULP apart (+0 vs -0, two NaNs with different payloads). With any
+    tolerance the comparison is by value: +0 equals -0 and NaN matches NaN
+    whatever its payload. NaN never matches a number. Integers and booleans
+    have no ULPs: they match exactly unless ``atol`` allows the difference.
+    A sparse tensor is compared as its indices, values and shape, a ragged
+    one as its values and row splits; a generator, or an object that equals
+    only itself, is refused (it cannot be compared).
 
     The function's own keyword arguments cannot be called ``repeats``,
     ``max_ulp`` or ``atol``; wrap it in a lambda if they are.
@@ -72,7 +80,9 @@ def assert_deterministic(fn: Callable[..., Any], *args: Any, repeats: int = 3, m
             mismatched element count and the greatest ULP and absolute
             differences with their indices; the call named is the first later
             call that fails the tolerance.
-        UsageError: an argument is invalid.
+        UsageError: an argument is invalid, or ``fn`` returns something that
+            cannot be compared (a generator, a structure nested deeper than
+            :data:`MAX_DEPTH` or holding itself).
     """
     __tracebackhide__ = True  # pytest: the failure is in the user's function, not here
     _check_arguments(fn, repeats, max_ulp, atol)
@@ -98,6 +108,8 @@ def _check_arguments(fn: Any, repeats: Any, max_ulp: Any, atol: Any) -> None:
         raise invalid("fn", "a callable", fn)
     if not isinstance(repeats, numbers.Integral) or isinstance(repeats, bool) or repeats < 2:
         raise invalid("repeats", "an integer >= 2", repeats)
+    if repeats > MAX_REPEATS:
+        raise invalid("repeats", f"at most {MAX_REPEATS:,} (the cap of a config)", repeats)
     if not isinstance(max_ulp, numbers.Integral) or isinstance(max_ulp, bool) or max_ulp < 0:
         raise invalid("max_ulp", "an integer >= 0", max_ulp)
     if not isinstance(atol, numbers.Real) or isinstance(atol, bool) or math.isnan(atol) or atol < 0:
@@ -121,7 +133,7 @@ class _Step:
         self.calls += 1
         layout: dict[str, str] = {}
         leaves: list[tuple[str, np.ndarray]] = []
-        _flatten(self.fn(*self.args, **self.kwargs), "", layout, leaves)
+        _flatten(self.fn(*self.args, **self.kwargs), "", layout, leaves, ())
         if self.layout is None:
             self.layout, self.paths = layout, [path for path, _ in leaves]
         elif layout != self.layout:
@@ -129,8 +141,23 @@ class _Step:
         return [leaf for _, leaf in leaves]
 
 
-def _flatten(value: Any, path: str, layout: dict[str, str], leaves: list[tuple[str, np.ndarray]]) -> None:
-    if isinstance(value, Mapping):
+def _unsupported(path: str, what: str) -> UsageError:
+    return UsageError(f"What the function returns cannot be compared: at `{path or _ROOT}` it {what}.")
+
+
+def _flatten(value: Any, path: str, layout: dict[str, str], leaves: list[tuple[str, np.ndarray]],
+             parents: tuple[int, ...]) -> None:
+    if len(parents) >= MAX_DEPTH:
+        raise _unsupported(path, f"is nested more than {MAX_DEPTH} levels deep")
+    if isinstance(value, (Mapping, list, tuple)) and id(value) in parents:
+        raise _unsupported(path, "holds itself (a structure that refers to itself has no end)")
+    parents = (*parents, id(value))
+    parts = _parts(value)
+    if parts is not None:  # sparse and ragged tensors: compared as their components
+        layout[path] = f"a {type(value).__name__}"
+        for name, part in parts:
+            _flatten(part, f"{path}.{name}", layout, leaves, parents)
+    elif isinstance(value, Mapping):
         keys = list(value)
         try:
             keys.sort()
@@ -138,15 +165,30 @@ def _flatten(value: Any, path: str, layout: dict[str, str], leaves: list[tuple[s
             keys.sort(key=lambda k: (type(k).__name__, repr(k)))
         layout[path] = f"a {type(value).__name__} with keys {keys!r}"
         for key in keys:
-            _flatten(value[key], f"{path}[{key!r}]", layout, leaves)
+            _flatten(value[key], f"{path}[{key!r}]", layout, leaves, parents)
     elif isinstance(value, (list, tuple)):
         layout[path] = f"a {type(value).__name__} of {len(value)}"
         for index, item in enumerate(value):
-            _flatten(item, f"{path}[{index}]", layout, leaves)
+            _flatten(item, f"{path}[{index}]", layout, leaves, parents)
     else:
+        if isinstance(value, Iterator):
+            raise _unsupported(path, f"is {type(value).__name__} (an iterator, used up once read): return "
+                                     "list(...) of it")
         leaf = _as_array(value)
+        if leaf.dtype == object and leaf.ndim == 0 and type(value).__eq__ is object.__eq__:
+            raise _unsupported(path, f"is a {type(value).__name__}, which equals only itself: return arrays, "
+                                     "tensors, numbers or lists and dicts of them")
         layout[path] = "None" if value is None else f"a {leaf.dtype} array of shape {leaf.shape}"
         leaves.append((path or _ROOT, leaf))
+
+
+def _parts(value: Any) -> list[tuple[str, Any]] | None:
+    """The components of a sparse or ragged tensor (by their attributes: TensorFlow is not imported), else None."""
+    if all(hasattr(value, name) for name in ("indices", "values", "dense_shape")):
+        return [("indices", value.indices), ("values", value.values), ("dense_shape", value.dense_shape)]
+    if hasattr(value, "flat_values") and hasattr(value, "nested_row_splits"):
+        return [("flat_values", value.flat_values), ("row_splits", list(value.nested_row_splits))]
+    return None
 
 
 def _as_array(value: Any) -> np.ndarray:
@@ -195,14 +237,17 @@ def _mismatches(later: np.ndarray, first: np.ndarray, max_ulp: int, atol: float)
     if later.dtype.kind not in "fciub" and not _has_ulps(later):  # strings, objects: equal or not
         return np.asarray(later != first, dtype=bool).reshape(later.shape)
     nan_later, nan_first = _is_nan(later), _is_nan(first)
-    if _has_ulps(later):
-        bits = np.dtype(f"u{later.dtype.itemsize}")
-        differ = later.view(bits) != first.view(bits)
+    if later.dtype.kind in "fc" or _has_ulps(later):  # every bit of each element, as numerics.compare counts
+        size = later.dtype.itemsize
+        differ = (np.ascontiguousarray(later).view(np.uint8) != np.ascontiguousarray(first).view(np.uint8)) \
+            .reshape(*later.shape, size).any(axis=-1)
     else:
         differ = later != first
-    differ &= ~(nan_later & nan_first)  # NaN matches NaN, whatever the payload
     if max_ulp == 0 and atol == 0:
-        return np.asarray(differ)  # bit for bit (for floats; exact for the rest)
+        # Bit for bit, the one rule of detaudit: +0 vs -0 and NaNs with other payloads are 0 ULP apart and
+        # still a bitwise mismatch.
+        return np.asarray(differ)
+    differ &= ~(nan_later & nan_first)  # by value, NaN matches NaN whatever the payload
     # A tolerance compares values: +0 and -0 are 0 ULP apart.
     close = ulp_distance(later, first) <= max_ulp if _has_ulps(later) else np.zeros(later.shape, bool)
     if atol:
@@ -238,6 +283,7 @@ def _explain(tensor: TensorOutcome, others: list[TensorOutcome], repeats: int, m
     first = tensor.first
     mask = _mismatches(later, first, max_ulp, atol)
     n_mismatch, n = int(np.count_nonzero(mask)), int(first.size)
+    exact = max_ulp == 0 and atol == 0
     lines = [f"Tensor `{tensor.name}` (shape {first.shape}, {first.dtype}) differs between call 1 and call {call}.",
              f"Mismatched elements: {n_mismatch} / {n} ({n_mismatch / max(n, 1):.1%})"]
     if _has_ulps(first):
@@ -262,9 +308,12 @@ def _explain(tensor: TensorOutcome, others: list[TensorOutcome], repeats: int, m
             count = int(np.count_nonzero(lonely))
             lines.append(f"NaN in one call only: {count} element{'s' if count > 1 else ''}, the first at index "
                          f"{_index(int(np.argmax(lonely)), first.shape)}")
-        elif max_ulp == 0 and atol == 0 and int(ulps.max(initial=0)) == 0:
-            lines.append("Only the sign of zero differs (+0 vs -0): the default check is bit for bit; "
-                         "any tolerance (max_ulp >= 1 or atol > 0) counts them as equal.")
+        elif exact and int(ulps.max(initial=0)) == 0:
+            what = ("the sign of zero differs (+0 vs -0)" if not (_is_nan(later) & mask).any() else
+                    "the payload of a NaN differs (NaN vs NaN)" if not (later[mask] == 0).any() else
+                    "the sign of zero (+0 vs -0) and the payload of a NaN differ")
+            lines.append(f"Only {what}: 0 ULP apart, but the default check is bit for bit (a bitwise mismatch "
+                         "counts); any tolerance (max_ulp >= 1 or atol > 0) counts them as equal.")
     lines.append(f"Later calls that differ: {tensor.n_repeats_differ} of {repeats - 1}.")
     if others:
         lines.append("Also differ: " + ", ".join(f"`{t.name}` (call {t.first_difference[0]})" for t in others

@@ -91,3 +91,25 @@ def not_a_layer(**kwargs):
     """A plain function: a config may not name it as a layer kind (it is never called)."""
     open("CALLED", "w").close()
     return keras.layers.Identity()
+
+
+HOSTILE_TEXT = "[bold red]x[/] \x1b[2J \x1b]0;title\x07 \x00 end"
+
+
+class RaisesHostileText(keras.layers.Layer):
+    """Raises with text a terminal would obey (escapes, rich markup) and XML cannot hold (NUL, BEL)."""
+
+    def call(self, inputs):
+        raise ValueError(HOSTILE_TEXT)
+
+
+class DiesPrintingHostileText(keras.layers.Layer):
+    """Prints that text to its worker's stderr, then kills the worker: the text reaches the crash record."""
+
+    def call(self, inputs):
+        import sys
+
+        sys.stderr.write(HOSTILE_TEXT + "\n")
+        sys.stderr.flush()
+        os.kill(os.getpid(), signal.SIGSEGV)
+        return inputs

@@ -68,7 +68,9 @@ class StoredRun:
     completeness: Completeness | None = None
     result: dict[str, Any] | None = None
     upgraded_from: int | None = None  # the format this run was written in, when older than this detaudit's
-    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # cells.jsonl, read once
+    records: list[dict[str, Any]] = dataclasses.field(default_factory=list)  # cells.jsonl's latest record per cell
+    table_note: str | None = None  # why results.parquet was not used (unreadable, missing, disagreeing), in one line
+    table_source: Path | None = None  # the file the table was read from: results.parquet, or cells.jsonl
 
     @property
     def run_id(self) -> str:
@@ -100,17 +102,49 @@ def _completeness(store: RunStore, config: Config, cells: list[Cell], meta: dict
                         f"detaudit run --resume {store.path}" if missing and resumable else None)
 
 
+def _disagreement(table: pd.DataFrame, run_id: str, records: list[dict[str, Any]]) -> str | None:
+    """How a stored table disagrees with the run's records (another run's id, other or fewer cells, other
+    statuses), or None when it is the table of exactly these records."""
+    ids = {str(i) for i in table["run_id"].dropna().unique()} if "run_id" in table else set()
+    if ids != {run_id}:
+        return f"is the table of run {', '.join(sorted(ids)) or '(none)'}, not of {run_id}"
+    own = {r["cell_id"]: r["status"] for r in records if not r.get("replay")}
+    repeat = table[table["comparison"] == "repeat"] if "comparison" in table else table.iloc[0:0]
+    statuses = dict(zip(repeat["cell_id"], repeat["status"])) if "cell_id" in repeat and "status" in repeat else {}
+    if set(statuses) != set(own):
+        return f"holds {len(set(statuses) & set(own))} of the {len(own)} recorded cells" + (
+            f" and {len(set(statuses) - set(own))} cell(s) with no record" if set(statuses) - set(own) else "")
+    changed = sorted(cell for cell, status in own.items() if statuses[cell] != status)
+    if changed:
+        return f"gives another status than cells.jsonl for {len(changed)} cell(s) ({changed[0]}, ...)"
+    return None
+
+
 def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any],
-           records: list[dict[str, Any]]) -> pd.DataFrame:
-    """results.parquet when it is the final table of a finished run of this format, else rebuilt from cells.jsonl."""
-    final = (store.format_version == FORMAT_VERSION and meta.get("finished") and not meta.get("interrupted")
-             and store.results_path.is_file())
-    if final:
-        try:
-            return typed(pd.read_parquet(store.results_path))
-        except Exception:  # noqa: BLE001 - an unreadable parquet is rebuilt like a missing one
-            pass
-    return build_table(store, config, cells, records)
+           records: list[dict[str, Any]]) -> tuple[pd.DataFrame, str | None]:
+    """The table and, when results.parquet was not used although the run finished, why (one line).
+
+    results.parquet is a cache of cells.jsonl: it is used only when it is the
+    final table of a finished run of this format and agrees with the records;
+    otherwise the table is rebuilt from cells.jsonl (the directory is not changed).
+    """
+    if not (store.format_version == FORMAT_VERSION and meta.get("finished") and not meta.get("interrupted")):
+        return build_table(store, config, cells, records), None  # a killed, resumed or older run: rebuilt as always
+    rebuilt = "the table was rebuilt from cells.jsonl"
+    if not store.results_path.is_file():
+        return build_table(store, config, cells, records), f"results.parquet is missing: {rebuilt}."
+    try:
+        table = typed(pd.read_parquet(store.results_path))
+    except Exception as exc:  # noqa: BLE001 - an unreadable parquet is rebuilt like a missing one
+        return build_table(store, config, cells, records), \
+            f"results.parquet is unreadable ({exc.__class__.__name__}): {rebuilt}."
+    written_as = meta.get("run_id") or store.run_id
+    why = _disagreement(table, written_as, records)
+    if why is not None:
+        return build_table(store, config, cells, records), f"results.parquet {why}: {rebuilt}."
+    table["run_id"] = store.run_id  # the run's id is its directory's name (a copied run is a run of its own)
+    table.attrs["from_parquet"] = True
+    return table, None
 
 
 def load_run(path: str | Path) -> StoredRun:
@@ -140,11 +174,15 @@ def load_run(path: str | Path) -> StoredRun:
     except ConfigError as exc:
         raise RunDirError(f"{store.path}: meta.json lists a malformed cell ({str(exc)[:200]}).") from None
     bad: list[int] = []
-    records = list(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))  # read once for all that follows
-    table = _table(store, config, cells, meta, records)
+    # Read once for all that follows, keeping only the latest record of each cell (a resumed or retried run
+    # appends new ones): memory follows the number of distinct cells, not the file's size.
+    own, replays = latest_records(store.iter_records(on_bad_line=lambda n, text: bad.append(n)))
+    records = [*own.values(), *replays.values()]
+    table, note = _table(store, config, cells, meta, records)
+    source = store.results_path if table.attrs.pop("from_parquet", False) else store.cells_path
     table.attrs["run_dir"] = str(store.path)
     return StoredRun(store, kind, meta, config, table, cells, _completeness(store, config, cells, meta, records, bad),
-                     upgraded_from=upgraded, records=records)
+                     upgraded_from=upgraded, records=records, table_note=note, table_source=source)
 
 
 def _audit_result(store: RunStore, meta: dict[str, Any]) -> dict[str, Any]:

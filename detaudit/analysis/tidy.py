@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pandas as pd
@@ -35,7 +36,8 @@ def _run_facts(meta: dict) -> dict:
     tf = meta.get("tensorflow") or {}
     host = meta.get("host") or {}
     gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
-    return {"started": pd.Timestamp(meta["started"]) if meta.get("started") else pd.NaT,
+    # A start time that is not one (a hand-edited meta.json) is missing, not an error of the whole call.
+    return {"started": pd.to_datetime(meta.get("started") or None, errors="coerce", utc=True),
             "config": meta.get("config_name"), "tensorflow": tf.get("tensorflow_version"),
             "keras": tf.get("keras_version"), "detaudit_version": host.get("detaudit_version"),
             "device_name": ", ".join(gpus) if gpus else "CPU", "cpu": host.get("cpu_model"),
@@ -47,12 +49,21 @@ def _param(params: str, name: str) -> object:
     return tuple(value) if isinstance(value, list) else value
 
 
-def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -> pd.DataFrame:
+def _warn_skip(path: Path, why: str) -> None:
+    warnings.warn(f"detaudit.load_runs skipped {path}: {why}", stacklevel=3)
+
+
+def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+              on_skip: Callable[[Path, str], None] | None = None) -> pd.DataFrame:
     """The results of many matrix runs in one tidy DataFrame.
 
     Args:
         runs: a directory of run directories (every matrix run in it is read;
-            broken ones are skipped), or a list of run directories.
+            a broken one or one of an unknown format is skipped and reported
+            through ``on_skip``), or a list of run directories.
+        on_skip: receives (run directory, why) for each run skipped; by default
+            a warning. The ``run_id`` column is each run's directory name, as
+            ``detaudit show`` names it (a copied run is a run of its own).
 
     Returns:
         One row per run x cell x tensor x comparison: the results table's
@@ -61,13 +72,21 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]]) -
     Raises:
         RunDirError: a listed directory is not a readable run.
     """
-    if isinstance(runs, (str, os.PathLike)) and not (Path(runs) / "meta.json").exists():
-        paths = [s.path for s in list_runs(runs, kinds=(RunKind.MATRIX,))]
+    skip = on_skip or _warn_skip
+    listing = isinstance(runs, (str, os.PathLike)) and not (Path(runs) / "meta.json").exists()
+    if listing:
+        paths = [s.path for s in list_runs(runs, kinds=(RunKind.MATRIX,), on_skip=skip)]
     else:
         paths = [Path(runs)] if isinstance(runs, (str, os.PathLike)) else [Path(p) for p in runs]
     frames = []
     for path in paths:
-        stored = load_run(path)
+        try:
+            stored = load_run(path)
+        except RunDirError as exc:
+            if not listing:  # a run named explicitly is the caller's error
+                raise
+            skip(path, str(exc))
+            continue
         if stored.kind is not RunKind.MATRIX:
             raise RunDirError(f"{path}: {_a(stored.kind.value)} run; load_runs reads runs of `detaudit run`.")
         table = stored.table.copy()

@@ -41,6 +41,7 @@ from detaudit.core.validation import (
     boolean,
     int_tuple,
     integer,
+    short_repr,
     mapping,
 )
 from detaudit.errors import ConfigError, did_you_mean
@@ -586,15 +587,34 @@ MAX_CONFIG_BYTES = 1 << 20
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+    """yaml.SafeLoader for configs: no aliases, plain keys, each key once.
+
+    An alias (``*name``) is refused: a config needs none, and a few hundred
+    bytes of nested aliases expand to billions of values (an "alias bomb")
+    that no size cap on the file bounds. A key must be a plain value (a
+    complex key such as ``? [1, 2]`` cannot name a setting), and a key given
+    twice is refused (PyYAML keeps the last one silently).
+    """
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise yaml.composer.ComposerError(
+                None, None, f"an alias (*{short_repr(event.anchor)}) is not allowed in a config; write the value out",
+                event.start_mark)
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
-            key = self.construct_object(key_node, deep=deep)
-            if isinstance(key, (str, int, float, bool)) and key in seen:
+            if not isinstance(key_node, yaml.ScalarNode):
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice in one mapping", key_node.start_mark)
+                    None, None, "a mapping key must be a plain name or number, not a list or a mapping",
+                    key_node.start_mark)
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {short_repr(key)} is given twice in one mapping", key_node.start_mark)
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
 

@@ -9,12 +9,13 @@ once; :meth:`Context.raise_errors` raises them together at the end.
 
 from __future__ import annotations
 
+import reprlib
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 from detaudit.errors import ConfigError, did_you_mean
 
-__all__ = ["INVALID", "Context"]
+__all__ = ["INVALID", "Context", "short_repr"]
 
 T = TypeVar("T")
 
@@ -31,6 +32,17 @@ class _Invalid:
 
 
 INVALID: Any = _Invalid()
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict, _SHORT.maxlevel = 60, 60, 6, 6, 4, 3
+_SHORT_LIMIT = 120
+
+
+def short_repr(value: Any) -> str:
+    """``repr(value)`` cut to a short prefix: an error message quotes what it received, never all of a huge value."""
+    text = _SHORT.repr(value)
+    return text if len(text) <= _SHORT_LIMIT else text[:_SHORT_LIMIT - 3] + "..."
 
 
 class Context:
@@ -54,11 +66,13 @@ class Context:
         """The error for a bad value: file, key path, what is expected and what was received."""
         name = self.path.rsplit(".", 1)[-1] or "value"
         return ConfigError(f"{self.source}: invalid value for {self.where}. Expected {expected.rstrip('.')}. "
-                           f"Received {name}={received!r}.{hint}")
+                           f"Received {name}={short_repr(received)}.{hint}")
 
     def unknown_key(self, key: Any, allowed: Sequence[str]) -> ConfigError:
         """The error for a key that is not allowed here, with the nearest allowed key."""
-        return ConfigError(f"{self.source}: unknown key `{key}` in {self.where}.{did_you_mean(key, allowed)} "
+        plain = isinstance(key, str) and len(key) <= 60 and key.isprintable()
+        hint = did_you_mean(key, allowed) if plain else ""
+        return ConfigError(f"{self.source}: unknown key `{key if plain else short_repr(key)}` in {self.where}.{hint} "
                            f"Allowed keys: {', '.join(allowed)}.")
 
     def attempt(self, validate: Callable[..., T], *args: Any) -> T:

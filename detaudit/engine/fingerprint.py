@@ -45,18 +45,53 @@ def _cpu_info() -> tuple[str, set[str]]:
     return model, flags
 
 
-def onednn_state(environ: Mapping[str, str] | None = None) -> str:
-    """'on' or 'off', with the reason: TF_ENABLE_ONEDNN_OPTS if set, else TensorFlow's CPU-based default."""
-    environ = os.environ if environ is None else environ
-    value = environ.get("TF_ENABLE_ONEDNN_OPTS")
-    if value is not None:
-        on = value.strip().lower() in ("1", "true")
-        return f"{'on' if on else 'off'} (TF_ENABLE_ONEDNN_OPTS={value})"
+#: TensorFlow's rule (tensorflow/core/util/util.cc, IsMKLEnabled, through ReadBoolFromEnvVar): only these
+#: values of TF_ENABLE_ONEDNN_OPTS count, in any case and without spaces; any other (an empty one too) leaves
+#: TensorFlow's CPU-based default, with a warning in its log.
+_ONEDNN_WORDS = {"0": False, "false": False, "1": True, "true": True}
+
+
+def _onednn_default() -> tuple[bool, str]:
     _, flags = _cpu_info()
     hits = sorted(flags.intersection(_ONEDNN_DEFAULT_FLAGS))
     if sys.platform.startswith("linux") and platform.machine() in ("x86_64", "AMD64") and hits:
-        return f"on (default: CPU has {', '.join(hits)})"
-    return "off (default: CPU lacks AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX)"
+        return True, f"default: CPU has {', '.join(hits)}"
+    return False, "default: CPU lacks AVX512_VNNI/AVX512_BF16/AVX_VNNI/AMX"
+
+
+def _reported_by_tensorflow() -> bool | None:
+    """Whether TensorFlow, already imported in this process, says oneDNN is on; None where it is not imported."""
+    if "tensorflow" not in sys.modules:
+        return None  # never imported for this: the parent process does not import TensorFlow
+    try:
+        from tensorflow.python.util import _pywrap_util_port  # internal, but the one place TensorFlow says it
+
+        return bool(_pywrap_util_port.IsMklEnabled())
+    except Exception:  # noqa: BLE001 - an older or newer TensorFlow without it: the prediction stands
+        return None
+
+
+def onednn_state(environ: Mapping[str, str] | None = None) -> str:
+    """'on' or 'off', with the reason: TF_ENABLE_ONEDNN_OPTS when TensorFlow would read it, else its CPU default.
+
+    In a process where TensorFlow is imported (a worker), what TensorFlow
+    reports wins over this prediction, and the reason says so.
+    """
+    environ = os.environ if environ is None else environ
+    value = environ.get("TF_ENABLE_ONEDNN_OPTS")
+    chosen = None if value is None else _ONEDNN_WORDS.get(value.lower())
+    if chosen is not None:
+        on, reason = chosen, f"TF_ENABLE_ONEDNN_OPTS={value}"
+    else:
+        on, reason = _onednn_default()
+        if value is not None:
+            shown = value if len(value) <= 20 else value[:20] + "..."
+            reason = f"TF_ENABLE_ONEDNN_OPTS={shown!r} is not 0, 1, true or false, so the {reason}"
+    reported = _reported_by_tensorflow() if environ is os.environ else None
+    if reported is not None and reported != on:
+        reason = f"reported by TensorFlow; predicted {'on' if on else 'off'} from {reason}"
+        on = reported
+    return f"{'on' if on else 'off'} ({reason})"
 
 
 def _nvidia_driver() -> str | None:

@@ -57,7 +57,8 @@ from detaudit.errors import (
 from detaudit.errors import a_or_an as _a
 
 __all__ = ["Event", "RunInterrupted", "check_user_modules", "parse_shard", "require_tensorflow", "run",
-           "run_cells", "run_probe", "run_worker_job", "spawn_env_probe", "worker_environ"]
+           "run_cells", "run_probe", "run_worker_job", "spawn_env_probe", "user_path_for", "worker_command",
+           "worker_environ"]
 
 _STDERR_TAIL = 1500
 #: A worker that dies before finishing a cell is replaced this many times in a row before the
@@ -107,9 +108,37 @@ def worker_environ(settings: Any, base: dict[str, str] | None = None, tmp: Path 
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     if tmp is not None:  # TensorFlow's own temporary files (autograph) stay in the run, removed when it finishes
         env["TMPDIR"] = str(tmp)
-    # User layers are imported by path relative to where detaudit was started, as `python -m` would.
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (os.getcwd(), env.get("PYTHONPATH", "")) if p)
+    # The working directory is not on the worker's path (see worker_command); an empty entry in PYTHONPATH
+    # would put it back ("" means the current directory), so only the user's explicit entries are kept.
+    if "PYTHONPATH" in env:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in env["PYTHONPATH"].split(os.pathsep) if p)
     return env
+
+
+#: Python 3.10 has no -P: the worker starts from -c with the working directory ('' for -c) taken off sys.path
+#: before anything is imported.
+_SAFE_PATH_START = ("import runpy, sys; del sys.path[0]; "
+                    "runpy.run_module('detaudit.engine.worker', run_name='__main__', alter_sys=True)")
+
+
+def worker_command(fd: int) -> list[str]:
+    """The worker's command line: Python on a safe import path, never the directory detaudit was started in.
+
+    ``python -m`` puts the working directory first on ``sys.path``, so a
+    ``numpy.py`` there would run in the worker. With ``-P`` (or its 3.10
+    equivalent) only PYTHONPATH and the installation are searched; the worker
+    adds the working directory itself, after its own dependencies are
+    imported, when the job names user code (see :func:`user_path_for`).
+    """
+    if sys.version_info >= (3, 11):
+        return [sys.executable, "-P", "-m", "detaudit.engine.worker", str(fd)]
+    return [sys.executable, "-c", _SAFE_PATH_START, str(fd)]
+
+
+def user_path_for(user_modules: Sequence[str]) -> str | None:
+    """The directory user modules are imported from (the working directory, as documented), or None: no user
+    module named, nothing imported from there."""
+    return os.getcwd() if user_modules else None
 
 
 @dataclasses.dataclass
@@ -181,7 +210,7 @@ def _spawn_worker(job: dict[str, Any], env: dict[str, str], log: Any, timeout_s:
     proc = None
     try:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "detaudit.engine.worker", str(write_fd)],
+            worker_command(write_fd),
             stdin=subprocess.PIPE, stdout=log, stderr=log, pass_fds=(write_fd,), env=env,
             start_new_session=True,  # Ctrl-C reaches the parent only
         )
@@ -310,7 +339,8 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
         log_path = log_stem.with_name(f"{log_stem.name}{'' if attempt == 1 else f'.{attempt}'}.log")
         job = {"settings": settings.as_dict(), "cells": [c.to_dict() for c in remaining],
                "tensor_dir": str(tensor_dir) if tensor_dir else None,
-               "cache_dir": str(cache_dir) if cache_dir else None, "user_kinds": list(user_kinds)}
+               "cache_dir": str(cache_dir) if cache_dir else None, "user_kinds": list(user_kinds),
+               "user_path": user_path_for(user_kinds)}
 
         def forward(message: dict[str, Any], log_name: str = log_path.name) -> None:
             if message["event"] == "cell":
@@ -392,8 +422,12 @@ def _probe_job(name: str, items: Any, settings: Any, timeout_s: float,
         elif message.get("event") == "progress" and on_progress:
             on_progress(message)
 
+    # The audit's model may be a `module:function` factory (a file is passed as an absolute path): user code.
+    model = items.get("model") if name == "audit" and isinstance(items, dict) else None
+    factory = [model] if isinstance(model, str) and ":" in model and not Path(model).is_absolute() else []
+    job = {"settings": settings.as_dict(), "probe": name, "items": items, "user_path": user_path_for(factory)}
     with tempfile.TemporaryFile() as log:  # unnamed: nothing is left behind, even after kill -9
-        outcome = _spawn_worker({"settings": settings.as_dict(), "probe": name, "items": items},
+        outcome = _spawn_worker(job,
                                 worker_environ(settings), log, timeout_s, on_message, None)
     return result, outcome
 
@@ -451,7 +485,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         out: directory under which ``<run-id>/`` is created.
         workers: environment groups run in parallel (default: number of cores).
         on_event: progress callback; the engine itself never prints.
-        run_id: a safe name for the run directory (default: timestamp plus config name).
+        run_id: a safe name for the run directory (default: timestamp plus config name); one that exists is refused.
         shard: ``(i, n)``: run only shard i of n (see :func:`shard_cells`); ``merge`` joins them.
         resume: an interrupted run directory to finish: cells already in its
             cells.jsonl are not run again.
@@ -503,7 +537,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
     if config is None:
         raise UsageError("No config given.")
     check_user_modules(config)
-    store = RunStore.create(out, config.to_dict(), config.name, run_id)
+    store = RunStore.create(out, config.to_dict(), config.name, run_id, exact=True)
     meta = _new_meta(store, config, shard=list(shard) if shard else None)
     with store.lock():
         return _run_in(store, config, meta, shard_cells(config.cells(), shard), set(), workers, on_event, fresh=True)

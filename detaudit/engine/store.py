@@ -132,11 +132,15 @@ class RunStore:
 
     @classmethod
     def create(cls, out_dir: str | Path, config_dict: Mapping[str, Any] | None, name: str,
-               run_id: str | None = None, kind: RunKind = RunKind.MATRIX) -> RunStore:
+               run_id: str | None = None, kind: RunKind = RunKind.MATRIX, exact: bool = False) -> RunStore:
         """Make ``out_dir/<run-id>/`` with its config.yaml; never reuses an existing directory.
 
+        A taken id gets a ``-2``, ``-3``... suffix, unless ``exact``: a run id the
+        user chose is where they (or their CI script) will read the run back, so
+        another directory there is an error, not a silent ``-2``.
+
         Raises:
-            RunDirError: ``out_dir`` is a file or cannot be created, or the run id is unsafe.
+            RunDirError: ``out_dir`` is a file or cannot be created, the run id is unsafe, or (``exact``) taken.
         """
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
@@ -151,6 +155,10 @@ class RunStore:
                 (out / candidate).mkdir(parents=True)
                 break
             except FileExistsError:
+                if exact and run_id:
+                    raise RunDirError(f"Invalid value for argument `--run-id`. {out / candidate} already exists: give "
+                                      f"another id, or finish that run with: detaudit run --resume {out / candidate}"
+                                      ) from None
                 n += 1
                 candidate = f"{base}-{n}"
             except OSError as exc:

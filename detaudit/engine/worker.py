@@ -1,6 +1,6 @@
 """The worker subprocess: apply process-wide settings, then import TensorFlow and run cells.
 
-Launched by the runner as ``python -m detaudit.engine.worker FD`` with the
+Launched by the runner as ``python -P -m detaudit.engine.worker FD`` (no working directory on the path) with the
 environment of its group already set (variables read when TensorFlow is
 imported). The job arrives as one JSON line on stdin; stdin then stays open as
 a lifeline: when the parent dies (even by kill -9) the worker reads end of
@@ -197,6 +197,11 @@ def main(argv: list[str]) -> int:
     channel.set_stream(stream)
     settings = Settings(**job["settings"])
     applied = apply_settings(settings)
+    if job.get("user_path"):  # only now: numpy, yaml, TensorFlow and Keras come from the installation, not from here
+        import numpy  # noqa: F401
+        import yaml  # noqa: F401
+
+        sys.path.insert(0, job["user_path"])
     from detaudit.engine.fingerprint import tensorflow_fingerprint
 
     channel.emit({"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})

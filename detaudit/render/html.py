@@ -13,7 +13,6 @@ artifact, with nothing fetched. Every value from a run is escaped.
 from __future__ import annotations
 
 import base64
-import html
 import io
 import itertools
 import json
@@ -34,6 +33,7 @@ from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
 from detaudit.errors import UsageError, install_hint
+from detaudit.render.text import html_text
 
 __all__ = ["render_html", "render_overview", "render_result_page"]
 
@@ -120,7 +120,7 @@ document.documentElement.setAttribute('data-sortable',String(tables.length));
 # -- small formatting helpers ---------------------------------------------------------------------------------------
 
 def _e(value: Any) -> str:
-    return html.escape(str(value), quote=True)
+    return html_text(value)  # the one rule for outside text in HTML (detaudit.render.text)
 
 
 def _page(title: str, body: Iterable[str]) -> str:

@@ -7,6 +7,8 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detaudit.render.text import xml_text
+
 if TYPE_CHECKING:
     from detaudit.analysis.summary import RunSummary
 
@@ -31,16 +33,16 @@ def write_junit(path: str | Path, suite: str, cases: list[JUnitCase]) -> None:
     total_time = sum(c.seconds for c in cases)
     root = ET.Element("testsuites", name="detaudit", tests=str(len(cases)), failures=str(failures),
                       errors="0", skipped=str(skipped), time=f"{total_time:.3f}")
-    element = ET.SubElement(root, "testsuite", name=suite, tests=str(len(cases)), failures=str(failures),
+    element = ET.SubElement(root, "testsuite", name=xml_text(suite), tests=str(len(cases)), failures=str(failures),
                             errors="0", skipped=str(skipped), time=f"{total_time:.3f}")
-    for case in cases:
-        node = ET.SubElement(element, "testcase", classname=case.classname, name=case.name,
+    for case in cases:  # every string through xml_text: a control character would make the file ill-formed
+        node = ET.SubElement(element, "testcase", classname=xml_text(case.classname), name=xml_text(case.name),
                              time=f"{case.seconds:.3f}")
         if case.failure is not None:
             first_line = case.failure.splitlines()[0][:200] if case.failure else "failed"
-            ET.SubElement(node, "failure", message=first_line).text = case.failure
+            ET.SubElement(node, "failure", message=xml_text(first_line)).text = xml_text(case.failure)
         elif case.skipped is not None:
-            ET.SubElement(node, "skipped", message=case.skipped[:200])
+            ET.SubElement(node, "skipped", message=xml_text(case.skipped[:200]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     ET.ElementTree(root).write(path, encoding="utf-8", xml_declaration=True)

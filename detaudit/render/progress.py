@@ -29,7 +29,8 @@ class RunProgress:
     """A progress bar over a run's cells: ``with RunProgress(console, enabled) as p: run(..., on_event=p.on_event)``."""
 
     def __init__(self, console: Console, enabled: bool):
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+        # markup=False: descriptions hold cell ids and stages, text from outside (detaudit.render.text)
+        self._progress = Progress(TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                                   TextColumn("eta"), TimeRemainingColumn(), TimeElapsedColumn(),
                                   console=console, transient=True, disable=not enabled)
         self._task = self._progress.add_task("starting workers", total=None)
@@ -61,7 +62,7 @@ class StageProgress:
     """A spinner with the current stage: ``with StageProgress(console, enabled) as p: job(on_progress=p.update)``."""
 
     def __init__(self, console: Console, enabled: bool, first: str = "starting"):
-        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
+        self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                                   console=console, transient=True, disable=not enabled)
         self._task = self._progress.add_task(first, total=None)
 

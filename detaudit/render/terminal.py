@@ -22,6 +22,7 @@ from detaudit.analysis.compare import Category, RunComparison
 from detaudit.analysis.findings import percent
 from detaudit.analysis.summary import CellView, Gap, RunStatus, RunSummary
 from detaudit.analysis.verdicts import Verdict
+from detaudit.render.text import SafeConsole, text
 
 __all__ = ["PIPED_WIDTH", "console", "history_table", "render_comparison", "render_run"]
 
@@ -33,13 +34,14 @@ _MAX_FINDINGS = 12
 def console(stream: TextIO | None = None, width: int | None = None, stderr: bool = False) -> Console:
     """A console for ``stream``: the terminal's own width, else ``COLUMNS``, else :data:`PIPED_WIDTH`.
 
-    Colour is off when the stream is not a terminal or ``NO_COLOR`` is set (rich's own rule).
+    Colour is off when the stream is not a terminal or ``NO_COLOR`` is set (rich's own rule). The console prints
+    no markup and shows control characters as escapes: what it prints may come from a run directory.
     """
     target = stream or (sys.stderr if stderr else sys.stdout)
     if width is None and not (hasattr(target, "isatty") and target.isatty()):
         columns = os.environ.get("COLUMNS", "")
         width = int(columns) if columns.isdigit() and int(columns) >= 40 else PIPED_WIDTH
-    return Console(file=target, width=width, soft_wrap=False)
+    return SafeConsole(file=target, width=width, soft_wrap=False)
 
 
 def _ulp(value: int | None) -> str:
@@ -77,7 +79,7 @@ def _cell_table(cells: list[CellView], tensors: list[str], show_baseline: bool, 
         grid.add_column("vs float64", justify="right", no_wrap=True)
     for cell in cells:
         grid.add_row(
-            cell.settings_label, str(cell.seed), Text(cell.verdict.value, style=cell.verdict.style),
+            text(cell.settings_label), str(cell.seed), Text(cell.verdict.value, style=cell.verdict.style),
             *(_ulp(cell.worst_ulp.get(t)) for t in tensors),
             *([_scaled(cell.baseline, cell.is_baseline)] if show_baseline else []),
             *([_percent(cell.reference)] if show_reference else []))
@@ -193,14 +195,14 @@ def render_status(summary: RunSummary) -> Text:
 
 def render_comparison(comparison: RunComparison) -> RenderableType:
     """asv-style: environment differences, one mark per changed cell, then a one-line verdict."""
-    parts: list[RenderableType] = [Text(f"compare {comparison.base_id} -> {comparison.new_id}", style="bold")]
+    parts: list[RenderableType] = [text(f"compare {comparison.base_id} -> {comparison.new_id}", style="bold")]
     if comparison.environment:
         env = Table(title="Environment differences (these usually explain the drift)", title_justify="left",
                     box=box.SIMPLE_HEAD)
         for column in ("fact", "base", "new"):
             env.add_column(column, overflow="fold")
         for key, base, new in comparison.environment:
-            env.add_row(Text(key), Text(str(base)), Text(str(new)))
+            env.add_row(text(key), text(base), text(new))
         parts.append(env)
     else:
         parts.append(Text("Environment: no differences recorded", style="dim"))
@@ -238,6 +240,7 @@ def history_table(runs: list[dict[str, Any]]) -> Table:
             outcome.append(", " if i else "")
             outcome.append(f"{run['counts'][verdict.value]} {verdict.value.lower()}", style=verdict.style)
         if run.get("verdict"):
-            outcome.append(str(run["verdict"]))
-        grid.add_row(run["run_id"], run["started"][5:16].replace("T", " "), run["tensorflow"], run["device"], outcome)
+            outcome.append(text(run["verdict"]))
+        grid.add_row(text(run["run_id"]), text(run["started"][5:16].replace("T", " ")), text(run["tensorflow"]),
+                     text(run["device"]), outcome)
     return grid

@@ -16,6 +16,7 @@ from rich.text import Text
 
 from detaudit.analysis.audit_view import AuditView
 from detaudit.render.terminal import render_known
+from detaudit.render.text import visible
 
 __all__ = ["adjoint_table", "audit_comparison", "audit_markdown", "audit_report", "cell_ids_table",
            "checkerboard_panel", "shapes_table", "triage_report"]
@@ -209,7 +210,7 @@ def audit_markdown(result: dict[str, Any]) -> str:
     if view.checks:
         lines += ["", "## Environment and fixes", "", "| check | state | risk | fix |", "|---|---|---|---|"]
         lines += [f"| {c['check']} | {c['state']} | {c['risk']} | {c['fix']} |" for c in view.checks]
-    return "\n".join(lines) + "\n"
+    return visible("\n".join(lines) + "\n")  # a report file is read in a terminal too
 
 
 _MODES = {"repeat": "run-to-run difference", "drift": "drift from the baseline", "accuracy": "error against float64",
