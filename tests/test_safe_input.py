@@ -543,6 +543,11 @@ def test_a_keras_archive_that_unpacks_too_large_is_refused_before_loading(tmp_pa
     with pytest.raises(UsageError, match=r"unpacks to 2.9 MiB; a model loaded here is at most half of this machine's memory \(1.9 MiB of 3.8 MiB\)"):
         check_keras_archive(weights, memory_bytes=4_000_000)
     check_keras_archive(weights, memory_bytes=8_000_000)
+    # The audit refuses it before any worker starts: exit 2, one line.
+    from tests.helpers.cli import detaudit_main, one_clean_line
+
+    one_clean_line(detaudit_main("audit", str(bomb), "--out", str(tmp_path / "runs")), "config.json unpacks to")
+    assert not (tmp_path / "runs").exists()
     with pytest.raises(UsageError, match="not a readable .keras model archive"):
         check_keras_archive(tmp_path / "bomb.keras.missing")
 

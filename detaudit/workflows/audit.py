@@ -25,6 +25,7 @@ import pandas as pd
 
 from detaudit.core.audit_outcome import Answer, Question, compare_traces, verdict_of
 from detaudit.engine.fingerprint import host_fingerprint
+from detaudit.engine.limits import check_keras_archive
 from detaudit.engine.runner import run_probe
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import UsageError
@@ -44,6 +45,8 @@ def _model_spec(model: str) -> str:
     if path.is_file() and not zipfile.is_zipfile(path):
         raise UsageError(f"{model}: not a .keras model archive (a .keras file is a zip archive; this file is not). "
                          "Save the model with model.save('model.keras'), or pass a module:function factory.")
+    if path.is_file():
+        check_keras_archive(path)  # a small archive can unpack to gigabytes: refused before a worker starts
     return str(path.resolve())
 
 
