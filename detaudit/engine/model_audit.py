@@ -77,7 +77,8 @@ def _layer_rows(runs: list[Execution], classes: dict[str, str]) -> list[dict[str
                     first_step = step + 1 if first_step is None else min(first_step, step + 1)
                     worst = max(worst, _differs_at(base, other, key, key_b, step) or 0)
                     break
-        rows.append({"stage": stage.value, "name": name, "class": classes.get(name.split("[")[0], ""),
+        layer = name.split("#")[0].split("[")[0]  # a second call (`d#2`) or a second output (`d[1]`) of layer d
+        rows.append({"stage": stage.value, "name": name, "class": classes.get(layer, ""),
                      "first_step": first_step, "max_ulp": worst})
     return rows
 
