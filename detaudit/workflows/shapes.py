@@ -9,6 +9,8 @@ actually took, which is also the path measured.
 
 from __future__ import annotations
 
+import os
+
 from collections.abc import Callable
 from typing import Any
 
@@ -51,7 +53,9 @@ def run_shapes(items: list[dict[str, Any]], measure: bool = True,
         measured = run_probe("shapes", {"lengths": items, "checkerboard": plain}, on_progress=on_progress)
         state = measured["onednn"]
     else:
-        state = onednn_state()
+        # The prediction for this environment (a copy of it: TensorFlow imported in this process, by the Python
+        # API or a test, must not override what a fresh worker would do).
+        state = onednn_state(dict(os.environ))
     onednn = state.startswith("on")
     rows = [shape_row(i["n"], i["kernel"], i["stride"], i["padding"], i["dilation"], i["output_padding"],
                       onednn=onednn).to_dict() for i in items]
