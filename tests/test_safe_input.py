@@ -263,8 +263,9 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, a
 
 def _finished_run(tmp_path: Path, name: str = "r") -> Path:
     """A finished run of the current format with its results.parquet (built from two fake cells)."""
-    from tests.test_compare import _make_run
-    from tests.test_summary import _cell, _tensors
+    from tests.helpers.runs import cell as _cell
+    from tests.helpers.runs import make_run as _make_run
+    from tests.helpers.runs import tensors as _tensors
 
     stored = _make_run(tmp_path / "runs", name, "2026-01-01T00:00:00+00:00", [(_cell(determinism="on"), _tensors(0), None, "ok"),
                                                        (_cell(xla="on"), _tensors(0), None, "ok")])
