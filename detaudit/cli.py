@@ -156,6 +156,8 @@ def _cmd_run(args: Any) -> int:
         raise UsageError("--resume finishes a run with its own config, shard, id and place; give no CONFIG, --shard, "
                          "--run-id or --out with it.")
     junit = _writable(args.junit, "--junit")
+    if not args.resume:
+        _outside_runs(args.out, "--out")  # a new run goes beside the others, never inside one
     config = None if args.resume else load_config(args.config or bundled_config_path("quick"))
     runs_dir = Path(args.resume).parent if args.resume else Path(args.out)
     base_path, not_compared = None, ""
@@ -434,6 +436,7 @@ def _cmd_audit(args: Any) -> int:
     from detaudit.workflows.audit import run_audit
 
     report = _writable(args.report, "--report")
+    _outside_runs(args.out, "--out")  # the audit's run goes beside the others, never inside one
     base = load_run(resolve_run(args.compare_to, args.out)) if args.compare_to else None
     input_shape = None
     if args.input_shape:

@@ -169,3 +169,12 @@ def test_assert_deterministic_explains_what_differed():
     with pytest.raises(AssertionError, match=r"Mismatched elements: \d+ / 12 \([\d.]+%\)") as info:
         detaudit.assert_deterministic(lambda t: t + noisy.normal(t.shape) * 1e-3, x)
     assert "Greatest ULP difference:" in str(info.value) and "at index (" in str(info.value)
+
+
+def test_an_npz_member_with_pickled_objects_names_the_option(tmp_path):
+    from detaudit.engine.training_target import Target
+    from detaudit.errors import UsageError
+
+    np.savez(tmp_path / "objects.npz", x=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(UsageError, match=r"--inputs .*objects.npz: an array of the .npz cannot be read"):
+        Target("tests.training_models:vae_decoder", inputs=str(tmp_path / "objects.npz"))

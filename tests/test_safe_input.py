@@ -571,3 +571,14 @@ def test_a_run_shows_and_writes_hostile_worker_text_as_text(tmp_path):
     failures = [f.text for f in ET.fromstring(junit.encode()).iter("failure")]
     assert failures and all("\\x1b[2J" in (text or "") for text in failures), failures
     assert any("SIGSEGV" in (text or "") for text in failures)  # the crash record, with the worker's stderr
+
+
+def test_a_new_run_or_audit_is_never_written_inside_a_run_directory(tmp_path):
+    from tests.helpers.cli import detaudit_main, one_clean_line
+    from tests.helpers.runs import make_pair
+
+    base, _ = make_pair(tmp_path)
+    before = sorted(p.name for p in base.path.iterdir())
+    for command in (["run"], ["audit", "tests.training_models:vae_decoder"]):
+        one_clean_line(detaudit_main(*command, "--out", str(base.path)), "`--out`", "inside the run directory")
+    assert sorted(p.name for p in base.path.iterdir()) == before

@@ -173,7 +173,11 @@ def _load_arrays(path: str, option: str) -> Any:
                          f"({one_line(exc)}).") from None
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
-            arrays = {name: loaded[name] for name in loaded.files}
+            try:
+                arrays = {name: loaded[name] for name in loaded.files}  # each member is read (and checked) here
+            except (OSError, ValueError, EOFError) as exc:
+                raise UsageError(f"{option} {path}: an array of the .npz cannot be read without pickled objects "
+                                 f"({one_line(exc)}).") from None
         if not arrays:
             raise UsageError(f"{option} {path}: the .npz archive holds no array.")
         return next(iter(arrays.values())) if len(arrays) == 1 else arrays
