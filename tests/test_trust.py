@@ -24,6 +24,7 @@ import yaml
 
 from detaudit.engine.store import RunStore
 from tests.helpers.cli import detaudit
+from tests.helpers.cli import one_clean_line as _bad
 from tests.helpers.workers import worker_pids as _worker_pids
 
 TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
@@ -35,16 +36,6 @@ def _config(path: Path, **changes) -> Path:
     data = {"name": path.stem, "seeds": [0], "repeats": 2, "layers": [TINY], **changes}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _bad(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr and "Traceback" not in result.stdout
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
 
 
 # ---- bad values in a config: exit 2, one line, before any work -----------------------------------------------

@@ -23,7 +23,7 @@ from typing import Any
 
 import tensorflow as tf
 
-__all__ = ["scan_dataset"]
+__all__ = ["STATEFUL_RANDOM_OPS", "scan_dataset"]
 
 _PARALLEL = {"ParallelMapDataset": "map", "ParallelMapDatasetV2": "map", "ParallelInterleaveDatasetV2": "interleave",
              "ParallelInterleaveDatasetV3": "interleave", "ParallelInterleaveDatasetV4": "interleave",
@@ -31,8 +31,8 @@ _PARALLEL = {"ParallelMapDataset": "map", "ParallelMapDatasetV2": "map", "Parall
 _SHUFFLES = {"ShuffleDataset", "ShuffleDatasetV2", "ShuffleDatasetV3", "ShuffleAndRepeatDataset",
              "ShuffleAndRepeatDatasetV2"}
 _BATCHES = {"BatchDataset", "BatchDatasetV2"}
-_STATEFUL_RANDOM = {"RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "RandomShuffle",
-                    "Multinomial", "RandomGamma", "RandomPoisson", "RandomPoissonV2"}
+STATEFUL_RANDOM_OPS = {"RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "RandomShuffle",
+                       "Multinomial", "RandomGamma", "RandomPoisson", "RandomPoissonV2"}
 
 
 def _graph(dataset: tf.data.Dataset) -> Any:
@@ -98,7 +98,7 @@ def scan_dataset(dataset: tf.data.Dataset) -> list[dict[str, str]]:
 def _random_in_function(node: Any, function: Any, parallel: bool) -> list[dict[str, str]]:
     rows = []
     for op in function.node_def:
-        if op.op not in _STATEFUL_RANDOM:
+        if op.op not in STATEFUL_RANDOM_OPS:
             continue
         unseeded = op.attr["seed"].i == 0 and op.attr["seed2"].i == 0
         if not (unseeded or parallel):

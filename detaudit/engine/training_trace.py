@@ -25,6 +25,7 @@ import tensorflow as tf
 
 from detaudit.core.audit_outcome import Stage
 from detaudit.engine import channel
+from detaudit.engine.pipeline_scan import STATEFUL_RANDOM_OPS
 from detaudit.engine.training_target import Training
 
 __all__ = ["Execution", "Recorded", "find_optimizers", "layer_paths", "random_layers", "run_execution"]
@@ -36,9 +37,6 @@ _RANDOM_CLASSES = ("Dropout", "SpatialDropout1D", "SpatialDropout2D", "SpatialDr
                    "GaussianDropout", "AlphaDropout", "RandomFlip", "RandomRotation", "RandomZoom", "RandomCrop",
                    "RandomTranslation", "RandomContrast", "RandomBrightness")
 
-
-_STATEFUL_RANDOM = {"RandomUniform", "RandomUniformInt", "RandomStandardNormal", "TruncatedNormal", "RandomShuffle",
-                    "Multinomial", "RandomGamma", "RandomPoisson", "RandomPoissonV2"}
 
 
 def layer_paths(model: keras.Layer, prefix: str = "") -> list[tuple[str, keras.Layer]]:
@@ -216,7 +214,7 @@ def run_execution(training: Training, *, steps: int, xla: bool, label: str, chec
                 kept += array.nbytes
         if step == start:
             graph = step_fn.get_concrete_function(batch).graph
-            run.random_ops = sorted({op.type for op in graph.get_operations() if op.type in _STATEFUL_RANDOM})
+            run.random_ops = sorted({op.type for op in graph.get_operations() if op.type in STATEFUL_RANDOM_OPS})
         run.losses.append({name: float(np.asarray(v).reshape(-1)[0]) for name, v in sorted(logs.items())
                            if np.asarray(v).size})
         if checkpoint_step is not None and step + 1 == checkpoint_step:
