@@ -14,20 +14,11 @@ from typing import Any
 
 from detaudit._version import __version__
 from detaudit.core.axes import AXES, parse_axis_value
+from detaudit.core.vocabulary import ExitCode, exit_codes_help
 
-__all__ = ["EXIT_BAD_INPUT", "EXIT_FAILED", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "build_parser"]
+__all__ = ["build_parser", "version_text"]
 
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
-_EXIT_CODES = """exit codes:
-  0    every expectation held
-  1    an expectation failed, a cell crashed, timed out or errored, the run is INCOMPLETE (cells
-       without a record), nothing was measured (every cell of the matrix skipped), or a
-       comparison found a regression
-  2    bad input: one line naming the file, YAML key path or argument, what was received and what
-       is allowed (nothing ran)
-  3    a TensorFlow worker failed on its own (not your input): its last stderr lines are shown
-  130  interrupted with Ctrl-C: what finished is saved; the resume command is printed
-  143  stopped by SIGTERM (a cancelled CI job, Slurm, Kubernetes): handled as Ctrl-C is"""
+_EXIT_CODES = exit_codes_help()
 
 
 class _Formatter(argparse.RawDescriptionHelpFormatter):
@@ -41,9 +32,17 @@ class _Formatter(argparse.RawDescriptionHelpFormatter):
 
 
 class _Parser(argparse.ArgumentParser):
+    #: Builds the description when help is shown, for one generated from a module too slow to import on every call.
+    describe: Callable[[], str] | None = None
+
+    def format_help(self) -> str:
+        if self.describe is not None:
+            self.description = textwrap.fill(self.describe(), 88)
+        return super().format_help()
+
     def error(self, message: str) -> None:  # one line, exit 2, no usage dump
         command = self.prog.split()[-1] if " " in self.prog else ""
-        self.exit(EXIT_BAD_INPUT, f"detaudit: error: {message} (see `detaudit {command + ' ' if command else ''}"
+        self.exit(ExitCode.BAD_INPUT, f"detaudit: error: {message} (see `detaudit {command + ' ' if command else ''}"
                                   "--help`)\n")
 
 
@@ -99,7 +98,13 @@ def build_parser() -> argparse.ArgumentParser:
                      description="Determinism and numerics audits of TensorFlow transposed convolutions.")
     parser.add_argument("--version", action="store_true", help="print detaudit's version and the TensorFlow it audits")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for add in (_add_run, _add_show, _add_compare, _add_history, _add_report, _add_shapes, _add_adjoint,
+                _add_triage, _add_audit, _add_merge, _add_env, _add_schema):
+        add(sub)
+    return parser
 
+
+def _add_run(sub: Any) -> None:
     p = _add(sub, "run", "run a config's matrix of cells and summarize it",
              "Expand a config into cells (layers x settings x seeds), run each in TensorFlow workers, store the "
              "results under --out and print the summary.",
@@ -124,6 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--strict", action="store_true", help="known upstream bugs fail the run too")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
 
+
+def _add_show(sub: Any) -> None:
     p = _add(sub, "show", "re-render a stored run of any kind (matrix, audit, triage)",
              "Render a stored run again. A run with cells that have no record is INCOMPLETE (exit 1) and the "
              "command that finishes it is printed.",
@@ -137,23 +144,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ids", action="store_true", help="a matrix run: list each cell's id (what `triage --cell` "
                    "takes), its layer, settings, seed and verdict")
 
-    p = _add(sub, "compare", "compare two stored runs cell by cell; exit 1 on a regression",
-             "asv-style comparison: environment differences first, then one mark per changed cell "
-             "(! newly nondeterministic, F new failure, ~ digest changed, x ULP threshold newly exceeded, "
-             "+ fixed, a added, r removed), then one verdict line.",
+
+def _compare_description() -> str:
+    """The marks of ``compare``, from its categories (pandas is imported only when this help is shown)."""
+    from detaudit.analysis.compare import Category
+
+    marks = ", ".join(f"{c.mark} {c.label}" for c in Category)
+    failing = " ".join(c.mark for c in Category if c.regression)
+    return (f"asv-style comparison: environment differences first, then one mark per changed cell ({marks}), "
+            f"then one verdict line. The marks {failing} exit 1.")
+
+
+def _add_compare(sub: Any) -> None:
+    p = _add(sub, "compare", "compare two stored runs cell by cell; exit 1 on a regression", "",
              ("detaudit compare previous latest", "detaudit compare runs/base runs/new --junit compare.xml"))
+    p.describe = _compare_description
     p.add_argument("base", metavar="BASE", help="run directory, or latest / previous in --runs")
     p.add_argument("new", metavar="NEW", help="run directory, or latest / previous in --runs")
     p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
     p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
     p.add_argument("--json", action="store_true", help="print the comparison as JSON")
 
+
+def _add_history(sub: Any) -> None:
     p = _add(sub, "history", "list the stored runs, newest first",
              "One line per run directory under RUNS_DIR: id, start, kind, config, TensorFlow, device and outcome. "
              "Broken directories are reported and skipped.", ("detaudit history", "detaudit history shards --json"))
     p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="the directory of run directories")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+
+def _add_report(sub: Any) -> None:
     p = _add(sub, "report", "write a self-contained HTML report of a run, or of all runs over time",
              "Given a run (or latest/previous): its page (verdict heat map, drift matrix, sortable cell table). "
              "Given a directory of runs: the overview across runs over time, as asv's main page.",
@@ -163,6 +184,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous", help="add the drift against this run")
     p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
 
+
+def _add_shapes(sub: Any) -> None:
     p = _add(sub, "shapes", "audit output shapes, the Conv round trip and the checkerboard",
              "Keras' output length next to what TensorFlow returns, the Conv round trip (15 -> 8 -> 16) and the "
              "output_padding that fixes it, configurations TensorFlow rejects at run time (predicted for the oneDNN "
@@ -181,6 +204,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-tf", action="store_true", help="formulas only: do not start a TensorFlow worker")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+
+def _add_adjoint(sub: Any) -> None:
     p = _add(sub, "adjoint", "the dot-product test: is conv_transpose the adjoint of conv?",
              "<conv(z), x> = <z, conv_transpose(x)> per spec in float32 and float64, in epsilons, beside the "
              "reconstruction error of conv_transpose(conv(z)). A failure matching a known upstream bug is KNOWN "
@@ -192,6 +217,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help="list every spec, not only those that fail")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+
+def _add_triage(sub: Any) -> None:
     p = _add(sub, "triage", "confirm, isolate, shrink and explain a difference; write a reproducer",
              "Take the run's worst finding (a broken expectation first, then the largest error against float64; "
              "or the given cell's): confirm it, name the op behind the tensor, change one setting at a time (for an "
@@ -207,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds for shrinking the case (the shrink stops there)")
     p.add_argument("--out", default="runs", help="where the triage run goes (and a config's run, and latest)")
 
+
+def _add_audit(sub: Any) -> None:
     p = _add(sub, "audit", "pre-training reproducibility audit of your own training",
              "Runs your training as written (your model, its compiled optimizer, loss and train_step, your data) "
              "--repeats times, each execution rebuilt as a rerun of your script, then once more in a fresh process "
@@ -244,6 +273,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--report", default=None, metavar="PATH", help="also write a Markdown report")
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+
+def _add_merge(sub: Any) -> None:
     p = _add(sub, "merge", "merge shard runs of one config into one run",
              "Join the runs of `detaudit run --shard i/n` into one run directory: the same table as running the "
              "config whole.", ("detaudit merge shards/* --out runs", "detaudit merge s1 s2 --out runs --json"))
@@ -251,16 +282,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="directory that receives the merged run directory")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
+
+def _add_env(sub: Any) -> None:
     p = _add(sub, "env", "print this machine's environment fingerprint (for bug reports)",
              "TensorFlow, Keras, CUDA/cuDNN build, GPUs, driver, CPU, oneDNN state and the environment variables "
              "that change what TensorFlow computes.", ("detaudit env", "detaudit env --json > env.json"))
     p.add_argument("--json", action="store_true", help="print as JSON")
 
+
+def _add_schema(sub: Any) -> None:
     _add(sub, "schema", "print the config's JSON Schema (for YAML editors)",
          "The JSON Schema of a config, generated from the declarations the validator uses. Point your editor at it "
          "with a first line `# yaml-language-server: $schema=detaudit.schema.json`.",
          ("detaudit schema > detaudit.schema.json", "detaudit schema | python -m json.tool"))
-    return parser
 
 
 def version_text() -> str:

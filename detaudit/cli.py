@@ -15,15 +15,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from detaudit.arguments import (
-    EXIT_BAD_INPUT,
-    EXIT_FAILED,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_OK,
-    build_parser,
-    version_text,
-)
+from detaudit.arguments import build_parser, version_text
+from detaudit.core.audit_outcome import AuditVerdict
+from detaudit.core.vocabulary import ExitCode, RunStatus
 from detaudit.errors import DetauditError, RunDirError, UsageError
 
 __all__ = ["main"]
@@ -101,9 +95,7 @@ def _print_json(data: Any) -> None:
 
 
 def _summary_code(summary: Any) -> int:
-    from detaudit.analysis.summary import RunStatus
-
-    return EXIT_OK if summary.status is RunStatus.PASS else EXIT_FAILED
+    return ExitCode.OK if summary.status == RunStatus.PASS else ExitCode.FAILED
 
 
 def _note(text: str) -> None:
@@ -183,7 +175,7 @@ def _cmd_run(args: Any) -> int:
         resume = f"\nResume with: detaudit run --resume {stop.run_dir}" if args.json else ""
         _err().print(f"{why}. The cells that finished are saved in {stop.run_dir}{resume}", style="bold yellow",
                      highlight=False, markup=False, soft_wrap=True)  # a command to copy is never wrapped
-        return EXIT_FAILED if stop.reason else EXIT_INTERRUPTED
+        return ExitCode.FAILED if stop.reason else ExitCode.INTERRUPTED
     stored = load_run(table.attrs["run_dir"])
     comparison = None
     if base_path is not None:
@@ -196,7 +188,7 @@ def _cmd_run(args: Any) -> int:
         _note(f"Not compared: {not_compared}")
     if junit is not None:
         _write(junit, "--junit", lambda: write_junit(junit, stored.run_id, summary_cases(summary)))
-    return max(code, EXIT_FAILED if comparison is not None and comparison.regressions else EXIT_OK)
+    return max(code, ExitCode.FAILED if comparison is not None and comparison.regressions else ExitCode.OK)
 
 
 def _cmd_show(args: Any) -> int:
@@ -210,7 +202,7 @@ def _cmd_show(args: Any) -> int:
         from detaudit.render.tools import cell_ids_table
 
         _out().print(cell_ids_table(build_summary(stored, args.strict)))
-        return EXIT_OK
+        return ExitCode.OK
     if stored.kind is RunKind.MATRIX:
         return _print_run(stored, args.json, args.strict)[0]
     assert stored.result is not None
@@ -221,8 +213,8 @@ def _cmd_show(args: Any) -> int:
     else:
         _out().print(triage_report(stored.result))
     if stored.kind is RunKind.AUDIT:
-        return EXIT_OK if stored.result.get("verdict") == "REPRODUCIBLE" else EXIT_FAILED
-    return EXIT_OK if all(c.get("reproduced") for c in stored.result.get("cells", [])) else EXIT_FAILED
+        return ExitCode.OK if stored.result.get("verdict") == AuditVerdict.REPRODUCIBLE.value else ExitCode.FAILED
+    return ExitCode.OK if all(c.get("reproduced") for c in stored.result.get("cells", [])) else ExitCode.FAILED
 
 
 def _print_audit_comparison(base: Any, new: Any, as_json: bool) -> int:
@@ -234,7 +226,7 @@ def _print_audit_comparison(base: Any, new: Any, as_json: bool) -> int:
         _print_json(comparison.to_dict())
     else:
         _out().print(audit_comparison(comparison))
-    return EXIT_OK if comparison.reproduced else EXIT_FAILED
+    return ExitCode.OK if comparison.reproduced else ExitCode.FAILED
 
 
 def _cmd_compare(args: Any) -> int:
@@ -268,8 +260,8 @@ def _cmd_compare(args: Any) -> int:
     if new.completeness is not None and not new.completeness.complete:
         _err().print(f"{new.run_id} is INCOMPLETE ({len(new.completeness.missing)} cells have no record): "
                      "its missing cells are not compared.", style="bold yellow", highlight=False)
-        return EXIT_FAILED
-    return EXIT_FAILED if comparison.regressions else EXIT_OK
+        return ExitCode.FAILED
+    return ExitCode.FAILED if comparison.regressions else ExitCode.OK
 
 
 def _cmd_history(args: Any) -> int:
@@ -281,7 +273,7 @@ def _cmd_history(args: Any) -> int:
         _print_json(rows)
     else:
         _out().print(history_table(rows) if rows else f"No runs in {args.runs_dir}.", highlight=False)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_report(args: Any) -> int:
@@ -313,7 +305,7 @@ def _cmd_report(args: Any) -> int:
     except OSError as exc:
         raise UsageError(f"{path}: cannot write the report ({exc.strerror}).") from None
     _out().print(f"Report: {path}", highlight=False)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_shapes(args: Any) -> int:
@@ -340,14 +332,14 @@ def _cmd_shapes(args: Any) -> int:
         report = run_shapes(items, measure=not args.no_tf, on_progress=progress.update)
     if args.json:
         _print_json(report)
-        return EXIT_OK
+        return ExitCode.OK
     out = _out()
     out.print(shapes_table(report["shapes"], report["path"]))
     for row in report["shapes"]:
         if row["rejected"]:
             out.print(f"  n={row['n']}: {row['rejected']}", style="yellow", highlight=False)
     out.print(checkerboard_panel(report["checkerboard"]))
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_adjoint(args: Any) -> int:
@@ -366,7 +358,7 @@ def _cmd_adjoint(args: Any) -> int:
                                                  for m in report["known_matches"]]})
     else:
         _out().print(adjoint_table(report))
-    return EXIT_FAILED if report["failed"] else EXIT_OK
+    return ExitCode.FAILED if report["failed"] else ExitCode.OK
 
 
 def _cmd_triage(args: Any) -> int:
@@ -418,17 +410,16 @@ def _cmd_triage(args: Any) -> int:
         out.print(Text(f"Nothing to triage: {'the cell' if args.cell else 'the run'} has no finding (no run-to-run "
                        "difference, no drift from the baseline, no tensor beyond its limit of float64, no failed "
                        "adjoint test).", style="bold green"))
-        return EXIT_OK
+        return ExitCode.OK
     triage = load_run(triage_dir)
     assert triage.result is not None
     out.print(triage_report(triage.result))
     out.print(f"Triage run: {triage_dir}", highlight=False)
-    return EXIT_OK if all(result is not None for _, result in outcomes) else EXIT_FAILED
+    return ExitCode.OK if all(result is not None for _, result in outcomes) else ExitCode.FAILED
 
 
 def _cmd_audit(args: Any) -> int:
     from detaudit.analysis.runs import load_run, resolve_run
-    from detaudit.core.audit_outcome import AuditVerdict
     from detaudit.core.axes import AXES
     from detaudit.core.config import Settings
     from detaudit.render.progress import StageProgress
@@ -462,7 +453,7 @@ def _cmd_audit(args: Any) -> int:
         out.print(audit_report(result, show_all=args.all))
         out.print(f"Stored: {result['run_dir']}  (again: detaudit show {result['run_dir']})", highlight=False,
                   soft_wrap=True)
-    code = EXIT_OK if AuditVerdict(result["verdict"]).passed else EXIT_FAILED
+    code = ExitCode.OK if AuditVerdict(result["verdict"]).passed else ExitCode.FAILED
     if base is not None:
         code = max(code, _print_audit_comparison(base, load_run(result["run_dir"]), args.json))
     return code
@@ -482,20 +473,20 @@ def _cmd_env(args: Any) -> int:
     info = {"host": host_fingerprint(), "tensorflow": spawn_env_probe()}
     if args.json:
         _print_json(info)
-        return EXIT_OK
+        return ExitCode.OK
     out = _out()
     for section, values in info.items():
         out.print(section, style="bold", highlight=False)
         for key, value in values.items():
             out.print(f"  {key}: {value}", highlight=False, markup=False)
-    return EXIT_OK
+    return ExitCode.OK
 
 
 def _cmd_schema(args: Any) -> int:
     from detaudit.core.schema import config_schema
 
     _print_json(config_schema())
-    return EXIT_OK
+    return ExitCode.OK
 
 
 _HANDLERS = {"run": _cmd_run, "show": _cmd_show, "compare": _cmd_compare, "history": _cmd_history,
@@ -553,7 +544,7 @@ def main(argv: list[str] | None = None) -> int:
     if sys.stderr is not None and not isinstance(sys.stderr, _Output):
         sys.stderr = _Output(sys.stderr)  # type: ignore[assignment]
     try:
-        return _main_with_signals(argv)
+        return int(_main_with_signals(argv))
     finally:
         with contextlib.suppress(Exception):
             sys.stdout.flush()
@@ -578,7 +569,7 @@ def _main_with_signals(argv: list[str] | None) -> int:
     finally:
         if previous is not None:  # main() called in-process (tests, a service) leaves SIGTERM as it found it
             signal.signal(signal.SIGTERM, previous)
-    return 128 + signal.SIGTERM if terminated and code == EXIT_INTERRUPTED else code
+    return ExitCode.TERMINATED if terminated and code == ExitCode.INTERRUPTED else code
 
 
 def _main(argv: list[str] | None) -> int:
@@ -586,10 +577,10 @@ def _main(argv: list[str] | None) -> int:
     args = parser.parse_args(argv)
     if args.version:
         print(version_text())
-        return EXIT_OK
+        return ExitCode.OK
     if args.command is None:
         print("detaudit: error: a command is required (see `detaudit --help`)", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return ExitCode.BAD_INPUT
     try:
         return _HANDLERS[args.command](args)
     except DetauditError as exc:
@@ -600,14 +591,11 @@ def _main(argv: list[str] | None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         print("detaudit: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+        return ExitCode.INTERRUPTED
     except BrokenPipeError:  # `detaudit show | head`: the reader left; not an error of ours
         with contextlib.suppress(OSError):
             sys.stdout = None  # type: ignore[assignment]
-        return EXIT_OK
-
-
-assert EXIT_INTERNAL == 3  # WorkerError.exit_code; documented in detaudit.arguments
+        return ExitCode.OK
 
 
 if __name__ == "__main__":

@@ -2,10 +2,11 @@
 
 Every error a user can cause by what they typed or pointed detaudit at derives
 from :class:`DetauditError`; the CLI turns each into one line per problem on
-stderr and its ``exit_code``: 2 for bad input, 1 for a run that could not
-finish (a full disk), 3 for a TensorFlow worker that failed on its own
-(detaudit's or TensorFlow's fault, not the user's). Anything else is a bug in
-detaudit and keeps its traceback.
+stderr and its ``exit_code`` (an :class:`~detaudit.core.vocabulary.ExitCode`):
+BAD_INPUT for bad input, FAILED for a run that could not finish (a full disk),
+WORKER_FAILED for a TensorFlow worker that failed on its own (detaudit's or
+TensorFlow's fault, not the user's). Anything else is a bug in detaudit and
+keeps its traceback.
 """
 
 from __future__ import annotations
@@ -14,14 +15,16 @@ import difflib
 import re
 from collections.abc import Iterable
 
+from detaudit.core.vocabulary import ExitCode
+
 __all__ = ["ConfigError", "DetauditError", "DiskFullError", "RunDirError", "UsageError", "WorkerError", "a_or_an",
            "did_you_mean", "install_hint", "one_line"]
 
 
 class DetauditError(Exception):
-    """Base class of errors caused by the user's input; the CLI exits with 2."""
+    """Base class of errors caused by the user's input; the CLI exits with ``ExitCode.BAD_INPUT``."""
 
-    exit_code = 2
+    exit_code: ExitCode = ExitCode.BAD_INPUT
 
 
 class ConfigError(DetauditError):
@@ -43,7 +46,7 @@ class RunDirError(DetauditError):
 class DiskFullError(DetauditError):
     """Raised when a run cannot be written for lack of space; the run is incomplete and can be resumed."""
 
-    exit_code = 1
+    exit_code = ExitCode.FAILED
 
 
 class WorkerError(DetauditError):
@@ -52,7 +55,7 @@ class WorkerError(DetauditError):
     Not the user's mistake: the message carries the worker's last stderr lines.
     """
 
-    exit_code = 3
+    exit_code = ExitCode.WORKER_FAILED
 
 
 def did_you_mean(received: object, allowed: Iterable[object]) -> str:

@@ -8,7 +8,6 @@ of a config (``expect``), the fixed adjoint limit and the known upstream bugs
 
 from __future__ import annotations
 
-import enum
 import json
 from typing import Any
 
@@ -17,6 +16,8 @@ import pandas as pd
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Config, Settings
+from detaudit.core.thresholds import ulp_thresholds
+from detaudit.core.vocabulary import Status, Verdict
 
 __all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verdicts", "known_bool", "largest",
            "layer_label", "rows_by_cell", "settings_of", "threshold_breaches"]
@@ -24,59 +25,6 @@ __all__ = ["ADJOINT_LIMIT_EPS", "CELL_KEYS", "Verdict", "cell_label", "cell_verd
 #: Above this many epsilons the adjoint test fails: conv_transpose is then not the adjoint of conv (a TF bug).
 ADJOINT_LIMIT_EPS = 64.0
 CELL_KEYS = ["cell_id", "layer", "params", "input_shape", *AXES, "seed"]
-
-
-class Verdict(str, enum.Enum):
-    """The verdict of one cell, worst first."""
-
-    CRASH = "CRASH"
-    TIMEOUT = "TIMEOUT"
-    ERROR = "ERROR"
-    NONDETERMINISTIC = "NONDETERMINISTIC"
-    UNSUPPORTED = "UNSUPPORTED"
-    SKIPPED = "SKIPPED"
-    DETERMINISTIC = "DETERMINISTIC"
-
-    @property
-    def description(self) -> str:
-        return _DESCRIPTIONS[self]
-
-    @property
-    def severity(self) -> int:
-        """0 is the worst."""
-        return list(Verdict).index(self)
-
-    @property
-    def failed_to_run(self) -> bool:
-        """The cell produced no measurement because something broke (always fails a run)."""
-        return self in (Verdict.CRASH, Verdict.TIMEOUT, Verdict.ERROR)
-
-    @property
-    def style(self) -> str:
-        """The rich style of this verdict, for every renderer that colours it."""
-        return _STYLES[self]
-
-    @property
-    def colour(self) -> str:
-        """The HTML colour of this verdict."""
-        return _COLOURS[self]
-
-
-_DESCRIPTIONS = {
-    Verdict.CRASH: "the worker process died while running the cell",
-    Verdict.TIMEOUT: "the worker exceeded timeout_s while running the cell",
-    Verdict.ERROR: "the layer or TensorFlow raised an error",
-    Verdict.NONDETERMINISTIC: "a repeat or a fresh-process replay gave different bits",
-    Verdict.UNSUPPORTED: "TensorFlow refused: no deterministic implementation of an op",
-    Verdict.SKIPPED: "the device is not visible on this machine",
-    Verdict.DETERMINISTIC: "every repeat and replay gave identical bits",
-}
-_STYLES = {Verdict.DETERMINISTIC: "green", Verdict.NONDETERMINISTIC: "bold red", Verdict.UNSUPPORTED: "yellow",
-           Verdict.SKIPPED: "dim", Verdict.ERROR: "red", Verdict.CRASH: "bold red", Verdict.TIMEOUT: "bold red"}
-_COLOURS = {Verdict.DETERMINISTIC: "#2e7d32", Verdict.NONDETERMINISTIC: "#c62828", Verdict.UNSUPPORTED: "#f9a825",
-            Verdict.SKIPPED: "#9e9e9e", Verdict.ERROR: "#ef6c00", Verdict.CRASH: "#6a1b9a", Verdict.TIMEOUT: "#4e342e"}
-_STATUS_VERDICT = {"crash": Verdict.CRASH, "timeout": Verdict.TIMEOUT, "error": Verdict.ERROR,
-                   "unsupported": Verdict.UNSUPPORTED, "skipped": Verdict.SKIPPED}
 
 
 def settings_of(row: dict[str, Any]) -> Any:
@@ -118,7 +66,7 @@ def cell_verdicts(table: pd.DataFrame) -> pd.DataFrame:
                                   "max_ulp"]))
     for rows in rows_by_cell(table, columns).values():
         own = [r for r in rows if r["comparison"] in deciding]
-        verdicts = [_STATUS_VERDICT.get(r["status"], Verdict.ERROR) for r in own if r["status"] != "ok"]
+        verdicts = [Verdict.of_status(r["status"]) for r in own if r["status"] != Status.OK]
         if any(known_bool(r["bitwise_equal"]) is False for r in own):
             verdicts.append(Verdict.NONDETERMINISTIC)
         verdict = min(verdicts, key=lambda v: v.severity) if verdicts else Verdict.DETERMINISTIC
@@ -135,15 +83,13 @@ def cell_verdicts(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def threshold_breaches(table: pd.DataFrame, config: Config) -> pd.DataFrame:
-    """Rows whose max_ulp / max_ulp_scaled exceed the config's thresholds, with a ``breach`` sentence."""
+    """Rows that break one of the config's ULP thresholds, each with its ``breach`` sentence."""
     found = []
-    for kind in ("max_ulp", "max_ulp_scaled"):
-        for comparison, _ in getattr(config.expect, kind):
-            rows = table[(table["comparison"] == comparison) & table[kind].notna()]
-            for row in rows.to_dict("records"):
-                limit = config.expect.threshold(kind, comparison, row["precision"])
-                if limit is not None and row[kind] > limit:
-                    found.append({**row, "breach": f"{row['tensor']} {comparison} {kind} {row[kind]:g} > {limit:g}"})
+    for threshold in ulp_thresholds(config.expect):
+        rows = table[(table["comparison"] == threshold.comparison.value) & table[threshold.measure.value].notna()]
+        for row in rows.to_dict("records"):
+            if (breach := threshold.failure(row)) is not None:
+                found.append({**row, "breach": breach})
     return pd.DataFrame(found, columns=[*table.columns, "breach"])
 
 
