@@ -20,12 +20,12 @@ import pandas as pd
 
 from detaudit.analysis.verdicts import layer_label, settings_of
 from detaudit.core.axes import AXES
-from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.comparisons import ComparisonKind, Role
 
 __all__ = ["Finding", "TensorGap", "findings", "layer_label", "percent", "relative_error", "ulp_unit"]
 
-_REPEAT, _PROCESS, _BASELINE, _REFERENCE = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
-                                            ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value)
+#: The comparisons a finding is made of (run to run, and drift from the baseline), in table order.
+_GAP_KINDS = [kind.value for kind in ComparisonKind if kind.spec.role in (Role.DETERMINISM, Role.DRIFT)]
 
 
 def ulp_unit(dtype: str) -> str:
@@ -126,7 +126,8 @@ class Finding:
 
     def sentence(self) -> str:
         if self.run_to_run:
-            what = "nondeterministic run to run" if self.comparison == _REPEAT else "differs in a fresh process"
+            what = ("nondeterministic run to run" if self.comparison == ComparisonKind.REPEAT.value
+                    else "differs in a fresh process")
             return f"{self.where}: {what} under {self.between}: " + "; ".join(g.phrase() for g in self.gaps)
         before, after = self.between
         return f"{self.where}: {before} -> {after}: " + "; ".join(g.phrase((before, after)) for g in self.gaps)
@@ -159,22 +160,22 @@ def findings(table: pd.DataFrame, baseline: Any, known: dict[tuple[str, str], st
     """
     known = known or {}
     differing = table[(table["bitwise_equal"] == False) & table["tensor"].notna()  # noqa: E712
-                      & table["comparison"].isin([_REPEAT, _PROCESS, _BASELINE])].to_dict("records")
+                      & table["comparison"].isin(_GAP_KINDS)].to_dict("records")
     truth = {(r["cell_id"], r["tensor"]): relative_error(r)
-             for r in table[table["comparison"] == _REFERENCE].to_dict("records")}
+             for r in table[table["comparison"] == ComparisonKind.REFERENCE.value].to_dict("records")}
 
     def same_bits(row: dict[str, Any]) -> tuple[Any, ...]:  # cells whose tensor has these exact bits
         return row["layer"], row["params"], row["input_shape"], row["seed"], row["tensor"], row["digest"]
 
     simplest: dict[tuple[Any, ...], int] = {}
     for row in differing:
-        if row["comparison"] == _BASELINE:
+        if row["comparison"] == ComparisonKind.BASELINE.value:
             key = same_bits(row)
             simplest[key] = min(simplest.get(key, 99), len(_axes_changed(row, baseline)))
     groups: dict[tuple[Any, ...], dict[str, list[dict[str, Any]]]] = {}
     for row in differing:
         n_axes = len(_axes_changed(row, baseline))
-        if row["comparison"] == _BASELINE:
+        if row["comparison"] == ComparisonKind.BASELINE.value:
             if n_axes > simplest[same_bits(row)]:
                 continue
             between: tuple[str, str] | str = _sides(row, baseline)
@@ -190,16 +191,16 @@ def findings(table: pd.DataFrame, baseline: Any, known: dict[tuple[str, str], st
             scaled = [r["max_ulp_scaled"] for r in rows if not pd.isna(r["max_ulp_scaled"])]
             repeats = [_int(r["n_repeats_differ"]) for r in rows if not pd.isna(r["n_repeats_differ"])]
             sides = None
-            if comparison == _BASELINE:
+            if comparison == ComparisonKind.BASELINE.value:
                 sides = (truth.get((worst["reference_cell"], tensor)), truth.get((worst["cell_id"], tensor)))
             gaps.append(TensorGap(
                 tensor, None if pd.isna(worst["dtype"]) else str(worst["dtype"]), _int(worst["n_mismatch"]),
                 _int(worst["n_elements"]), _int(worst["max_ulp"]), max(scaled) if scaled else math.nan,
-                max(repeats) if repeats else None, int(worst["repeats"]) - 1 if comparison == _REPEAT else None,
+                max(repeats) if repeats else None,
+                int(worst["repeats"]) - 1 if comparison == ComparisonKind.REPEAT.value else None,
                 sides, known.get((worst["cell_id"], tensor)), _text(worst.get("op"))))
             size = max(scaled) if scaled else float(_int(worst["max_ulp"]))
             if size > worst_cell[0]:
                 worst_cell = (size, worst["cell_id"])
         out.append(Finding(layer, comparison, between, n_axes, tuple(gaps), worst_cell[1]))
-    order = {_REPEAT: 0, _PROCESS: 1, _BASELINE: 2}
-    return sorted(out, key=lambda f: (order.get(f.comparison, 3), f.n_axes, -f.worst_scaled, f.layer))
+    return sorted(out, key=lambda f: (ComparisonKind(f.comparison).order, f.n_axes, -f.worst_scaled, f.layer))

@@ -7,6 +7,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from detaudit.core.vocabulary import Verdict
 from detaudit.render.text import xml_text
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def summary_cases(summary: RunSummary, failures: dict[str, list[str]] | None = N
         cases.append(JUnitCase(
             classname=cell.layer, name=f"{cell.settings_label}, seed={cell.seed}", seconds=cell.seconds or 0.0,
             failure="\n".join(failed) if failed else None,
-            skipped=cell.message if cell.verdict.value == "SKIPPED" else None))
+            skipped=cell.message if cell.verdict == Verdict.SKIPPED else None))
     if failures is None and summary.nothing_measured:  # all skips, which CI viewers show green: the run failed
         cases.append(JUnitCase(classname="run", name="something was measured",
                                failure=summary.status_headline))

@@ -22,6 +22,8 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from detaudit.core.vocabulary import Status
+
 __all__ = ["RunProgress", "StageProgress"]
 
 
@@ -51,7 +53,7 @@ class RunProgress:
             self._progress.update(self._task, total=self._total, description=event.message)
         elif event.kind == "cell_finished" and event.record is not None:
             status = event.record["status"]
-            if status == "skipped":  # not work done: the ETA counts only cells that run
+            if status == Status.SKIPPED:  # not work done: the ETA counts only cells that run
                 self._total -= 1
                 self._progress.update(self._task, total=self._total)
             else:

@@ -13,8 +13,11 @@ from collections.abc import Callable
 from typing import Any
 
 from detaudit.analysis.summary import KnownMatch
+from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS
+from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Config
 from detaudit.core.knowledge import judge_known_bugs
+from detaudit.core.vocabulary import OneDnnState, RunStatus
 from detaudit.engine.runner import run_probe
 from detaudit.errors import UsageError
 
@@ -46,11 +49,11 @@ def adjoint_specs(config: Config | None) -> list[dict[str, Any]]:
     return items
 
 
-def run_adjoint(config: Config | None, threshold: float = 64.0, strict: bool = False,
+def run_adjoint(config: Config | None, threshold: float = ADJOINT_LIMIT_EPS, strict: bool = False,
                 on_progress: Callable[[Any], None] | None = None) -> dict[str, Any]:
     """Run and judge the adjoint tests; returns the report every renderer formats (plain data + KnownMatch)."""
     measured = run_probe("adjoint", adjoint_specs(config), on_progress=on_progress)
-    onednn = str(measured["onednn"]).split(" ")[0]
+    onednn = OneDnnState.parse(measured["onednn"]).word
     tf_version = measured.get("tensorflow")
     specs, matches = [], []
     for row in measured["specs"]:
@@ -58,7 +61,7 @@ def run_adjoint(config: Config | None, threshold: float = 64.0, strict: bool = F
         for dtype, result in row["results"].items():
             if result.get("error"):
                 continue
-            facts = {"comparison": "adjoint", "rank": row["rank"], "kernel": row["kernel"], "stride": row["stride"],
+            facts = {"comparison": ComparisonKind.ADJOINT.value, "rank": row["rank"], "kernel": row["kernel"], "stride": row["stride"],
                      "padding": row["padding"], "dtype": dtype, "device": "cpu", "onednn": onednn,
                      "tensorflow": tf_version, "adjoint_eps": result["adjoint_eps"]}
             failed = result["adjoint_eps"] > threshold
@@ -79,9 +82,9 @@ def run_adjoint(config: Config | None, threshold: float = 64.0, strict: bool = F
     if failing:
         names = "; ".join(f"rank {s['rank']} kernel {s['kernel']} stride {s['stride']} {s['padding']} ("
                           + ", ".join(f"{d} {e:.3g} eps" for d, e in s["above"]) + ")" for s in failing)
-        line = f"FAIL: {len(failing)} adjoint test(s) above {threshold:g} eps: {names}. A TensorFlow bug: report it"
+        line = f"{RunStatus.FAIL}: {len(failing)} adjoint test(s) above {threshold:g} eps: {names}. A TensorFlow bug: report it"
     else:
-        line = "PASS: conv_transpose is the adjoint of conv in every spec (and never its inverse)"
+        line = f"{RunStatus.PASS}: conv_transpose is the adjoint of conv in every spec (and never its inverse)"
         if known_specs:
             line += f"; {len(known_specs)} spec(s) show a KNOWN upstream bug, not counted (--strict counts them)"
     return {"threshold_eps": threshold, "strict": strict, "onednn": measured["onednn"], "specs": specs,

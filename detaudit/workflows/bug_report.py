@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from detaudit.analysis.runs import StoredRun
+from detaudit.core.vocabulary import OneDnnState, ToggleOutcome, TriageMode
 
 __all__ = ["cpu_flags", "environment_of", "report_markdown", "upstream_section"]
 
@@ -43,21 +44,21 @@ def environment_of(stored: StoredRun) -> dict[str, Any]:
 
 def _behaviour(result: Any) -> tuple[str, str]:
     """(current, expected) behaviour in words and figures."""
-    mode, tensor, measured = result.mode.value, result.tensor, result.minimal_measured
+    mode, tensor, measured = result.mode, result.tensor, result.minimal_measured
     op = result.confirmed.ops.get(tensor or "", "")
     where = f"`{tensor}` (computed by `{op}`)" if op else f"`{tensor}`"
-    if mode == "repeat":
+    if mode is TriageMode.REPEAT:
         return (f"Two runs of the same pass, same inputs, same process, give different bits in {where}: "
                 f"{measured.detail}.", "Bit-identical results from identical inputs (or an error, with op determinism "
                 "on, naming the op that cannot be deterministic).")
-    if mode == "drift":
+    if mode is TriageMode.DRIFT:
         return (f"{where} differs between the two settings: {measured.detail}. {result.closer}.",
                 "Both within the dtype's rounding of the float64 result.")
     original = list(result.cell.layer.input_shape)
     current = f"{where} in the minimal case: {measured.detail}."
     if result.minimal.layer != result.cell.layer:
         current += f" In the case as first found (input {original}): {result.confirmed.detail}."
-    fixed = [t for t in result.toggles if t[2] == "fixes"]
+    fixed = [t for t in result.toggles if t[2] == ToggleOutcome.FIXES]
     if fixed:
         current += " There, with one setting changed (same precision, same device): " + "; ".join(
             f"`{a}={v}`: {d}" for a, v, _, _, d in fixed) + "."
@@ -76,7 +77,7 @@ def upstream_section(result: Any, environment: dict[str, Any], repro_text: str |
             if reported else ["Status upstream: **not yet reported**. File it as a new issue with the text below."])
     gpu = environment.get("gpus") or "none"
     onednn = cell.settings.onednn if cell.settings.onednn != "default" else \
-        str(environment.get("onednn_state") or "default").split(" ")[0]
+        OneDnnState.parse(environment.get("onednn_state")).or_word("default")
     driver = "" if gpu == "none" else f" (driver {environment.get('nvidia_driver')})"
     lines = [
         "## For TensorFlow (bug-report template)", "", *head, "",

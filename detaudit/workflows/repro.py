@@ -24,6 +24,7 @@ from typing import Any
 from detaudit.core import numerics
 from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell
+from detaudit.core.vocabulary import TriageMode
 from detaudit.engine import standalone
 
 __all__ = ["render_repro"]
@@ -158,7 +159,7 @@ def _body(module: Any) -> str:
                      if line.strip() != "from __future__ import annotations")
 
 
-def render_repro(cell: Cell, mode: str = "repeat", reference: Any = None, title: str | None = None) -> str:
+def render_repro(cell: Cell, mode: str = TriageMode.REPEAT.value, reference: Any = None, title: str | None = None) -> str:
     """The text of a standalone ``repro.py`` for ``cell``.
 
     Args:
@@ -181,7 +182,7 @@ def render_repro(cell: Cell, mode: str = "repeat", reference: Any = None, title:
     header = _HEADER.format(
         title=title or f"{cell.layer.describe()} [{cell.settings.label()}, seed={cell.seed}]",
         user_note=f", plus your module {user} (run it from the directory detaudit ran in)" if user else "",
-        what="run to run" if mode == "repeat" else "under two settings, each in a fresh process",
+        what="run to run" if mode == TriageMode.REPEAT else "under two settings, each in a fresh process",
         case=json.dumps(case, indent=1), settings=json.dumps(settings, indent=1))
     source = numerics_source()
     return (header + "\n\n# ---- how detaudit builds and runs a cell: detaudit.engine.standalone, verbatim ----\n"

@@ -11,7 +11,6 @@ adjoint tests, then drifts by their scaled ULP gap.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import math
 import re
 from typing import Any
@@ -24,6 +23,7 @@ from detaudit.analysis.summary import build_summary
 from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS, Verdict, cell_label, settings_of
 from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.vocabulary import Status, TriageMode
 from detaudit.errors import UsageError
 
 __all__ = ["ACCURACY_LIMITS", "Target", "TriageMode", "accuracy_limit", "distinct", "percent", "pick_targets", "resolve_cell_id",
@@ -46,29 +46,6 @@ def percent(fraction: float | None) -> str:
 def accuracy_limit(precision: str) -> float:
     """The limit of :data:`ACCURACY_LIMITS` for a cell of this precision (its compute dtype's)."""
     return ACCURACY_LIMITS.get(compute_dtype(precision), 1e-5)
-
-
-class TriageMode(str, enum.Enum):
-    """The kind of finding triaged, and the question triage asks about it."""
-
-    REPEAT = "repeat"
-    DRIFT = "drift"
-    ACCURACY = "accuracy"
-    ADJOINT = "adjoint"
-
-    @property
-    def description(self) -> str:
-        return {"repeat": "run-to-run difference", "drift": "drift from the baseline",
-                "accuracy": "error against float64", "adjoint": "failed adjoint test"}[self.value]
-
-    @property
-    def question(self) -> str:
-        return {"repeat": "which single setting removes the run-to-run difference?",
-                "drift": "which side is closer to float64, and is either beyond its limit?",
-                "accuracy": "which setting, keeping the precision and the device, brings the tensor within its "
-                            "limit of float64?",
-                "adjoint": "which setting, keeping the precision and the device, makes the adjoint test pass?"}[
-            self.value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,7 +88,7 @@ def _candidates(stored: StoredRun) -> list[Target]:
             out.append(Target(cell.cell_id, TriageMode.REPEAT, worst[0], cell.label,
                               f"{worst[0]} max {worst[1]:,} ULP run to run", "", cell.cell_id in broken,
                               float(worst[1] or 0)))
-    ok = table[(table["status"] == "ok") & table["tensor"].notna()]
+    ok = table[(table["status"] == Status.OK.value) & table["tensor"].notna()]
     for row in ok[ok["comparison"] == ComparisonKind.REFERENCE.value].to_dict("records"):
         error, limit = relative_error(row), accuracy_limit(str(row["precision"]))
         if error is not None and error > limit:

@@ -22,23 +22,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
-
-from detaudit.analysis.findings import relative_error
 from detaudit.analysis.runs import StoredRun
-from detaudit.analysis.summary import cell_facts
-from detaudit.analysis.verdicts import ADJOINT_LIMIT_EPS
 from detaudit.core.axes import AXES
-from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
-from detaudit.core.knowledge import explain, judge_known_bugs
+from detaudit.core.knowledge import explain
+from detaudit.core.vocabulary import OneDnnState, ToggleOutcome
 from detaudit.engine.fingerprint import host_fingerprint
-from detaudit.engine.runner import run_cells
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import UsageError
 from detaudit.errors import a_or_an as _a
 from detaudit.workflows import shrink
 from detaudit.workflows.bug_report import environment_of, report_markdown
+from detaudit.workflows.measure import Measurement, baseline_for, measure_cells
 from detaudit.workflows.repro import render_repro
 from detaudit.workflows.repro_short import render_short_repro
 from detaudit.workflows.targets import (
@@ -53,9 +48,6 @@ from detaudit.workflows.targets import (
 
 __all__ = ["Measurement", "TriageResult", "TriageStep", "environment_of", "triage_cell", "triage_run"]
 
-_REFERENCE, _ADJOINT, _BASELINE = (ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value,
-                                   ComparisonKind.BASELINE.value)
-
 
 @dataclasses.dataclass(frozen=True)
 class TriageStep:
@@ -66,22 +58,6 @@ class TriageStep:
     outcome: str
 
 
-@dataclasses.dataclass
-class Measurement:
-    """What one measured cell showed for the finding triaged."""
-
-    differs: bool
-    max_ulp: int
-    detail: str
-    tensors: list[str]
-    measurable: bool = True
-    errors: dict[str, float] = dataclasses.field(default_factory=dict)  # vs float64, per tensor
-    ops: dict[str, str] = dataclasses.field(default_factory=dict)  # the op behind each tensor
-    known: list[dict[str, str]] = dataclasses.field(default_factory=list)  # known upstream bugs it shows
-    adjoint_eps: float | None = None
-
-
-@dataclasses.dataclass
 class TriageResult:
     """Everything triage learned about one cell."""
 
@@ -89,7 +65,7 @@ class TriageResult:
     mode: TriageMode
     tensor: str | None
     confirmed: Measurement
-    toggles: list[tuple[str, Any, str, int, str]]  # axis, value, outcome, max ULP, detail
+    toggles: list[tuple[str, Any, ToggleOutcome, int, str]]  # axis, value, outcome, max ULP, detail
     minimal: Cell
     minimal_measured: Measurement
     explanation: dict[str, Any]
@@ -104,13 +80,13 @@ class TriageResult:
     @property
     def removed_by(self) -> list[str]:
         """Settings whose change removed the finding (run to run) or fixed it (precision and device kept)."""
-        return [f"{axis}={value}" for axis, value, outcome, _, _ in self.toggles if outcome in ("removed", "fixes")]
+        return [f"{axis}={value}" for axis, value, outcome, _, _ in self.toggles if ToggleOutcome(outcome).fixed]
 
     def to_dict(self) -> dict[str, Any]:
         return {"cell_id": self.cell.cell_id, "cell": self.cell.to_dict(), "mode": self.mode.value,
                 "question": self.mode.question, "tensor": self.tensor, "op": self.confirmed.ops.get(self.tensor or ""),
                 "ops": self.confirmed.ops, "confirmed": dataclasses.asdict(self.confirmed),
-                "toggles": [{"axis": a, "value": v, "outcome": o, "max_ulp": u, "detail": d}
+                "toggles": [{"axis": a, "value": v, "outcome": str(o), "max_ulp": u, "detail": d}
                             for a, v, o, u, d in self.toggles],
                 "minimal": self.minimal.to_dict(), "minimal_description": self.minimal.layer.describe(),
                 "minimal_measured": dataclasses.asdict(self.minimal_measured), "shrunk": self.shrunk,
@@ -119,89 +95,6 @@ class TriageResult:
                 "repro": str(self.repro) if self.repro else None, "repro_is_short": self.repro_is_short,
                 "repro_full": str(self.repro_full) if self.repro_full else None,
                 "report": str(self.report) if self.report else None}
-
-
-def _baseline_for(cell: Cell, config: Config) -> Cell:
-    return Cell(cell.layer, config.baseline, cell.seed, cell.repeats)
-
-
-def _ops(rows: pd.DataFrame) -> dict[str, str]:
-    return {str(r["tensor"]): str(r["op"]) for r in rows.to_dict("records")
-            if isinstance(r.get("tensor"), str) and isinstance(r.get("op"), str) and r["op"]}
-
-
-def _known(rows: pd.DataFrame, onednn: str, tf_version: str | None) -> list[dict[str, str]]:
-    """The known upstream bugs the cell's reference and adjoint rows show."""
-    out: dict[str, dict[str, str]] = {}
-    for row in rows[rows["comparison"].isin([_REFERENCE, _ADJOINT])].to_dict("records"):
-        for bug, shows in judge_known_bugs(cell_facts(row, onednn, tf_version)):
-            if shows:
-                out[bug.id] = {"id": bug.id, "title": bug.title, "link": bug.link, "reference": bug.reference(),
-                               "effect": bug.effect, "workaround": bug.workaround}
-    return list(out.values())
-
-
-def _accuracy(cell: Cell, rows: pd.DataFrame, mode: TriageMode, focus: str | None) -> tuple[bool, int, str, dict]:
-    """Whether ``focus`` (or any tensor) is beyond its limit of float64 (or the adjoint test fails)."""
-    limit = accuracy_limit(cell.settings.precision)
-    errors = {str(r["tensor"]): e for r in rows[rows["comparison"] == _REFERENCE].to_dict("records")
-              if (e := relative_error(r)) is not None}
-    if mode is TriageMode.ADJOINT:
-        eps = rows[rows["comparison"] == _ADJOINT]["adjoint_eps"].dropna()
-        value = float(eps.max()) if len(eps) else None
-        detail = "adjoint test not measured" if value is None else f"adjoint test {value:.3g} eps (limit 64)"
-        return value is not None and value > ADJOINT_LIMIT_EPS, 0, detail, errors
-    beyond = [t for t, e in errors.items() if e > limit and (focus is None or t == focus)]
-    shown = [focus] if focus in errors else sorted(errors, key=lambda t: -errors[t])[:1]
-    detail = "; ".join(f"{t} {percent(errors[t])} off float64 (limit {percent(limit)})" for t in shown) or \
-        "no float64 reference for this layer"
-    ref = rows[(rows["comparison"] == _REFERENCE) & rows["tensor"].isin(shown)]["max_ulp"].dropna()
-    return bool(beyond), int(ref.max()) if len(ref) else 0, detail, errors
-
-
-def _measure(cells: list[Cell], mode: TriageMode, config: Config, work: Path, label: str,
-             on_event: Callable[[Any], None] | None = None, focus: str | None = None,
-             onednn: str = "", tf_version: str | None = None) -> dict[str, Measurement]:
-    """Run cells (with their baselines for a drift) in workers; say per cell whether the finding is there."""
-    todo = list(cells) + ([_baseline_for(c, config) for c in cells] if mode is TriageMode.DRIFT else [])
-    table = run_cells(todo, config, out=work, run_id=label, on_event=on_event)
-    deciding = {TriageMode.REPEAT: ComparisonKind.deciding_determinism(), TriageMode.DRIFT: (_BASELINE,)}
-    out = {}
-    for cell in cells:
-        own = table[table["cell_id"] == cell.cell_id]
-        ops = _ops(own[own["comparison"] == ComparisonKind.REPEAT.value])
-        rows = own[own["comparison"].isin(deciding.get(mode, ComparisonKind.deciding_determinism()))]
-        failed = rows[rows["status"] != "ok"]
-        if not failed.empty or rows.empty:
-            message = failed["message"].iloc[0] if not failed.empty else "no comparison"
-            out[cell.cell_id] = Measurement(False, 0, f"not measurable: {message}"[:200], [], False, ops=ops)
-            continue
-        path = onednn if cell.settings.onednn == "default" else cell.settings.onednn
-        known = _known(own, path, tf_version)
-        adjoint = own[own["comparison"] == _ADJOINT]["adjoint_eps"].dropna()
-        eps = float(adjoint.max()) if len(adjoint) else None
-        if mode in (TriageMode.ACCURACY, TriageMode.ADJOINT):
-            differs, ulp, detail, errors = _accuracy(cell, own, mode, focus)
-            out[cell.cell_id] = Measurement(differs, ulp, detail, [focus] if focus and differs else [], True,
-                                            errors, ops, known, eps)
-            continue
-        differing = rows[rows["bitwise_equal"] == False]  # noqa: E712
-        errors = {str(r["tensor"]): e for r in own[own["comparison"] == _REFERENCE].to_dict("records")
-                  if (e := relative_error(r)) is not None}
-        max_ulp = int(differing["max_ulp"].max()) if not differing.empty else 0
-        detail = ", ".join(f"{r['tensor']} {int(r['n_mismatch'])}/{int(r['n_elements'])} max {int(r['max_ulp'])} ULP"
-                           for r in differing.to_dict("records"))
-        repeats = differing["n_repeats_differ"].dropna()
-        if mode is TriageMode.REPEAT and len(repeats):
-            detail = f"{int(repeats.max())} of {cell.repeats - 1} repeats differ: {detail}"
-        out[cell.cell_id] = Measurement(not differing.empty, max_ulp, detail or "identical",
-                                        list(differing["tensor"]), True, errors, ops, known, eps)
-    for baseline in todo[len(cells):]:  # a drift's other side: its errors against float64, for "which is closer"
-        if baseline.cell_id not in out:
-            own = table[(table["cell_id"] == baseline.cell_id) & (table["comparison"] == _REFERENCE)]
-            errors = {str(r["tensor"]): e for r in own.to_dict("records") if (e := relative_error(r)) is not None}
-            out[baseline.cell_id] = Measurement(False, 0, "the baseline", [], True, errors)
-    return out
 
 
 def _with(cell: Cell, **changes: Any) -> Cell:
@@ -230,17 +123,17 @@ def _toggle_variants(cell: Cell, mode: TriageMode, onednn: str = "") -> list[tup
     return out
 
 
-def _outcome(mode: TriageMode, confirmed: Measurement, result: Measurement) -> str:
+def _outcome(mode: TriageMode, confirmed: Measurement, result: Measurement) -> ToggleOutcome:
     if not result.measurable:
-        return "failed"
+        return ToggleOutcome.FAILED
     if not result.differs:
-        return "fixes" if mode in (TriageMode.ACCURACY, TriageMode.ADJOINT) else "removed"
+        return ToggleOutcome.FIXES if mode.judged_by_accuracy else ToggleOutcome.REMOVED
     if mode is TriageMode.ACCURACY and confirmed.tensors:
         tensor = confirmed.tensors[0]
         better = result.errors.get(tensor, 1.0) < confirmed.errors.get(tensor, 0.0)
     else:
         better = result.max_ulp < confirmed.max_ulp
-    return "reduces" if better else "persists"
+    return ToggleOutcome.REDUCES if better else ToggleOutcome.PERSISTS
 
 
 def _shrink(cell: Cell, measure: Callable[[list[Cell], str], dict[str, Measurement]], deadline: float,
@@ -335,7 +228,7 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
             on_step(steps[-1])
 
     def measure(cells: list[Cell], label: str) -> dict[str, Measurement]:
-        return _measure(cells, mode, config, work, label, on_event, tensor, onednn, tf_version)
+        return measure_cells(cells, mode, config, work, label, on_event, tensor, onednn, tf_version)
 
     cell = Cell(cell.layer, cell.settings, cell.seed, max(cell.repeats, 5 if mode is TriageMode.REPEAT else 2))
     variants = _toggle_variants(cell, mode, onednn)
@@ -356,7 +249,7 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
         toggles.append((axis, value, outcome, result.max_ulp, result.detail))
         step("toggle", f"{axis}={value}", f"{outcome}: {result.detail}")
     if mode is TriageMode.DRIFT:
-        baseline = measured[_baseline_for(cell, config).cell_id]
+        baseline = measured[baseline_for(cell, config).cell_id]
         differing = [a for a in AXES if getattr(cell.settings, a) != getattr(config.baseline, a)]
         sides = (", ".join(f"{a}={getattr(config.baseline, a)}" for a in differing),
                  ", ".join(f"{a}={getattr(cell.settings, a)}" for a in differing))
@@ -369,7 +262,7 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
                    if cell.layer.params.get(k) != v]
         shrunk += f" ({', '.join(changed)})"
     step("shrink", "minimal case", f"{minimal.layer.describe()}: {shrunk}")
-    fixed = [f"{a}={v}" for a, v, o, _, _ in toggles if o in ("removed", "fixes")]
+    fixed = [f"{a}={v}" for a, v, o, _, _ in toggles if o.fixed]
     minimal_measured = kept or confirmed
     explanation = _explanation(mode, cell, minimal_measured if minimal_measured.known else confirmed, fixed,
                                message, tf_version)
@@ -381,14 +274,14 @@ def triage_cell(cell: Cell, mode: TriageMode | str, config: Config, work: Path, 
 def _write_outputs(result: TriageResult, store: RunStore, environment: dict[str, Any], config: Config) -> None:
     """Write repro.py (short), repro_full.py (digest parity) and report.md for a triaged cell."""
     cell, folder = result.minimal, result.cell.cell_id
-    reference = _baseline_for(cell, config).settings if result.mode is TriageMode.DRIFT else None
-    full_mode = "drift" if result.mode is TriageMode.DRIFT else "repeat"
+    reference = baseline_for(cell, config).settings if result.mode is TriageMode.DRIFT else None
+    full_mode = (TriageMode.DRIFT if result.mode is TriageMode.DRIFT else TriageMode.REPEAT).value
     full = render_repro(cell, full_mode, reference)
     result.repro_full = store.write_text(f"{folder}/repro_full.py", full)
     limit = accuracy_limit(cell.settings.precision)
     upstream = result.explanation.get("known") if result.explanation.get("reported") else "not yet reported"
     short = render_short_repro(cell, result.mode, result.tensor, limit, result.confirmed.ops.get(result.tensor or ""),
-                               upstream, onednn=str(environment.get("onednn_state") or "").split(" ")[0])
+                               upstream, onednn=OneDnnState.parse(environment.get("onednn_state")).word)
     # A layer the short form cannot express (a user layer, say) gets the full reproducer as repro.py too.
     result.repro = store.write_text(f"{folder}/repro.py", short if short is not None else full)
     result.repro_is_short = short is not None
@@ -423,7 +316,7 @@ def triage_run(stored: StoredRun, cell_id: str | None, budget_s: float, out: str
     target = chosen[0]
     records = {r["cell_id"]: r for r in stored.store.iter_records() if not r.get("replay")}
     environment = environment_of(stored)
-    onednn = str(environment.get("onednn_state") or "").split(" ")[0]
+    onednn = OneDnnState.parse(environment.get("onednn_state")).word
     store = RunStore.create(out, stored.config.to_dict(), f"triage-{stored.config.name}", kind=RunKind.TRIAGE)
     meta = {"run_id": store.run_id, "kind": RunKind.TRIAGE.value, "config_name": stored.config.name,
             "source_run": str(stored.path), "source_run_id": stored.run_id, "cells": [target.cell_id],
