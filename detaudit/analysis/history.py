@@ -6,8 +6,10 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from detaudit.analysis.run_facts import RunFacts
 from detaudit.analysis.runs import StoredRun, list_runs, load_run
 from detaudit.analysis.summary import build_summary
+from detaudit.analysis.triage_view import TriageView
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
 
@@ -29,18 +31,17 @@ def history_runs(runs_dir: str | Path,
             if on_skip:
                 on_skip(store.path, str(exc))
             continue
-        tf = stored.meta.get("tensorflow") or {}
-        gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
-        row = {"run_id": stored.run_id, "started": str(stored.meta.get("started") or ""), "kind": stored.kind.value,
-               "config": str(stored.meta.get("config_name") or "?"),
-               "tensorflow": str(tf.get("tensorflow_version") or "?"), "device": ", ".join(gpus) if gpus else "cpu",
-               "counts": {}, "status": None, "verdict": None, "run_dir": str(stored.path)}
+        facts = RunFacts.from_meta(stored.meta)
+        row = {"run_id": stored.run_id, "started": facts.started or "", "kind": stored.kind.value,
+               "config": facts.config_name or "?", "tensorflow": facts.tensorflow_version or "?",
+               "device": ", ".join(facts.gpus) or "cpu", "counts": {}, "status": None, "verdict": None,
+               "run_dir": str(stored.path)}
         if stored.kind is RunKind.MATRIX:
             summary = build_summary(stored)
             row.update(counts=summary.counts, status=summary.status.value)
         elif stored.kind is RunKind.AUDIT:
             row["verdict"] = (stored.result or {}).get("verdict")
         else:
-            cells = (stored.result or {}).get("cells", [])
-            row["verdict"] = f"{sum(bool(c.get('reproduced')) for c in cells)}/{len(cells)} reproduced"
+            view = TriageView.from_result(stored.result or {})
+            row["verdict"] = f"{view.reproduced}/{len(view.cells)} reproduced"
         yield row, stored

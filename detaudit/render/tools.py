@@ -15,6 +15,8 @@ from rich.table import Table
 from rich.text import Text
 
 from detaudit.analysis.audit_view import AuditView
+from detaudit.analysis.triage_view import TriagedCell, TriageView
+from detaudit.render import theme
 from detaudit.render.terminal import render_known
 from detaudit.render.text import visible
 
@@ -213,53 +215,31 @@ def audit_markdown(result: dict[str, Any]) -> str:
     return visible("\n".join(lines) + "\n")  # a report file is read in a terminal too
 
 
-_MODES = {"repeat": "run-to-run difference", "drift": "drift from the baseline", "accuracy": "error against float64",
-          "adjoint": "failed adjoint test"}
-
-
-def _answer(cell: dict[str, Any]) -> tuple[str, str]:
-    """The answer to the triage's question, labelled."""
-    mode, removed = cell.get("mode"), cell.get("removed_by") or []
-    if mode == "drift":
-        return "Closer to float64: ", cell.get("closer") or "not known (no float64 reference)"
-    if mode in ("accuracy", "adjoint"):
-        return "Fixed by (precision and device kept): ", ", ".join(removed) or "no single setting"
-    return "Removed by: ", ", ".join(removed) or "no single setting"
+def _triaged_cell(cell: TriagedCell) -> RenderableType:
+    """One reproduced cell of a triage as a panel: finding, op, question, toggles, answer, cause, files."""
+    tried = "; ".join(f"{t.setting}: {t.outcome}" for t in cell.toggles) or "nothing to toggle"
+    repro = cell.repro + ("" if cell.repro_is_short else " (the full one: no short form for this layer)")
+    lines = [("Finding: ", cell.finding), ("Op: ", cell.op or "not recorded"), ("Question: ", cell.question),
+             ("Tried: ", tried), (f"{cell.answer_label}: ", cell.answer), ("Upstream: ", cell.upstream),
+             ("Most likely cause: ", cell.cause), ("Fix: ", cell.fix),
+             ("Minimal case: ", f"{cell.minimal} ({cell.shrunk})"), ("Reproducer: ", repro),
+             *([("Full reproducer: ", cell.repro_full)] if cell.repro_full else []), ("Report: ", cell.report)]
+    body = Text("\n").join(Text.assemble((label, "bold"), text) for label, text in lines)
+    return Panel(body, title=f"triage {cell.cell_id} ({cell.mode})")
 
 
 def triage_report(result: dict[str, Any], limit: int = 10) -> RenderableType:
     """A stored triage run: the finding, the op behind it, the answer, the cause, the minimal case, the files;
     then the run's other findings with their cell ids."""
-    parts: list[RenderableType] = [Text(f"Triage of {result.get('source_run', '?')}", style="bold")]
-    for cell in result.get("cells", []):
-        if not cell.get("reproduced"):
-            parts.append(Text(f"{cell['cell_id']}: not reproduced (flaky, or gone)", style="bold yellow"))
-            continue
-        explanation = cell["explanation"]
-        known = explanation.get("known")
-        upstream = known if explanation.get("reported") else "not yet reported"
-        tried = [f"{t['axis']}={t['value']}: {t['outcome']}" for t in cell.get("toggles", [])]
-        label, answer = _answer(cell)
-        repro = f"python {cell['repro']}" + ("" if cell.get("repro_is_short") else " (the full one: no short form "
-                                                                                  "for this layer)")
-        parts.append(Panel(Text.assemble(
-            ("Finding: ", "bold"), f"{_MODES.get(cell['mode'], cell['mode'])} in {cell.get('tensor') or 'the pass'}: "
-                                   f"{cell['confirmed']['detail']}", "\n",
-            ("Op: ", "bold"), cell.get("op") or "not recorded", "\n",
-            ("Question: ", "bold"), cell.get("question", ""), "\n",
-            ("Tried: ", "bold"), "; ".join(tried) or "nothing to toggle", "\n",
-            (label, "bold"), answer, "\n",
-            ("Upstream: ", "bold"), upstream, "\n",
-            ("Most likely cause: ", "bold"), explanation["cause"], "\n",
-            ("Fix: ", "bold"), explanation["fix"], "\n",
-            ("Minimal case: ", "bold"), f"{cell['minimal_description']} ({cell.get('shrunk', '')})", "\n",
-            ("Reproducer: ", "bold"), repro, "\n",
-            *((("Full reproducer: ", "bold"), f"python {cell['repro_full']}", "\n") if cell.get("repro_full") else ()),
-            ("Report: ", "bold"), str(cell["report"])), title=f"triage {cell['cell_id']} ({cell['mode']})"))
-    others = result.get("other_findings") or []
+    view = TriageView.from_result(result)
+    parts: list[RenderableType] = [Text(f"Triage of {view.source_run}", style="bold")]
+    for cell in view.cells:
+        parts.append(_triaged_cell(cell) if cell.reproduced else
+                     Text(f"{cell.cell_id}: not reproduced (flaky, or gone)", style=theme.style("not_reproduced")))
+    others = view.other_findings
     if others:
         parts.append(Text(f"Other findings ({len(others)}; triage one with --cell ID):", style="bold"))
-        parts.extend(Text(f"  {o['line']}") for o in others[:limit])
+        parts.extend(Text(f"  {line}") for line in others[:limit])
         if len(others) > limit:
             parts.append(Text(f"  ... and {len(others) - limit} more (triage.json lists them all)"))
     return Group(*parts)

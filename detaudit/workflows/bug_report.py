@@ -13,6 +13,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
+from detaudit.analysis.run_facts import RunFacts
 from detaudit.analysis.runs import StoredRun
 from detaudit.core.vocabulary import OneDnnState, ToggleOutcome, TriageMode
 
@@ -34,12 +35,13 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> str:
 
 def environment_of(stored: StoredRun) -> dict[str, Any]:
     """The fingerprint an upstream issue needs: TensorFlow, Keras, Python, OS, CPU, oneDNN, GPU, CUDA, cuDNN."""
-    tf = stored.meta.get("tensorflow") or {}
-    host = stored.meta.get("host") or {}
-    return {**{k: tf.get(k) for k in ("tensorflow_version", "keras_version", "cuda_version", "cudnn_version")},
-            "gpus": ", ".join(g.get("name") or g.get("device") for g in tf.get("gpus", [])) or "none",
-            **{k: host.get(k) for k in ("nvidia_driver", "cpu_model", "onednn_state", "platform", "python")},
-            "cpu_flags": cpu_flags(), "numpy_version": host.get("numpy_version")}
+    facts = RunFacts.from_meta(stored.meta)
+    return {"tensorflow_version": facts.tensorflow_version, "keras_version": facts.keras_version,
+            "cuda_version": facts.cuda_version, "cudnn_version": facts.cudnn_version,
+            "gpus": ", ".join(facts.gpus) or "none", "nvidia_driver": facts.host.get("nvidia_driver"),
+            "cpu_model": facts.cpu_model, "onednn_state": facts.host.get("onednn_state"),
+            "platform": facts.host.get("platform"), "python": facts.host.get("python"),
+            "cpu_flags": cpu_flags(), "numpy_version": facts.host.get("numpy_version")}
 
 
 def _behaviour(result: Any) -> tuple[str, str]:

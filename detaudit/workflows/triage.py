@@ -58,6 +58,7 @@ class TriageStep:
     outcome: str
 
 
+@dataclasses.dataclass
 class TriageResult:
     """Everything triage learned about one cell."""
 
