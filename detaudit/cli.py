@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from detaudit.arguments import build_parser, version_text
-from detaudit.core.audit_outcome import AuditVerdict
 from detaudit.core.vocabulary import ExitCode, RunStatus
 from detaudit.errors import DetauditError, RunDirError, UsageError
 
@@ -192,7 +191,9 @@ def _cmd_run(args: Any) -> int:
 
 
 def _cmd_show(args: Any) -> int:
+    from detaudit.analysis.audit_view import AuditView
     from detaudit.analysis.runs import load_run, resolve_run
+    from detaudit.analysis.triage_view import TriageView
     from detaudit.engine.store import RunKind
     from detaudit.render.tools import audit_report, triage_report
 
@@ -213,8 +214,8 @@ def _cmd_show(args: Any) -> int:
     else:
         _out().print(triage_report(stored.result))
     if stored.kind is RunKind.AUDIT:
-        return ExitCode.OK if stored.result.get("verdict") == AuditVerdict.REPRODUCIBLE.value else ExitCode.FAILED
-    return ExitCode.OK if all(c.get("reproduced") for c in stored.result.get("cells", [])) else ExitCode.FAILED
+        return ExitCode.OK if AuditView.from_result(stored.result).verdict.passed else ExitCode.FAILED
+    return ExitCode.OK if TriageView.from_result(stored.result).status == RunStatus.PASS else ExitCode.FAILED
 
 
 def _print_audit_comparison(base: Any, new: Any, as_json: bool) -> int:
@@ -420,6 +421,7 @@ def _cmd_triage(args: Any) -> int:
 
 def _cmd_audit(args: Any) -> int:
     from detaudit.analysis.runs import load_run, resolve_run
+    from detaudit.core.audit_outcome import AuditVerdict
     from detaudit.core.axes import AXES
     from detaudit.core.config import Settings
     from detaudit.render.progress import StageProgress

@@ -114,6 +114,42 @@ class AuditView:
     gpus: int
     applied: dict[str, Any]
 
+    @property
+    def identical(self) -> int:
+        """How many recorded tensors were identical in every execution."""
+        return sum(1 for row in self.all_rows if not row.get("first_step"))
+
+    @property
+    def random_line(self) -> str:
+        """The random layers, and which draw unseeded; "" when there are none."""
+        if not self.random_layers:
+            return ""
+        unseeded = [r["path"] for r in self.random_layers if not r["seeded"]]
+        line = "Random layers: " + ", ".join(f"{r['path']} ({r['class']})" for r in self.random_layers)
+        if unseeded:
+            line += (f"; unseeded: {', '.join(unseeded)}, so their draws follow keras.utils.set_random_seed, which "
+                     "detaudit calls before building the training, as your script must")
+        return line
+
+    @property
+    def pipeline_notes(self) -> list[tuple[str, bool]]:
+        """One sentence per candidate source of the input pipeline, and whether it is a source of the difference."""
+        notes = []
+        for source in self.pipeline:
+            is_source = source.get("source") == "yes"
+            fix = f" Fix: {source.get('fix')}" if is_source else ""
+            notes.append((f"Data pipeline: {source.get('node')}: {source.get('problem')} "
+                          f"({'source' if is_source else source.get('source')}).{fix}", is_source))
+        return notes
+
+    @property
+    def folded_note(self) -> str:
+        """Which checks are left out because they do not apply to the devices present; "" when none are."""
+        if not self.folded_checks:
+            return ""
+        where = "no GPU visible" if not self.gpus else "a GPU is visible"
+        return f"Not shown ({where}, they do not apply): {', '.join(self.folded_checks)}"
+
     @classmethod
     def from_result(cls, result: dict[str, Any]) -> AuditView:
         result = upgrade_audit(result)

@@ -53,7 +53,8 @@ class RunFacts:
                    config_name=_text(meta.get("config_name")), started=_text(meta.get("started")),
                    tensorflow_version=_text(tf.get("tensorflow_version")), keras_version=_text(tf.get("keras_version")),
                    cuda_version=_text(tf.get("cuda_version")), cudnn_version=_text(tf.get("cudnn_version")),
-                   gpus=gpus, cpu_model=_text(host.get("cpu_model")), onednn=OneDnnState.parse(host.get("onednn_state")),
+                   gpus=gpus, cpu_model=_text(host.get("cpu_model")),
+                   onednn=OneDnnState.parse(host.get("onednn_state")),
                    detaudit_version=_text(host.get("detaudit_version")), host=host, tensorflow=tf)
 
     @property

@@ -68,6 +68,16 @@ class Answer:
     holds: bool | None
     detail: str
 
+    @property
+    def mark(self) -> str:
+        """``yes``, ``NO`` or ``-`` (not asked): the answer in one word."""
+        return {True: "yes", False: "NO", None: "-"}[self.holds]
+
+    @property
+    def look(self) -> str:
+        """``yes``, ``no`` or ``unknown``: the answer's semantic name, for a theme."""
+        return {True: "yes", False: "no", None: "unknown"}[self.holds]
+
     def to_dict(self) -> dict[str, Any]:
         return {"question": self.question.value, "holds": self.holds, "detail": self.detail}
 

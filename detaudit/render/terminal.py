@@ -20,8 +20,9 @@ from rich.text import Text
 
 from detaudit.analysis.compare import Category, RunComparison
 from detaudit.analysis.findings import percent
-from detaudit.analysis.summary import CellView, Gap, RunStatus, RunSummary
-from detaudit.analysis.verdicts import Verdict
+from detaudit.analysis.summary import CellView, Gap, RunSummary
+from detaudit.core.vocabulary import Verdict
+from detaudit.render import theme
 from detaudit.render.text import SafeConsole, text
 
 __all__ = ["PIPED_WIDTH", "console", "history_table", "render_comparison", "render_run"]
@@ -50,20 +51,20 @@ def _ulp(value: int | None) -> str:
 
 def _scaled(gap: Gap | None, is_baseline: bool = False) -> Text:
     if is_baseline:
-        return Text("baseline", style="dim")
+        return Text("baseline", style=theme.style("muted"))
     if gap is None:
-        return Text("-", style="dim")
+        return Text("-", style=theme.style("muted"))
     if gap.identical:
-        return Text("=", style="green")
+        return Text("=", style=theme.style("good"))
     if gap.max_ulp_scaled is None:
-        return Text("≠", style="yellow")
-    return Text(f"{gap.max_ulp_scaled:,.3g}", style="yellow")
+        return Text("≠", style=theme.style("warn"))
+    return Text(f"{gap.max_ulp_scaled:,.3g}", style=theme.style("warn"))
 
 
 def _percent(gap: Gap | None) -> Text:
     if gap is None or gap.rel_error is None:
-        return Text("-", style="dim")
-    return Text(percent(gap.rel_error), style="red" if gap.rel_error >= 0.01 else "default")
+        return Text("-", style=theme.style("muted"))
+    return Text(percent(gap.rel_error), style=theme.style("error.large") if gap.rel_error >= 0.01 else "default")
 
 
 def _cell_table(cells: list[CellView], tensors: list[str], show_baseline: bool, show_reference: bool) -> Table:
@@ -79,7 +80,8 @@ def _cell_table(cells: list[CellView], tensors: list[str], show_baseline: bool, 
         grid.add_column("vs float64", justify="right", no_wrap=True)
     for cell in cells:
         grid.add_row(
-            text(cell.settings_label), str(cell.seed), Text(cell.verdict.value, style=cell.verdict.style),
+            text(cell.settings_label), str(cell.seed),
+            Text(cell.verdict.value, style=theme.style("verdict", cell.verdict)),
             *(_ulp(cell.worst_ulp.get(t)) for t in tensors),
             *([_scaled(cell.baseline, cell.is_baseline)] if show_baseline else []),
             *([_percent(cell.reference)] if show_reference else []))
@@ -90,7 +92,8 @@ def _header(summary: RunSummary) -> Text:
     text = Text(" · ".join(f"{v}" if k in ("run", "devices") else f"{k} {v}" for k, v in summary.facts.items()),
                 style="bold")
     if summary.upgraded_from:
-        text.append(f"\n(written by run format {summary.upgraded_from}; read and upgraded on the fly)", style="dim")
+        text.append(f"\n(written by run format {summary.upgraded_from}; read and upgraded on the fly)",
+                    style=theme.style("muted"))
     return text
 
 
@@ -99,7 +102,7 @@ def _counts_line(summary: RunSummary) -> Text:
     for i, verdict in enumerate(v for v in Verdict if summary.counts.get(v.value)):
         if i:
             line.append(", ")
-        line.append(f"{summary.counts[verdict.value]} {verdict.value}", style=verdict.style)
+        line.append(f"{summary.counts[verdict.value]} {verdict.value}", style=theme.style("verdict", verdict))
     return line
 
 
@@ -125,7 +128,7 @@ def render_run(summary: RunSummary) -> RenderableType:
     for cell in shown:
         layers.setdefault(cell.layer, []).append(cell)
     for layer, cells in layers.items():
-        parts.append(Text(layer, style="bold cyan"))
+        parts.append(Text(layer, style=theme.style("layer")))
         # Per layer, columns with nothing to say are left out (resize_conv2d has no float64 reference).
         parts.append(_cell_table(cells, [t for t in nonzero if any((c.worst_ulp.get(t) or 0) > 0 for c in cells)],
                                  any(c.baseline is not None for c in cells),
@@ -141,32 +144,33 @@ def render_run(summary: RunSummary) -> RenderableType:
         notes.append("vs float64: largest error as a percentage of the float64 truth's largest value")
     if summary.ulp_units:
         notes.append("1 ULP at 1.0: " + ", ".join(f"{d} {u}" for d, u in summary.ulp_units.items()))
-    parts.extend(Text(note, style="dim") for note in notes)
+    parts.extend(Text(note, style=theme.style("muted")) for note in notes)
     for reason, count in summary.skipped:
-        parts.append(Text(f"{count} cell(s) SKIPPED: {reason}", style="dim"))
+        parts.append(Text(f"{count} cell(s) SKIPPED: {reason}", style=theme.style("muted")))
     parts.append(_counts_line(summary))
     if summary.findings:
         parts.append(Text("Findings:", style="bold"))
-        parts.append(_bullets("•", [(f.sentence(), "red" if f.run_to_run else "default")
+        parts.append(_bullets("•", [(f.sentence(), theme.style("failure") if f.run_to_run else "default")
                                     for f in summary.findings[:_MAX_FINDINGS]]))
         if len(summary.findings) > _MAX_FINDINGS:
             parts.append(Text(f"  … and {len(summary.findings) - _MAX_FINDINGS} more (detaudit show --json, or "
-                              "results.parquet)", style="dim"))
+                              "results.parquet)", style=theme.style("muted")))
     parts.extend(render_known(summary.known))
     completeness = summary.completeness
     if completeness.bad_lines:
         missing = "" if completeness.complete else "; their cells count as missing"
         parts.append(Text(f"Warning: {len(completeness.bad_lines)} unreadable line(s) in cells.jsonl (line "
                           f"{', '.join(map(str, completeness.bad_lines[:5]))}): cut writes or edits, skipped{missing}.",
-                          style="yellow"))
+                          style=theme.style("warn")))
     if completeness.interrupted and completeness.complete:
-        parts.append(Text("The run was interrupted after its last cell finished.", style="dim"))
+        parts.append(Text("The run was interrupted after its last cell finished.", style=theme.style("muted")))
     if summary.failures:
-        parts.append(Text(f"{len(summary.failures)} expectation(s) failed:", style="bold red"))
-        parts.append(_bullets("✗", [(failure, "red") for failure in summary.failures[:_MAX_FINDINGS]]))
+        parts.append(Text(f"{len(summary.failures)} expectation(s) failed:", style=theme.style("bad")))
+        parts.append(_bullets("✗", [(failure, theme.style("failure"))
+                                    for failure in summary.failures[:_MAX_FINDINGS]]))
         if len(summary.failures) > _MAX_FINDINGS:
-            parts.append(Text(f"  … and {len(summary.failures) - _MAX_FINDINGS} more", style="dim"))
-    parts.append(Text(summary.status_headline, style=summary.status.style))
+            parts.append(Text(f"  … and {len(summary.failures) - _MAX_FINDINGS} more", style=theme.style("muted")))
+    parts.append(Text(summary.status_headline, style=theme.style("status", summary.status)))
     return Group(*parts)
 
 
@@ -182,15 +186,18 @@ def render_known(known: Any) -> list[Text]:
             f"; and {len(matches) - 3} more" if len(matches) > 3 else "")
         if fixed:
             parts.append(Text(f"Known bug no longer reproduces (fixed upstream?): {bug.title} [{bug.id}] ({where})",
-                              style="green"))
+                              style=theme.style("known.fixed")))
             continue
-        parts.append(Text.assemble(("KNOWN ", "bold magenta"), f"{bug.title} ({where}). ", (bug.reference(), "magenta"),
+        parts.append(Text.assemble(("KNOWN ", theme.style("known")), f"{bug.title} ({where}). ",
+                                   (bug.reference(), theme.style("known.reference")),
                                    f". Workaround: {bug.workaround}" if bug.workaround else ""))
     return parts
 
 
-def render_status(summary: RunSummary) -> Text:
-    return Text(summary.status_line, style=summary.status.style)
+def _change_look(category: Category) -> str:
+    """The theme name of a change's mark: a regression, a fix, or neither."""
+    return "change.regression" if category.regression else "change.fixed" if category is Category.FIXED \
+        else "change.other"
 
 
 def render_comparison(comparison: RunComparison) -> RenderableType:
@@ -205,23 +212,24 @@ def render_comparison(comparison: RunComparison) -> RenderableType:
             env.add_row(text(key), text(base), text(new))
         parts.append(env)
     else:
-        parts.append(Text("Environment: no differences recorded", style="dim"))
+        parts.append(Text("Environment: no differences recorded", style=theme.style("muted")))
     if comparison.ignored_axes:
         parts.append(Text("Matched ignoring " + ", ".join(
-            f"{axis}: {base} -> {new}" for axis, (base, new) in comparison.ignored_axes.items()), style="dim"))
+            f"{axis}: {base} -> {new}" for axis, (base, new) in comparison.ignored_axes.items()),
+            style=theme.style("muted")))
     if comparison.changes:
         changes = Table(title="Changed cells", title_justify="left", box=box.SIMPLE_HEAD)
         changes.add_column("", no_wrap=True)
         changes.add_column("cell", overflow="fold", ratio=2)
         changes.add_column("change", overflow="fold", ratio=3)
         for change in comparison.changes:
-            style = "bold red" if change.category.regression else ("green" if change.category is Category.FIXED
-                                                                     else "dim")
-            changes.add_row(Text(change.category.mark, style=style), Text(change.label),
+            changes.add_row(Text(change.category.mark, style=theme.style(_change_look(change.category))),
+                            Text(change.label),
                             Text(f"{change.category.label}: {change.detail}"))
         parts.append(changes)
-        parts.append(Text("  ".join(f"{c.mark} {c.label}" for c in Category), style="dim"))
-    parts.append(Text(comparison.verdict(), style="bold red" if comparison.regressions else "bold green"))
+        parts.append(Text("  ".join(f"{c.mark} {c.label}" for c in Category), style=theme.style("muted")))
+    parts.append(Text(comparison.verdict(), style=theme.style("status.regressed" if comparison.regressions
+                                                              else "status.ok")))
     return Group(*parts)
 
 
@@ -233,12 +241,12 @@ def history_table(runs: list[dict[str, Any]]) -> Table:
     for run in runs:
         outcome = Text("" if run["kind"] == "matrix" else f"{run['kind']}: ")
         if run.get("status"):
-            outcome.append(run["status"], style=RunStatus(run["status"]).style if run["status"] in
-                           RunStatus._value2member_map_ else "bold")
+            outcome.append(run["status"], style=theme.style("status", run["status"]))
             outcome.append(" ")
         for i, verdict in enumerate(v for v in Verdict if run["counts"].get(v.value)):
             outcome.append(", " if i else "")
-            outcome.append(f"{run['counts'][verdict.value]} {verdict.value.lower()}", style=verdict.style)
+            outcome.append(f"{run['counts'][verdict.value]} {verdict.value.lower()}",
+                           style=theme.style("verdict", verdict))
         if run.get("verdict"):
             outcome.append(text(run["verdict"]))
         grid.add_row(text(run["run_id"]), text(run["started"][5:16].replace("T", " ")), text(run["tensorflow"]),

@@ -59,6 +59,9 @@ THEME: dict[str, Look] = {
     # words that recur across pages
     "known": Look("bold magenta", _SPECIAL),
     "known.fixed": Look("green", _MUTED),
+    "known.reference": Look("magenta", _SPECIAL),
+    "failure": Look("red", _BAD),  # a failed expectation, a finding that is run to run
+    "error.large": Look("red", _BAD),  # an error against float64 of 1% or more
     "culprit": Look("bold red", _BAD),
     "not_reproduced": Look("bold yellow", _WARN),
     "good": Look("green", _GOOD),

@@ -43,21 +43,22 @@ def shapes_table(rows: list[dict[str, Any]], path: str) -> Table:
                         justify="right" if column in ("input", "Keras", "TensorFlow") else "left")
     for row in rows:
         measured = row.get("measured")
-        formula = Text("rejected", style="yellow") if row["rejected"] else Text(str(row["output"]))
+        formula = Text("rejected", style=theme.style("warn")) if row["rejected"] else Text(str(row["output"]))
         if measured is None:
-            tf_text = Text("-", style="dim")
+            tf_text = Text("-", style=theme.style("muted"))
         elif measured.get("error"):
-            tf_text = Text("error", style="yellow" if row["rejected"] else "bold red")
+            tf_text = Text("error", style=theme.style("warn" if row["rejected"] else "bad"))
         else:
-            tf_text = Text(str(measured["length"]), style="green" if measured["length"] == row["output"] else "bold red")
+            tf_text = Text(str(measured["length"]), style=theme.style("good" if measured["length"] == row["output"]
+                                                                      else "bad"))
         other = "same" if bool(row["rejected"]) == bool(row["rejected_other_path"]) else (
             "rejected" if row["rejected_other_path"] else "runs")
         trip = Text(f"{row['n']} -> {row['conv']} -> {row['round_trip']}",
-                    style="green" if row["round_trip_ok"] else "yellow")
+                    style=theme.style("good" if row["round_trip_ok"] else "warn"))
         fix = "-" if row["round_trip_ok"] else (
             f"output_padding={row['fixing_output_padding']}" if row["fixing_output_padding"] is not None else "none")
         grid.add_row(*([] if shared else [_shape_spec(row)]), str(row["n"]), formula, tf_text,
-                     Text(other, style="yellow" if other != "same" else "dim"), trip, fix)
+                     Text(other, style=theme.style("warn" if other != "same" else "muted")), trip, fix)
     return grid
 
 
@@ -76,7 +77,8 @@ def checkerboard_panel(items: list[dict[str, Any]]) -> RenderableType:
     """Checkerboard scores (analytic and measured) with the tap-count window of each, beside resize-conv."""
     grid = Table(title="Checkerboard: taps per output position, interior (score 0 = uniform)", title_justify="left",
                  box=box.SIMPLE_HEAD)
-    for column in ("kernel", "stride", "analytic", "TensorFlow", "taps (transpose)", "resize-conv", "taps (resize-conv)"):
+    for column in ("kernel", "stride", "analytic", "TensorFlow", "taps (transpose)", "resize-conv",
+                   "taps (resize-conv)"):
         grid.add_column(column)
     for item in items:
         measured = item.get("measured")
@@ -107,27 +109,27 @@ def adjoint_table(report: dict[str, Any]) -> RenderableType:
         for dtype in ("float32", "float64"):
             result = row["results"].get(dtype, {})
             if result.get("error"):
-                cells.append(Text("refused", style="yellow"))
+                cells.append(Text("refused", style=theme.style("warn")))
             else:
                 value = result["adjoint_eps"]
-                cells.append(Text(f"{value:.3g}", style="bold red" if value > threshold else "green"))
+                cells.append(Text(f"{value:.3g}", style=theme.style("bad" if value > threshold else "good")))
         recon = row["results"].get("float64", {}).get("reconstruction")
-        status = Text("KNOWN", style="bold magenta") if row.get("known") else (
-            Text("FAIL", style="bold red") if row["failed"] else Text("ok", style="green"))
+        status = Text("KNOWN", style=theme.style("known")) if row.get("known") else (
+            Text("FAIL", style=theme.style("bad")) if row["failed"] else Text("ok", style=theme.style("good")))
         grid.add_row(_spec(row), *cells, "-" if recon is None else f"{recon:.3g}", status)
     if failing or report.get("all"):
         parts.append(grid)
     if passing and not report.get("all"):
         parts.append(Text(f"{len(passing)} of {len(report['specs'])} specs pass in float32 and float64 "
-                          "(--all lists them)", style="green"))
+                          "(--all lists them)", style=theme.style("good")))
     recon = [r["results"].get("float64", {}).get("reconstruction") for r in report["specs"]]
     recon = [v for v in recon if v is not None]
     if recon:
         parts.append(Text(f"Reconstruction |conv_transpose(conv(z)) - z| / |z| ranges {min(recon):.2g} to "
                           f"{max(recon):.2g}: the transpose is the adjoint of the convolution, not its inverse.",
-                          style="dim"))
+                          style=theme.style("muted")))
     parts.extend(render_known(report["known_matches"]))
-    parts.append(Text(report["status_line"], style="bold red" if report["failed"] else "bold green"))
+    parts.append(Text(report["status_line"], style=theme.style("status.fail" if report["failed"] else "status.pass")))
     return Group(*parts)
 
 
@@ -137,26 +139,25 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
     """``detaudit audit``: the three answers and the verdict first, then the culprit, what differs, the fixes."""
     view = AuditView.from_result(result)
     parts: list[RenderableType] = [Text(f"Audit of {view.model}: {view.verdict.value}",
-                                        style="bold green" if view.verdict.passed else "bold red")]
+                                        style=theme.style("status.pass" if view.verdict.passed else "status.fail"))]
     answers = Table.grid(padding=(0, 2))
     for _ in range(3):
         answers.add_column()
     answers.columns[2].overflow = "fold"
     for answer in view.answers:
-        mark, style = {True: ("yes", "bold green"), False: ("NO", "bold red"), None: ("-", "dim")}[answer.holds]
-        answers.add_row(answer.question.label, Text(mark, style=style), Text(answer.detail))
+        answers.add_row(answer.question.label, Text(answer.mark, style=theme.style("answer", answer.look)),
+                        Text(answer.detail))
     parts.append(answers)
-    parts += [Text(line, style="dim") for line in view.training]
+    parts += [Text(line, style=theme.style("muted")) for line in view.training]
     if view.culprit:
-        parts.append(Text(f"Culprit: {view.culprit.sentence()}", style="bold red"))
+        parts.append(Text(f"Culprit: {view.culprit.sentence()}", style=theme.style("culprit")))
         parts.append(Text(f"Fix: {view.culprit.advice}"))
     if view.consequences and not show_all:
         parts.append(Text(f"{view.consequences} tensors after the data differ because the data does "
-                          "(--all lists them)", style="dim"))
-    identical = sum(1 for row in view.all_rows if not row.get("first_step"))
-    if identical and not show_all:
-        parts.append(Text(f"{identical} of {len(view.all_rows)} recorded tensors identical in every execution "
-                          "(--all lists them)", style="green"))
+                          "(--all lists them)", style=theme.style("muted")))
+    if view.identical and not show_all:
+        parts.append(Text(f"{view.identical} of {len(view.all_rows)} recorded tensors identical in every execution "
+                          "(--all lists them)", style=theme.style("good")))
     shown = view.all_rows if show_all else view.differing
     if shown:
         grid = Table(title="Tensors in the order a step computes them" + ("" if show_all else " that differ between "
@@ -167,19 +168,10 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
             grid.add_row(row["stage"], Text(row["name"]), Text(row.get("class") or ""),
                          "-" if row.get("first_step") is None else str(row["first_step"]), f"{row['max_ulp']:,}")
         parts.append(grid)
-    if view.random_layers:
-        unseeded = [r["path"] for r in view.random_layers if not r["seeded"]]
-        listed = ", ".join(f"{r['path']} ({r['class']})" for r in view.random_layers)
-        line = f"Random layers: {listed}"
-        if unseeded:
-            line += (f"; unseeded: {', '.join(unseeded)}, so their draws follow keras.utils.set_random_seed, which "
-                     "detaudit calls before building the training, as your script must")
-        parts.append(Text(line))
-    for source in view.pipeline:
-        style = "red" if source["source"] == "yes" else "dim"
-        verdict = "source" if source["source"] == "yes" else source["source"]
-        parts.append(Text(f"Data pipeline: {source['node']}: {source['problem']} ({verdict}). "
-                          f"{'Fix: ' + source['fix'] if source['source'] == 'yes' else ''}".rstrip(), style=style))
+    if view.random_line:
+        parts.append(Text(view.random_line))
+    parts += [Text(note, style=theme.style("failure" if is_source else "muted")) for note, is_source in
+              view.pipeline_notes]
     if view.checks:
         fixes = Table(title="Environment: what decides reproducibility here, and the fix", title_justify="left",
                       box=box.SIMPLE_HEAD)
@@ -189,18 +181,17 @@ def audit_report(result: dict[str, Any], show_all: bool = False) -> RenderableTy
         for check in view.checks:
             fixes.add_row(*(Text(str(check[k])) for k in columns))
         parts.append(fixes)
-    if view.folded_checks:
-        where = "no GPU visible" if not view.gpus else "a GPU is visible"
-        parts.append(Text(f"Not shown ({where}, they do not apply): {', '.join(view.folded_checks)}", style="dim"))
+    if view.folded_note:
+        parts.append(Text(view.folded_note, style=theme.style("muted")))
     return Group(*parts)
 
 
 def audit_markdown(result: dict[str, Any]) -> str:
     """The audit as Markdown, to attach to a ticket."""
     view = AuditView.from_result(result)
-    marks = {True: "yes", False: "**NO**", None: "-"}
     lines = [f"# detaudit audit: {view.model}", "", f"**Verdict: {view.verdict.value}**", ""]
-    lines += [f"- {a.question.asks} {marks[a.holds]}: {a.detail}" for a in view.answers] + [""]
+    lines += [f"- {a.question.asks} {f'**{a.mark}**' if a.holds is False else a.mark}: {a.detail}"
+              for a in view.answers] + [""]
     lines += [f"_{line}_" for line in view.training] + [""]
     if view.culprit:
         lines += [f"Culprit: {view.culprit.sentence()}.", "", f"Fix: {view.culprit.advice}.", ""]
@@ -249,10 +240,10 @@ def audit_comparison(comparison: Any) -> RenderableType:
     """``detaudit compare`` of two audits: environment differences first, then losses and final weights."""
     parts: list[RenderableType] = [Text(f"{comparison.base} -> {comparison.new}: "
                                         f"{'REPRODUCED' if comparison.reproduced else 'DIFFERENT WEIGHTS'}",
-                                        style="bold green" if comparison.reproduced else "bold red")]
+                                        style=theme.style("status.ok" if comparison.reproduced else "status.fail"))]
     if not comparison.same_training:
         parts.append(Text("These audits ran different trainings (model, seed or steps differ): expect differences.",
-                          style="yellow"))
+                          style=theme.style("warn")))
     if comparison.environment:
         env = Table(title="Environment differences", title_justify="left", box=box.SIMPLE_HEAD)
         for column in ("field", "base", "new"):
@@ -284,5 +275,5 @@ def cell_ids_table(summary: Any) -> Table:
         grid.add_column(column, no_wrap=column == "cell id", overflow="fold")
     for cell in summary.cells:
         grid.add_row(Text(cell.cell_id), Text(cell.layer), Text(cell.settings_label), str(cell.seed),
-                     Text(cell.verdict.value, style=cell.verdict.style))
+                     Text(cell.verdict.value, style=theme.style("verdict", cell.verdict)))
     return grid

@@ -61,7 +61,8 @@ def run_adjoint(config: Config | None, threshold: float = ADJOINT_LIMIT_EPS, str
         for dtype, result in row["results"].items():
             if result.get("error"):
                 continue
-            facts = {"comparison": ComparisonKind.ADJOINT.value, "rank": row["rank"], "kernel": row["kernel"], "stride": row["stride"],
+            facts = {"comparison": ComparisonKind.ADJOINT.value, "rank": row["rank"], "kernel": row["kernel"],
+                     "stride": row["stride"],
                      "padding": row["padding"], "dtype": dtype, "device": "cpu", "onednn": onednn,
                      "tensorflow": tf_version, "adjoint_eps": result["adjoint_eps"]}
             failed = result["adjoint_eps"] > threshold
@@ -82,7 +83,8 @@ def run_adjoint(config: Config | None, threshold: float = ADJOINT_LIMIT_EPS, str
     if failing:
         names = "; ".join(f"rank {s['rank']} kernel {s['kernel']} stride {s['stride']} {s['padding']} ("
                           + ", ".join(f"{d} {e:.3g} eps" for d, e in s["above"]) + ")" for s in failing)
-        line = f"{RunStatus.FAIL}: {len(failing)} adjoint test(s) above {threshold:g} eps: {names}. A TensorFlow bug: report it"
+        line = (f"{RunStatus.FAIL}: {len(failing)} adjoint test(s) above {threshold:g} eps: {names}. "
+                "A TensorFlow bug: report it")
     else:
         line = f"{RunStatus.PASS}: conv_transpose is the adjoint of conv in every spec (and never its inverse)"
         if known_specs:

@@ -78,7 +78,8 @@ def _accuracy(cell: Cell, rows: pd.DataFrame, mode: TriageMode, focus: str | Non
     if mode is TriageMode.ADJOINT:
         eps = rows[rows["comparison"] == ComparisonKind.ADJOINT.value]["adjoint_eps"].dropna()
         value = float(eps.max()) if len(eps) else None
-        detail = "adjoint test not measured" if value is None else f"adjoint test {value:.3g} eps (limit {ADJOINT_LIMIT_EPS:g})"
+        detail = ("adjoint test not measured" if value is None
+                  else f"adjoint test {value:.3g} eps (limit {ADJOINT_LIMIT_EPS:g})")
         return value is not None and value > ADJOINT_LIMIT_EPS, 0, detail, errors
     beyond = [t for t, e in errors.items() if e > limit and (focus is None or t == focus)]
     shown = [focus] if focus in errors else sorted(errors, key=lambda t: -errors[t])[:1]

@@ -159,7 +159,8 @@ def _body(module: Any) -> str:
                      if line.strip() != "from __future__ import annotations")
 
 
-def render_repro(cell: Cell, mode: str = TriageMode.REPEAT.value, reference: Any = None, title: str | None = None) -> str:
+def render_repro(cell: Cell, mode: str = TriageMode.REPEAT.value, reference: Any = None,
+                 title: str | None = None) -> str:
     """The text of a standalone ``repro.py`` for ``cell``.
 
     Args:
