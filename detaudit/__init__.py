@@ -5,9 +5,7 @@ The parent process never imports TensorFlow: workers do (see :mod:`detaudit.engi
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable, Sequence
-from pathlib import Path
+import importlib
 from typing import TYPE_CHECKING, Any
 
 from detaudit._version import __version__
@@ -24,7 +22,12 @@ from detaudit.errors import (
 from detaudit.testing import assert_deterministic
 
 if TYPE_CHECKING:
-    import pandas as pd
+    from detaudit.analysis.tidy import load_runs
+    from detaudit.engine.runner import run
+
+#: Public functions that live in modules importing pandas: imported on first use, so ``import detaudit`` stays
+#: light, and re-exported as they are (one signature, the module's own).
+_LAZY = {"run": "detaudit.engine.runner", "load_runs": "detaudit.analysis.tidy"}
 
 __all__ = [
     "Config",
@@ -42,28 +45,6 @@ __all__ = [
     "numerics",
     "run",
 ]
-
-
-def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.PathLike[str] = "runs",
-        workers: int | None = None, on_event: Callable[[Any], None] | None = None, run_id: str | None = None,
-        shard: tuple[int, int] | None = None, resume: str | os.PathLike[str] | None = None,
-        retry_failed: bool = False) -> pd.DataFrame:
-    """Run every cell of ``config`` in TensorFlow workers and return the long results table.
-
-    See :func:`detaudit.engine.runner.run` for the arguments; ``table.attrs["run_dir"]`` is the run directory.
-    """
-    from detaudit.engine.runner import run as _run
-
-    return _run(config, out=out, workers=workers, on_event=on_event, run_id=run_id, shard=shard, resume=resume,
-                retry_failed=retry_failed)
-
-
-def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
-              on_skip: Callable[[Path, str], None] | None = None) -> pd.DataFrame:
-    """One tidy table across stored runs; see :func:`detaudit.analysis.tidy.load_runs`."""
-    from detaudit.analysis.tidy import load_runs as _load_runs
-
-    return _load_runs(runs, on_skip)
 
 
 def audit_model(training: Any, *, steps: int = 3, repeats: int = 3, seed: int = 0, xla: bool = False,
@@ -88,3 +69,9 @@ def audit_model(training: Any, *, steps: int = 3, repeats: int = 3, seed: int = 
 
     target = Target(training, input_shape=input_shape, loss=loss, batch_size=batch_size, seed=seed)
     return audit_training(target, steps=steps, repeats=repeats, xla=xla, resume_step=resume_step, finals_path=None)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'detaudit' has no attribute {name!r}")

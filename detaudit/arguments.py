@@ -92,6 +92,18 @@ def _add(sub: Any, name: str, help_text: str, description: str, examples: tuple[
                           epilog=_epilog(*examples), formatter_class=_Formatter)
 
 
+def _json(p: argparse.ArgumentParser, help_text: str) -> None:
+    p.add_argument("--json", action="store_true", help=help_text)
+
+
+def _runs(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
+
+
+def _junit(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``detaudit`` argument parser."""
     parser = _Parser(prog="detaudit", formatter_class=_Formatter, epilog=_EXIT_CODES,
@@ -125,9 +137,9 @@ def _add_run(sub: Any) -> None:
                    help="after the run, compare with this run (latest: the newest earlier run of the same config in "
                         "--out; with none yet, the run is not compared and says so); exit 1 "
                         "on a regression")
-    p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
+    _junit(p)
     p.add_argument("--strict", action="store_true", help="known upstream bugs fail the run too")
-    p.add_argument("--json", action="store_true", help="print the summary as one JSON object (no progress bar)")
+    _json(p, "print the summary as one JSON object (no progress bar)")
 
 
 def _add_show(sub: Any) -> None:
@@ -137,10 +149,10 @@ def _add_show(sub: Any) -> None:
              ("detaudit show latest", "detaudit show runs/20261125T101500Z-quick --json"))
     p.add_argument("run_dir", nargs="?", default="latest", metavar="RUN_DIR|latest|previous",
                    help="the run directory, or latest / previous in --runs")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
+    _runs(p)
     p.add_argument("--all", action="store_true", help="an audit: list every layer, not only those that differ")
     p.add_argument("--strict", action="store_true", help="known upstream bugs count as failures")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _json(p, "print the summary as JSON")
     p.add_argument("--ids", action="store_true", help="a matrix run: list each cell's id (what `triage --cell` "
                    "takes), its layer, settings, seed and verdict")
 
@@ -161,9 +173,9 @@ def _add_compare(sub: Any) -> None:
     p.describe = _compare_description
     p.add_argument("base", metavar="BASE", help="run directory, or latest / previous in --runs")
     p.add_argument("new", metavar="NEW", help="run directory, or latest / previous in --runs")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
-    p.add_argument("--junit", default=None, metavar="PATH", help="also write JUnit XML, one testcase per cell")
-    p.add_argument("--json", action="store_true", help="print the comparison as JSON")
+    _runs(p)
+    _junit(p)
+    _json(p, "print the comparison as JSON")
 
 
 def _add_history(sub: Any) -> None:
@@ -171,7 +183,7 @@ def _add_history(sub: Any) -> None:
              "One line per run directory under RUNS_DIR: id, start, kind, config, TensorFlow, device and outcome. "
              "Broken directories are reported and skipped.", ("detaudit history", "detaudit history shards --json"))
     p.add_argument("runs_dir", nargs="?", default="runs", metavar="RUNS_DIR", help="the directory of run directories")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _json(p, "print as JSON")
 
 
 def _add_report(sub: Any) -> None:
@@ -182,7 +194,7 @@ def _add_report(sub: Any) -> None:
     p.add_argument("target", metavar="RUN_DIR|RUNS_DIR|latest|previous", help="a run, or a directory of runs")
     p.add_argument("--html", required=True, metavar="PATH", help="where to write the page")
     p.add_argument("--compare-to", default=None, metavar="RUN_DIR|previous", help="add the drift against this run")
-    p.add_argument("--runs", default="runs", help="where latest and previous are looked up (default: runs)")
+    _runs(p)
 
 
 def _add_shapes(sub: Any) -> None:
@@ -202,7 +214,7 @@ def _add_shapes(sub: Any) -> None:
     p.add_argument("--input", type=_int_range(1, 1 << 20), nargs="+", metavar="N", help="input lengths to audit")
     p.add_argument("--rank", type=int, choices=[1, 2, 3], default=2, help="spatial rank of the layer measured")
     p.add_argument("--no-tf", action="store_true", help="formulas only: do not start a TensorFlow worker")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _json(p, "print as JSON")
 
 
 def _add_adjoint(sub: Any) -> None:
@@ -215,7 +227,7 @@ def _add_adjoint(sub: Any) -> None:
     p.add_argument("--threshold", type=_number(0, 1e30), default=64.0, help="fail above this many epsilons")
     p.add_argument("--strict", action="store_true", help="known upstream bugs fail too")
     p.add_argument("--all", action="store_true", help="list every spec, not only those that fail")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _json(p, "print as JSON")
 
 
 def _add_triage(sub: Any) -> None:
@@ -271,7 +283,7 @@ def _add_audit(sub: Any) -> None:
     p.add_argument("--all", action="store_true", help="list every layer, not only those that differ")
     p.add_argument("--out", default="runs", help="where the audit's run directory goes")
     p.add_argument("--report", default=None, metavar="PATH", help="also write a Markdown report")
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _json(p, "print as JSON")
 
 
 def _add_merge(sub: Any) -> None:
@@ -280,14 +292,14 @@ def _add_merge(sub: Any) -> None:
              "config whole.", ("detaudit merge shards/* --out runs", "detaudit merge s1 s2 --out runs --json"))
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="two or more shard run directories")
     p.add_argument("--out", required=True, help="directory that receives the merged run directory")
-    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+    _json(p, "print the summary as JSON")
 
 
 def _add_env(sub: Any) -> None:
     p = _add(sub, "env", "print this machine's environment fingerprint (for bug reports)",
              "TensorFlow, Keras, CUDA/cuDNN build, GPUs, driver, CPU, oneDNN state and the environment variables "
              "that change what TensorFlow computes.", ("detaudit env", "detaudit env --json > env.json"))
-    p.add_argument("--json", action="store_true", help="print as JSON")
+    _json(p, "print as JSON")
 
 
 def _add_schema(sub: Any) -> None:

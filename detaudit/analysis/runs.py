@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import (
     Cell,
     Config,
@@ -109,7 +110,7 @@ def _disagreement(table: pd.DataFrame, run_id: str, records: list[dict[str, Any]
     if ids != {run_id}:
         return f"is the table of run {', '.join(sorted(ids)) or '(none)'}, not of {run_id}"
     own = {r["cell_id"]: r["status"] for r in records if not r.get("replay")}
-    repeat = table[table["comparison"] == "repeat"] if "comparison" in table else table.iloc[0:0]
+    repeat = table[table["comparison"] == ComparisonKind.REPEAT.value] if "comparison" in table else table.iloc[0:0]
     statuses = dict(zip(repeat["cell_id"], repeat["status"])) if "cell_id" in repeat and "status" in repeat else {}
     if set(statuses) != set(own):
         return f"holds {len(set(statuses) & set(own))} of the {len(own)} recorded cells" + (

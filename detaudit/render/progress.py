@@ -9,7 +9,7 @@ adjoint grid, a triage) is doing now.
 from __future__ import annotations
 
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.console import Console
 from rich.progress import (
@@ -26,8 +26,24 @@ from detaudit.core.vocabulary import Status
 
 __all__ = ["RunProgress", "StageProgress"]
 
+_L = TypeVar("_L", bound="_Live")
 
-class RunProgress:
+
+class _Live:
+    """A rich Progress shown while the ``with`` block runs (and not at all when disabled)."""
+
+    _progress: Progress
+
+    def __enter__(self: _L) -> _L:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._progress.__exit__(kind, value, traceback)
+
+
+class RunProgress(_Live):
     """A progress bar over a run's cells: ``with RunProgress(console, enabled) as p: run(..., on_event=p.on_event)``."""
 
     def __init__(self, console: Console, enabled: bool):
@@ -37,14 +53,6 @@ class RunProgress:
                                   console=console, transient=True, disable=not enabled)
         self._task = self._progress.add_task("starting workers", total=None)
         self._total = 0
-
-    def __enter__(self) -> RunProgress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._progress.__exit__(kind, value, traceback)
 
     def on_event(self, event: Any) -> None:
         """The runner's progress callback."""
@@ -60,21 +68,13 @@ class RunProgress:
                 self._progress.update(self._task, advance=1, description=f"{event.cell_id} {status}")
 
 
-class StageProgress:
+class StageProgress(_Live):
     """A spinner with the current stage: ``with StageProgress(console, enabled) as p: job(on_progress=p.update)``."""
 
     def __init__(self, console: Console, enabled: bool, first: str = "starting"):
         self._progress = Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), TimeElapsedColumn(),
                                   console=console, transient=True, disable=not enabled)
         self._task = self._progress.add_task(first, total=None)
-
-    def __enter__(self) -> StageProgress:
-        self._progress.__enter__()
-        return self
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self._progress.__exit__(kind, value, traceback)
 
     def update(self, stage: Any) -> None:
         """Show ``stage``: a string, or a probe's progress event ``{"stage", "done", "total"}``."""

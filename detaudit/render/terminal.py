@@ -22,6 +22,7 @@ from detaudit.analysis.compare import Category, RunComparison
 from detaudit.analysis.findings import percent
 from detaudit.analysis.summary import CellView, Gap, RunSummary
 from detaudit.core.vocabulary import Verdict
+from detaudit.engine.store import RunKind
 from detaudit.render import theme
 from detaudit.render.text import SafeConsole, text
 
@@ -239,7 +240,7 @@ def history_table(runs: list[dict[str, Any]]) -> Table:
     for column in ("run", "started", "tensorflow", "device", "outcome"):
         grid.add_column(column, overflow="fold", no_wrap=column != "outcome", ratio=1 if column == "outcome" else None)
     for run in runs:
-        outcome = Text("" if run["kind"] == "matrix" else f"{run['kind']}: ")
+        outcome = Text("" if run["kind"] == RunKind.MATRIX.value else f"{run['kind']}: ")
         if run.get("status"):
             outcome.append(run["status"], style=theme.style("status", run["status"]))
             outcome.append(" ")

@@ -170,7 +170,7 @@ def render_repro(cell: Cell, mode: str = TriageMode.REPEAT.value, reference: Any
         reference: the other settings, for ``"drift"``.
         title: the first line of the reproducer's docstring.
     """
-    if mode == "drift" and reference is None:
+    if mode == TriageMode.DRIFT and reference is None:
         raise ValueError("a drift reproducer needs the reference settings")
     declaration = cell.layer.declaration
     case = {"kind": cell.layer.kind, "builder": declaration.builder, "params": cell.layer.params,
