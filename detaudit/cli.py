@@ -19,7 +19,7 @@ from detaudit.arguments import build_parser, version_text
 from detaudit.cli_common import (
     SafeStream,
     err_console,
-    live,
+    show_progress,
     note,
     out_console,
     outside_runs,
@@ -97,7 +97,7 @@ def _cmd_run(args: Any) -> int:
     if not_compared:
         note(f"Not compared: {not_compared}.")
     try:
-        with RunProgress(err_console(), live(args.json)) as progress:
+        with RunProgress(err_console(), show_progress(args.json)) as progress:
             table = run(config, out=args.out, workers=args.workers, on_event=progress.on_event, run_id=args.run_id,
                         shard=shard, resume=args.resume, retry_failed=args.retry_failed)
     except RunInterrupted as stop:

@@ -15,7 +15,7 @@ from typing import Any
 from detaudit.core.vocabulary import ExitCode, RunStatus
 from detaudit.errors import UsageError
 
-__all__ = ["SafeStream", "err_console", "live", "note", "out_console", "outside_runs", "print_json", "summary_code",
+__all__ = ["SafeStream", "err_console", "show_progress", "note", "out_console", "outside_runs", "print_json", "summary_code",
            "writable", "write"]
 
 
@@ -33,7 +33,7 @@ def err_console() -> Any:
     return console(stderr=True)
 
 
-def live(as_json: bool) -> bool:
+def show_progress(as_json: bool) -> bool:
     """Progress only on a terminal, and never with --json."""
     return not as_json and sys.stderr.isatty()
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from detaudit.cli_common import err_console, live, out_console, outside_runs, print_json, writable, write
+from detaudit.cli_common import err_console, show_progress, out_console, outside_runs, print_json, writable, write
 from detaudit.core.vocabulary import ExitCode
 from detaudit.errors import UsageError
 
@@ -49,7 +49,7 @@ def cmd_shapes(args: Any) -> int:
                              f"{args.stride}. Received {args.output_padding}.")
         items = [{"rank": args.rank, "n": n, "kernel": args.kernel, "stride": args.stride, "padding": args.padding,
                   "dilation": args.dilation, "output_padding": args.output_padding} for n in args.input]
-    with StageProgress(err_console(), live(args.json), "starting TensorFlow") as progress:
+    with StageProgress(err_console(), show_progress(args.json), "starting TensorFlow") as progress:
         report = run_shapes(items, measure=not args.no_tf, on_progress=progress.update)
     if args.json:
         print_json(report)
@@ -70,7 +70,7 @@ def cmd_adjoint(args: Any) -> int:
     from detaudit.workflows.adjoint import run_adjoint
 
     config = load_config(args.config) if args.config else None
-    with StageProgress(err_console(), live(args.json), "starting TensorFlow") as progress:
+    with StageProgress(err_console(), show_progress(args.json), "starting TensorFlow") as progress:
         report = run_adjoint(config, args.threshold, args.strict, on_progress=progress.update)
     report["all"] = args.all
     if args.json:
@@ -94,9 +94,9 @@ def cmd_triage(args: Any) -> int:
     from detaudit.workflows.triage import triage_run
 
     target = Path(args.target)
-    live = live(False)
+    shown = show_progress(False)
     out = out_console()
-    with StageProgress(err_console(), live, "starting") as progress:
+    with StageProgress(err_console(), shown, "starting") as progress:
         if target.suffix in (".yaml", ".yml") or target.is_file() or args.target in bundled_config_names():
             stored = load_run(run(load_config(target), out=args.out).attrs["run_dir"])
         else:
@@ -161,7 +161,7 @@ def cmd_audit(args: Any) -> int:
             raise UsageError(f"Invalid value for argument `--input-shape`. Expected positive integers, batch first, "
                              f"such as 8,64,64,3. Received {args.input_shape[:80]!r}.")
     settings = Settings(**{name: getattr(args, name) for name in AXES})
-    with StageProgress(err_console(), live(args.json), "starting TensorFlow") as progress:
+    with StageProgress(err_console(), show_progress(args.json), "starting TensorFlow") as progress:
         result = run_audit(args.model, settings, out=args.out, input_shape=input_shape, inputs=args.inputs,
                            targets=args.targets, loss=args.loss, steps=args.steps, repeats=args.repeats,
                            seed=args.seed, unsafe=args.unsafe, batch_size=args.batch_size,
