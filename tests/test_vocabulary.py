@@ -120,6 +120,8 @@ def test_every_verdict_and_run_status_has_a_look_of_its_own():
         assert theme.name_of("status", status) in theme.THEME
     for outcome in ToggleOutcome:
         assert theme.name_of("toggle", outcome) in theme.THEME
+    for kind in ComparisonKind:
+        assert theme.name_of("comparison", kind) in theme.THEME
     assert theme.style("verdict", Verdict.NONDETERMINISTIC) != theme.style("verdict", Verdict.DETERMINISTIC)
     assert theme.look("no such name") == theme.look("status", "a word no theme knows")
 

@@ -41,6 +41,12 @@ THEME: dict[str, Look] = {
     "status.ok": Look("bold green", _GOOD),
     "status.regressed": Look("bold red", _BAD),
     "status.failed": Look("bold red", _BAD),  # any other failing word (an audit's NOT RESUMABLE, ...)
+    # the comparisons of the results table (core.comparisons.ComparisonKind): plots, legends
+    "comparison.repeat": Look("red", _BAD),
+    "comparison.process": Look("red", "#6a1b9a"),
+    "comparison.baseline": Look("yellow", "#1565c0"),
+    "comparison.reference": Look("magenta", _SPECIAL),
+    "comparison.adjoint": Look("cyan", "#00838f"),
     # one change of a comparison
     "change.regression": Look("bold red", _BAD),
     "change.fixed": Look("green", _GOOD),
