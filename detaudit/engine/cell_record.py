@@ -54,11 +54,6 @@ class CellRecord:
     group: str | None = None
     cell: Mapping[str, Any] | None = None
 
-    @property
-    def failed(self) -> bool:
-        """The worker died or hung under this cell."""
-        return self.status in FAILED_STATUSES
-
     @classmethod
     def failure(cls, cell_id: str, status: str, message: str, log: str) -> CellRecord:
         """The record of a cell whose worker crashed, hung or could not start: a status and why, no tensors."""

@@ -343,13 +343,6 @@ class RunStore:
                     continue
                 yield record
 
-    def bad_lines(self) -> list[int]:
-        """Line numbers of cells.jsonl that hold no readable cell record."""
-        bad: list[int] = []
-        for _ in self.iter_records(on_bad_line=lambda n, text: bad.append(n)):
-            pass
-        return bad
-
     # -- one writer at a time --------------------------------------------------------------------
 
     @contextlib.contextmanager
