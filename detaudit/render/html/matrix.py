@@ -14,12 +14,9 @@ from detaudit.core.comparisons import ComparisonKind
 from detaudit.render.html.parts import (_IDENTICAL, _SCALE_TOP, _badge, _e, _link, _percent, _scale_colour, _scaled,
                                         _table, _td, _verdict_badge)
 
-_BASELINE = ComparisonKind.BASELINE.value
-
-
 def _drift_section(summary: RunSummary) -> list[str]:
     """Setting change (rows, by layer) x tensor: scaled ULP coloured on a log scale, and the float64 errors."""
-    drifts = [f for f in summary.findings if f.comparison == _BASELINE and isinstance(f.between, tuple)]
+    drifts = [f for f in summary.findings if f.comparison == ComparisonKind.BASELINE and isinstance(f.between, tuple)]
     measured = any(c.baseline is not None for c in summary.cells)
     parts = ["<h2 id='drift'>Drift matrix: each setting change against the baseline</h2>"]
     if not drifts:

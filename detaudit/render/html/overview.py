@@ -18,7 +18,6 @@ from detaudit.engine.store import RunKind
 from detaudit.render.html.parts import _STATUS_COLOURS, _badge, _distinct, _e, _num, _png, _pyplot, _table, _td
 from detaudit.render.html.shell import _page
 
-_BASELINE, _REFERENCE = ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value
 #: meta.json facts whose change between two consecutive runs is marked on the overview's plots.
 _MARKED_FACTS = ("tensorflow.", "host.onednn_state", "host.env.", "host.cpu_model", "host.cpu_count",
                  "host.nvidia_driver", "host.numpy_version", "host.python", "host.detaudit_version")
@@ -31,12 +30,12 @@ def _extremes(stored: StoredRun) -> dict[tuple[str, str, str, str], dict[str, tu
     out: dict[tuple[str, str, str, str], dict[str, list[float | None]]] = {}
     if not len(table):
         return {}
-    rows = table[table["comparison"].isin([_BASELINE, _REFERENCE]) & table["tensor"].notna()
-                 & (table["status"] == "ok")]
+    measured = [ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value]
+    rows = table[table["comparison"].isin(measured) & table["tensor"].notna() & (table["status"] == "ok")]
     for row in rows.to_dict("records"):
         key = (str(row["layer"]), str(row["params"]), str(row["input_shape"]), layer_label(row))
         slot = out.setdefault(key, {}).setdefault(str(row["tensor"]), [None, None])
-        if row["comparison"] == _BASELINE:
+        if row["comparison"] == ComparisonKind.BASELINE:
             value = _num(row["max_ulp_scaled"])
             index = 0
         else:
