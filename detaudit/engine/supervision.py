@@ -26,6 +26,7 @@ from typing import IO, Any
 from detaudit.core.axes import environment_changes
 from detaudit.core.cells import Cell
 from detaudit.engine.cell_record import CellRecord
+from detaudit.engine.store import disk_full
 from detaudit.errors import DiskFullError
 
 __all__ = ["START_RETRIES", "STARTUP_S", "Processes", "WorkerOutcome", "WorkerRefused", "describe_death",
@@ -279,8 +280,6 @@ def _open_log(path: Path) -> IO[bytes]:
     try:
         return os.fdopen(os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o644), "ab+")
     except OSError as exc:
-        from detaudit.engine.store import disk_full
-
         raise disk_full(exc, path) or exc from None
 
 
