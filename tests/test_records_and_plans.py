@@ -33,7 +33,7 @@ def test_a_worker_record_round_trips_through_its_json_form():
 def test_a_failure_record_has_a_status_a_message_and_no_tensors():
     data = CellRecord.failure(CELL_ID, "timeout", "worker exceeded timeout_s=5", "g01.2.log").to_json()
     assert data == {"cell_id": CELL_ID, "status": "timeout", "message": "worker exceeded timeout_s=5",
-                    "seconds": None, "tensors": [], "log": "g01.2.log"}
+                    "seconds": None, "tensors": [], "replay": False, "log": "g01.2.log"}
     assert CellRecord.is_valid(data)
 
 

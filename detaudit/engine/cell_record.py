@@ -69,12 +69,10 @@ class CellRecord:
         """The record as one JSON object (one line of cells.jsonl)."""
         data: dict[str, Any] = {"cell_id": self.cell_id, "status": self.status, "message": self.message,
                                 "seconds": self.seconds, "tensors": [dict(t) for t in self.tensors],
-                                **self.details}
+                                **self.details, "replay": self.replay}
         for key, value in (("log", self.log), ("group", self.group), ("cell", self.cell)):
             if value is not None:
                 data[key] = dict(value) if isinstance(value, Mapping) else value
-        if self.replay:
-            data["replay"] = True
         return data
 
     @classmethod
