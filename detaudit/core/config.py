@@ -24,7 +24,7 @@ from typing import Any
 
 import yaml
 
-from detaudit.core.axes import AXES, process_axes
+from detaudit.core.axes import AXES, id_values, process_axes
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.kinds import (
     IMPORT_PATH,
@@ -163,7 +163,7 @@ class Cell:
         """Stable across runs and machines: a hash of layer, params, input shape, settings and seed."""
         key = json.dumps(
             [self.layer.kind, self.layer.params_json, list(self.layer.input_shape),
-             self.settings.as_dict(), self.seed],
+             id_values(self.settings.as_dict()), self.seed],
             sort_keys=True,
         )
         slug = _SAFE_NAME.sub("", self.layer.short_kind).lower()[:24] or "layer"

@@ -33,6 +33,7 @@ from typing import Any
 import pandas as pd
 
 from detaudit.core.axes import environment_changes
+from detaudit.engine.backends import require_backends
 from detaudit.core.config import (
     Cell,
     Config,
@@ -505,7 +506,8 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
     if retry_failed and resume is None:
         raise UsageError("--retry-failed goes with --resume RUN_DIR: it runs a stored run's crashed and "
                          "timed-out cells again.")
-    require_tensorflow()
+    if resume is None and config is not None:
+        require_backends([c.settings.backend for c in config.cells()])
     if resume is not None:
         if config is not None:
             raise UsageError("Give either a config or --resume RUN_DIR, not both: a resumed run keeps its own config.")
@@ -513,6 +515,7 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
         if store.kind is not RunKind.MATRIX:
             raise UsageError(f"{store.path}: {_a(store.kind.value)} run cannot be resumed; only `detaudit run` runs can.")
         config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+        require_backends([c.settings.backend for c in config.cells()])
         check_user_modules(config)
         with store.lock():
             meta = store.read_meta()
@@ -558,7 +561,7 @@ def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[s
     records, store and table as :func:`run`. The cells are listed in meta.json,
     so the run knows when it is complete.
     """
-    require_tensorflow()
+    require_backends([c.settings.backend for c in cells])
     check_user_modules(config)
     cells = list({c.cell_id: c for c in cells}.values())
     store = RunStore.create(out, config.to_dict(), config.name, run_id)
@@ -641,7 +644,10 @@ def _execute(store: RunStore, config: Config, meta: dict[str, Any], cells: list[
             emit(Event("cell_finished", cell_id=payload["cell_id"], record=record, total=total))
         elif kind == "hello":
             group, hello = payload
-            meta["tensorflow"] = meta.get("tensorflow") or hello.get("env")
+            env = hello.get("env") or {}
+            if not (meta.get("tensorflow") or {}).get("tensorflow_version"):
+                meta["tensorflow"] = env  # TensorFlow's facts win (they are what the renderers show)
+            meta.setdefault("backends", {}).update(env.get("backends") or {})  # each backend the run used
             meta.setdefault("groups", {})[group] = hello.get("applied")
             store.write_meta(meta)
         else:
