@@ -48,7 +48,7 @@ def test_bundled_configs_validate(name):
 def test_defaults_match_the_issue():
     config = parse_config(MINIMAL)
     assert config.seeds == (0,) and config.repeats == 3 and config.timeout_s == 300
-    assert config.axes == {"device": ("cpu",), "precision": ("float32",), "determinism": ("off",), "xla": ("off",),
+    assert config.axes == {"backend": ("tensorflow",), "device": ("cpu",), "precision": ("float32",), "determinism": ("off",), "xla": ("off",),
                            "onednn": ("default",), "threads": (0,), "tf32": ("default",)}
     assert config.baseline == Settings(determinism="on")
     params = config.layers[0].params

@@ -307,6 +307,11 @@ def _facts(stored: StoredRun) -> dict[str, str]:
     if tf:
         facts["TensorFlow"] = f"{tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}"
         facts["devices"] = ", ".join(gpus) if gpus else "CPU only"
+    backends = stored.meta.get("backends") or {}
+    if set(backends) - {"tensorflow"}:  # a run on other Keras backends names each, with its CUDA where it has one
+        facts["backends"] = ", ".join(f"{name} {b.get('version')}" + (f" (CUDA {b['cuda_version']}, cuDNN "
+                                      f"{b.get('cudnn_version')})" if b.get("cuda_version") else "")
+                                      for name, b in sorted(backends.items()))
     if host:
         facts["CPU"] = str(host.get("cpu_model", "?"))
         facts["oneDNN"] = str(host.get("onednn_state", "?"))

@@ -256,17 +256,17 @@ _define(
                                               "pass eagerly; use xla: off"))},
     check=EnvironmentCheck("XLA / jit_compile", "XLA fuses and reorders: its bits differ from the graph executor's",
                            "use one jit_compile setting wherever results are compared"))
-_TF_ONLY_ONEDNN = ("onednn: {value} is TensorFlow's switch (TF_ENABLE_ONEDNN_OPTS); on the {backend} backend use "
-                   "onednn: default")
+_TF_ONLY_ONEDNN = ("onednn: on is TensorFlow's switch (TF_ENABLE_ONEDNN_OPTS); on the {backend} backend TensorFlow's "
+                   "oneDNN custom ops are not used: use onednn: default or off")
 _define(
-    "onednn", "oneDNN custom ops on the CPU, TensorFlow only: default (as the environment has "
-    "TF_ENABLE_ONEDNN_OPTS, else TensorFlow's CPU-based default), off or on",
+    "onednn", "TensorFlow's oneDNN custom ops on the CPU: default (as the environment has TF_ENABLE_ONEDNN_OPTS, "
+    "else TensorFlow's CPU-based default), off or on; on other backends they are never used (on is unsupported)",
     default="default", expected="default, off or on", choices=("default", "off", "on"),
     scope=Scope.ENVIRONMENT, toggle="off",
     how={"tensorflow": How(environ=lambda value: {} if value == "default"
                            else {"TF_ENABLE_ONEDNN_OPTS": "0" if value == "off" else "1"}),
-         **{backend: How(refuses=lambda value, backend=backend: None if value == "default"
-                         else _TF_ONLY_ONEDNN.format(value=value, backend=backend)) for backend in BACKENDS[1:]}},
+         **{backend: How(refuses=_only(("default", "off"), _TF_ONLY_ONEDNN.format(backend=backend)))
+            for backend in BACKENDS[1:]}},
     check=EnvironmentCheck("oneDNN", "CPU results (and some error texts and shapes) differ between machines with "
                            "oneDNN on and off; TensorFlow turns it on by default on CPUs with AVX512_VNNI/BF16 or AMX",
                            "set TF_ENABLE_ONEDNN_OPTS to one value on every machine", applies="cpu",
