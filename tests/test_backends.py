@@ -214,3 +214,20 @@ def test_the_torch_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_t
     assert facts["tensorflow"] is False
     assert facts["digests"]["device"] == facts["digests"]["host"]
     assert facts["adjoint"]["adjoint_eps"] < 10
+
+
+@pytest.mark.parametrize("name", ["backends", "gpu-backends"])
+def test_the_bundled_backend_configs_validate_and_name_the_schema(name):
+    import jsonschema
+    import yaml
+
+    from detaudit.core.config import bundled_config_path, load_config
+    from detaudit.core.schema import config_schema
+
+    path = bundled_config_path(name)
+    assert path.read_text().startswith("# yaml-language-server: $schema=detaudit.schema.json")
+    jsonschema.validate(yaml.safe_load(path.read_text()), config_schema())
+    config = load_config(path)
+    assert {c.settings.backend for c in config.cells()} >= {"jax"}
+    if name == "gpu-backends":  # runs where TensorFlow is not installed: no cell may need it, the baseline neither
+        assert "tensorflow" not in {c.settings.backend for c in config.cells()}
