@@ -24,7 +24,8 @@ CONV = {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2,
         "input_shape": [2, 3, 3, 2]}
 RAW = {"kind": "conv1d_transpose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
        "input_shape": [1, 4, 2]}
-needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None, reason='JAX is not installed: pip install ".[jax]"')
+needs_jax = pytest.mark.skipif(importlib.util.find_spec("jax") is None,
+                               reason='JAX is not installed: pip install ".[jax]"')
 needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None,
                                  reason="PyTorch is not installed (the user brings it; see the torch extra)")
 

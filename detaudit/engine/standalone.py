@@ -105,17 +105,18 @@ def _gpus_visible(backend: str) -> tuple[int, str, str]:
     if backend == "tensorflow":
         import tensorflow as tf
 
-        return len(tf.config.list_logical_devices("GPU")), "tf.config.list_logical_devices('GPU')", "TensorFlow"
+        return len(tf.config.list_logical_devices("GPU")), "tf.config.list_logical_devices('GPU') is empty", \
+            "TensorFlow"
     if backend == "jax":
         import jax
 
         try:
-            return len(jax.devices("gpu")), "jax.devices('gpu')", "JAX"
+            return len(jax.devices("gpu")), "jax.devices('gpu') is empty", "JAX"
         except RuntimeError:  # no GPU platform at all
-            return 0, "jax.devices('gpu')", "JAX"
+            return 0, "jax.devices('gpu') finds no GPU platform", "JAX"
     import torch
 
-    return torch.cuda.device_count(), "torch.cuda.device_count()", "PyTorch"
+    return torch.cuda.device_count(), "torch.cuda.device_count() is 0", "PyTorch"
 
 
 def apply_cell(spec: dict[str, Any]) -> AppliedCell:
@@ -137,8 +138,7 @@ def apply_cell(spec: dict[str, Any]) -> AppliedCell:
         index = int(device.partition(":")[2] or 0)
         count, call, framework = _gpus_visible(backend)
         if not count:
-            return AppliedCell(None, f"no GPU visible to {framework} on this machine ({call} is empty)", xla, True,
-                               backend)
+            return AppliedCell(None, f"no GPU visible to {framework} on this machine ({call})", xla, True, backend)
         if index >= count:
             return AppliedCell(None, f"GPU {index} is not visible: {framework} sees {count} GPU(s)", xla, True,
                                backend)
