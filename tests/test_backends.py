@@ -232,3 +232,11 @@ def test_the_bundled_backend_configs_validate_and_name_the_schema(name):
     assert {c.settings.backend for c in config.cells()} >= {"jax"}
     if name == "gpu-backends":  # runs where TensorFlow is not installed: no cell may need it, the baseline neither
         assert "tensorflow" not in {c.settings.backend for c in config.cells()}
+
+
+def test_the_model_audit_says_it_runs_on_tensorflow_only(tmp_path):
+    from tests.helpers.cli import detaudit_main, one_clean_line
+
+    line = one_clean_line(detaudit_main("audit", "tests.audit_models:one_layer", "--backend", "jax", "--out",
+                                        str(tmp_path)), "--backend", "TensorFlow only")
+    assert "backend='jax'" in line
