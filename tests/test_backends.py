@@ -240,3 +240,13 @@ def test_the_model_audit_says_it_runs_on_tensorflow_only(tmp_path):
     line = one_clean_line(detaudit_main("audit", "tests.audit_models:one_layer", "--backend", "jax", "--out",
                                         str(tmp_path)), "--backend", "TensorFlow only")
     assert "backend='jax'" in line
+
+
+def test_a_table_stored_before_the_backend_axis_reads_as_tensorflow():
+    import pandas as pd
+
+    from detaudit.engine.table import COLUMNS, typed
+
+    row = {c: AXES[c].default if c in AXES else None for c in COLUMNS if c != "backend"}
+    old = typed(pd.DataFrame([row | {"seed": 0, "repeats": 3}]))
+    assert list(old["backend"]) == ["tensorflow"]
