@@ -176,45 +176,54 @@ _PASS = textwrap.dedent("""
     from detaudit.core.axes import settings_spec
     from detaudit.core.config import Cell, Settings, parse_config
     from detaudit.engine import standalone
-    settings = Settings(backend=sys.argv[1], xla=sys.argv[2], precision=sys.argv[3])
-    standalone.start_process(settings_spec(settings.as_dict()))
+    backend, xla, layer = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+    standalone.start_process(settings_spec(Settings(backend=backend, xla=xla).as_dict()))
     from detaudit.engine.worker import run_cell
-    config = parse_config({"name": "p", "layers": [json.loads(sys.argv[4])]})
-    digests = {}
-    for on_device in ("0", "1"):
-        os.environ["DETAUDIT_COMPARE_ON_DEVICE"] = on_device
-        record = run_cell(Cell(config.layers[0], settings, 0, 3), None)
-        assert record["status"] == "ok", record
-        digests[record["compared_on"]] = {t["tensor"]: t["digest"] for t in record["tensors"]}
-    print(json.dumps({"digests": digests, "tensorflow": "tensorflow" in sys.modules,
-                      "adjoint": record.get("adjoint"), "names": [t["tensor"] for t in record["tensors"]]}))
+    config = parse_config({"name": "p", "layers": [layer]})
+    facts = {}
+    for precision in ("float32", "mixed_bfloat16"):  # a per-cell axis: one worker runs both
+        settings = Settings(backend=backend, xla=xla, precision=precision)
+        digests = {}
+        for on_device in ("0", "1"):
+            os.environ["DETAUDIT_COMPARE_ON_DEVICE"] = on_device
+            record = run_cell(Cell(config.layers[0], settings, 0, 3), None)
+            assert record["status"] == "ok", record
+            digests[record["compared_on"]] = {t["tensor"]: t["digest"] for t in record["tensors"]}
+        facts[precision] = {"digests": digests, "adjoint": record.get("adjoint"),
+                            "dtypes": {t["tensor"]: t["dtype"] for t in record["tensors"]}}
+    print(json.dumps({"tensorflow": "tensorflow" in sys.modules, **facts}))
 """)
 
 
-def _pass(backend: str, xla: str, precision: str = "float32") -> dict:
+def _pass(backend: str, xla: str) -> dict:
     env = {**os.environ, "PYTHONPATH": str(REPO), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    result = subprocess.run([sys.executable, "-P", "-c", _PASS, backend, xla, precision, json.dumps(CONV)],
+    result = subprocess.run([sys.executable, "-P", "-c", _PASS, backend, xla, json.dumps(CONV)],
                             capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-2000:]
     return json.loads(result.stdout.splitlines()[-1])
 
 
+def _check_pass(facts: dict) -> None:
+    assert facts["tensorflow"] is False  # the GPU machine has no TensorFlow: a worker must not need it
+    for precision in ("float32", "mixed_bfloat16"):
+        run = facts[precision]
+        assert run["digests"]["device"] == run["digests"]["host"], precision  # one pass, two ways to compare
+        assert run["adjoint"]["adjoint_eps"] < 10, precision
+    assert facts["float32"]["dtypes"] == {"output": "float32", "grad_input": "float32", "grad_kernel": "float32",
+                                          "grad_bias": "float32"}
+    # mixed_bfloat16 computes in bfloat16 and keeps float32 weights, as on TensorFlow
+    assert facts["mixed_bfloat16"]["dtypes"]["output"] == "bfloat16"
+    assert facts["mixed_bfloat16"]["dtypes"]["grad_kernel"] == "float32"
+
+
 @needs_jax
-@pytest.mark.parametrize("precision", ["float32", "mixed_bfloat16"])
-def test_the_jax_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_the_host(precision):
-    facts = _pass("jax", "on", precision)
-    assert facts["tensorflow"] is False
-    assert facts["digests"]["device"] == facts["digests"]["host"]
-    assert facts["names"] == ["output", "grad_input", "grad_kernel", "grad_bias"]
-    assert facts["adjoint"]["adjoint_eps"] < 10
+def test_the_jax_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_the_host():
+    _check_pass(_pass("jax", "on"))
 
 
 @needs_torch
 def test_the_torch_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_the_host():
-    facts = _pass("torch", "off")
-    assert facts["tensorflow"] is False
-    assert facts["digests"]["device"] == facts["digests"]["host"]
-    assert facts["adjoint"]["adjoint_eps"] < 10
+    _check_pass(_pass("torch", "off"))
 
 
 @pytest.mark.parametrize("name", ["backends", "gpu-backends"])
