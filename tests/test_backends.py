@@ -216,11 +216,13 @@ def _check_pass(facts: dict) -> None:
     assert facts["mixed_bfloat16"]["dtypes"]["grad_kernel"] == "float32"
 
 
+@pytest.mark.slow
 @needs_jax
 def test_the_jax_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_the_host():
     _check_pass(_pass("jax", "on"))
 
 
+@pytest.mark.slow
 @needs_torch
 def test_the_torch_pass_imports_no_tensorflow_and_compares_on_the_device_as_on_the_host():
     _check_pass(_pass("torch", "off"))
