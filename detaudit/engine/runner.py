@@ -33,7 +33,6 @@ from typing import Any
 import pandas as pd
 
 from detaudit.core.axes import environment_changes
-from detaudit.engine.backends import require_backends
 from detaudit.core.config import (
     Cell,
     Config,
@@ -45,6 +44,7 @@ from detaudit.core.config import (
     shard_cells,
 )
 from detaudit.core.kinds import USER_LAYER, module_exists
+from detaudit.engine.backends import require_backends
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.store import RunKind, RunStore
 from detaudit.errors import (
