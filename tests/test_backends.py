@@ -261,3 +261,12 @@ def test_a_table_stored_before_the_backend_axis_reads_as_tensorflow():
     row = {c: AXES[c].default if c in AXES else None for c in COLUMNS if c != "backend"}
     old = typed(pd.DataFrame([row | {"seed": 0, "repeats": 3}]))
     assert list(old["backend"]) == ["tensorflow"]
+
+
+def test_the_parent_imports_no_framework_to_check_the_backends():
+    code = ("import sys; from detaudit.engine import runner; from detaudit.engine.backends import require_backends; "
+            "require_backends(['tensorflow']); print([m for m in ('jax', 'torch', 'tensorflow', 'keras') "
+            "if m in sys.modules])")
+    result = subprocess.run([sys.executable, "-P", "-c", code], capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == 0 and result.stdout.strip() == "[]", result.stderr[-1000:]
