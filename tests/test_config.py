@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 
 import pytest
 
@@ -47,7 +48,7 @@ def test_bundled_configs_validate(name):
 def test_defaults_match_the_issue():
     config = parse_config(MINIMAL)
     assert config.seeds == (0,) and config.repeats == 3 and config.timeout_s == 300
-    assert config.axes == {"device": ("cpu",), "precision": ("float32",), "determinism": ("off",), "xla": ("off",),
+    assert config.axes == {"backend": ("tensorflow",), "device": ("cpu",), "precision": ("float32",), "determinism": ("off",), "xla": ("off",),
                            "onednn": ("default",), "threads": (0,), "tf32": ("default",)}
     assert config.baseline == Settings(determinism="on")
     params = config.layers[0].params
@@ -197,8 +198,10 @@ def test_a_bundled_config_is_found_by_its_name_from_anywhere(tmp_path, monkeypat
 
     monkeypatch.chdir(tmp_path)
     assert load_config("nightly").name == "nightly"
+    from detaudit.core.config import bundled_config_names
+
     with pytest.raises(ConfigError, match=r"nightlly: config file not found \(bundled configs, by name alone: "
-                                          r"gpu-triage, nightly, quick\)"):
+                                          + re.escape(", ".join(bundled_config_names())) + r"\)"):
         load_config("nightlly")
     (tmp_path / "nightly").write_text("name: mine\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, "
                                       "input_shape: [1, 4, 2]}]\n")

@@ -305,8 +305,16 @@ def _facts(stored: StoredRun) -> dict[str, str]:
     gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
     facts = {"run": stored.run_id}
     if tf:
-        facts["TensorFlow"] = f"{tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}"
+        if tf.get("tensorflow_version") or not stored.meta.get("backends"):
+            facts["TensorFlow"] = f"{tf.get('tensorflow_version')} / Keras {tf.get('keras_version')}"
+        else:  # a run on JAX or PyTorch alone: no TensorFlow to name
+            facts["Keras"] = str(tf.get("keras_version"))
         facts["devices"] = ", ".join(gpus) if gpus else "CPU only"
+    backends = stored.meta.get("backends") or {}
+    if set(backends) - {"tensorflow"}:  # a run on other Keras backends names each, with its CUDA where it has one
+        facts["backends"] = ", ".join(f"{name} {b.get('version')}" + (f" (CUDA {b['cuda_version']}, cuDNN "
+                                      f"{b.get('cudnn_version')})" if b.get("cuda_version") else "")
+                                      for name, b in sorted(backends.items()))
     if host:
         facts["CPU"] = str(host.get("cpu_model", "?"))
         facts["oneDNN"] = str(host.get("onednn_state", "?"))

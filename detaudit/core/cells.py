@@ -15,7 +15,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from detaudit.core.axes import AXES, process_axes
+from detaudit.core.axes import AXES, id_values, process_axes
 from detaudit.core.layer_spec import LayerSpec, parse_layer
 from detaudit.core.validation import INVALID, Context, integer, mapping
 from detaudit.errors import ConfigError, did_you_mean
@@ -68,7 +68,7 @@ class Cell:
         """Stable across runs and machines: a hash of layer, params, input shape, settings and seed."""
         key = json.dumps(
             [self.layer.kind, self.layer.params_json, list(self.layer.input_shape),
-             self.settings.as_dict(), self.seed],
+             id_values(self.settings.as_dict()), self.seed],
             sort_keys=True,
         )
         slug = SAFE_NAME.sub("", self.layer.short_kind).lower()[:24] or "layer"

@@ -57,6 +57,7 @@ class LayerKind:
     adjoint: bool = False  # the dot-product test applies (channels_last only)
     shape_audit: bool = False  # `detaudit shapes` / Keras' output-length formula applies
     transposed: bool = True  # a transposed convolution (the kernel layout is (*k, filters, in))
+    tensorflow_only: bool = False  # built from tf.nn ops: under another Keras backend the cell is unsupported
 
     def param(self, name: str) -> Param:
         return next(p for p in self.params if p.name == name)
@@ -142,7 +143,7 @@ for _rank in (1, 2, 3):
         "(plus tf.nn.bias_add when use_bias)", _rank,
         (FILTERS, KERNEL, STRIDES, PADDING, OUTPUT_SHAPE, DILATION, DATA_FORMAT,
          dataclasses.replace(USE_BIAS, default=False)),
-        builder="raw_transpose", reference=True, adjoint=True, shape_audit=True))
+        builder="raw_transpose", reference=True, adjoint=True, shape_audit=True, tensorflow_only=True))
 _define(LayerKind(
     "resize_conv2d", "UpSampling2D then Conv2D: the checkerboard-free alternative to a strided transpose", 2,
     (FILTERS, KERNEL, SIZE, INTERPOLATION, dataclasses.replace(PADDING, default="same"), DATA_FORMAT, USE_BIAS),

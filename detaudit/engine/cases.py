@@ -1,11 +1,13 @@
-"""A cell's layer, inputs and pass (from :mod:`detaudit.engine.standalone`), plus its float64 reference and adjoint test.
+"""A cell's float64 reference and adjoint test, on whichever Keras backend built it.
 
-Imported only inside worker processes (it imports TensorFlow). The reference
-and the adjoint test depend on the layer spec, the seed and the dtypes, not on
-most settings, so each is computed once and shared: the reference across every
-cell and worker of a run (cached in the run directory), the adjoint test across
-the cells of one worker (it runs TensorFlow ops, whose results depend on the
-worker's oneDNN path and device).
+Imported only inside worker processes (it imports Keras, whose backend is set
+by then); the pass itself comes from :mod:`detaudit.engine.backends`. The
+reference and the adjoint test depend on the layer spec, the seed and the
+dtypes, not on most settings, so each is computed once and shared: the
+reference across every cell and worker of a run (cached in the run directory;
+every backend draws the same values, so they share it too), the adjoint test
+across the cells of one worker (it runs the backend's ops, whose results depend
+on the worker's backend, oneDNN path and device).
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from typing import Any
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from detaudit.core import reference
 from detaudit.core.config import LayerSpec
@@ -41,7 +42,7 @@ def rounded_reference(truth: dict[str, np.ndarray], name: str, dtype: np.dtype) 
 
 
 def build_case(spec: LayerSpec, seed: int, xla: bool) -> standalone.Case:
-    """Build the layer of ``spec`` under the current dtype policy and device scope (see standalone.Case)."""
+    """Build the layer of ``spec`` on TensorFlow under the current dtype policy and device scope (standalone.Case)."""
     return standalone.Case(spec.declaration.builder, spec.kind, spec.params, list(spec.input_shape), seed, xla)
 
 
@@ -50,8 +51,12 @@ def _key(spec: LayerSpec, seed: int, *dtypes: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
-def reference_of(spec: LayerSpec, case: standalone.Case, seed: int, cache_dir: Path | None) -> dict[str, np.ndarray] | None:
-    """The float64 reference of a built-in transposed convolution, from the very values TensorFlow got.
+def _host(tensor: Any) -> np.ndarray:
+    return np.asarray(keras.ops.convert_to_numpy(tensor))
+
+
+def reference_of(spec: LayerSpec, case: Any, seed: int, cache_dir: Path | None) -> dict[str, np.ndarray] | None:
+    """The float64 reference of a built-in transposed convolution, from the very values the backend got.
 
     Those values depend on the seed and on the dtypes the policy casts them to,
     so that is the cache key: every cell of a run with the same layer, seed
@@ -76,9 +81,9 @@ def reference_of(spec: LayerSpec, case: standalone.Case, seed: int, cache_dir: P
     geometry = reference.TransposeSpec(tuple(params["strides"]), params["padding"], tuple(params["dilation_rate"]),
                                        tuple(lengths), channels_first)
     layer = case.layer
-    kernel = np.asarray(layer.kernel.numpy(), np.float64)
-    bias = None if layer.bias is None else np.asarray(layer.bias.numpy(), np.float64)
-    x, upstream = case.x.numpy(), case.upstream.numpy()
+    kernel = np.asarray(_host(layer.kernel), np.float64)
+    bias = None if layer.bias is None else np.asarray(_host(layer.bias), np.float64)
+    x, upstream = _host(case.x), _host(case.upstream)
     out = {"output": reference.conv_transpose(x, kernel, bias, geometry)}
     out.update(reference.conv_transpose_grads(x, kernel, upstream, geometry, with_bias=bias is not None))
     _REFERENCE_CACHE[key] = out
@@ -87,19 +92,16 @@ def reference_of(spec: LayerSpec, case: standalone.Case, seed: int, cache_dir: P
     return out
 
 
-def adjoint_of(spec: LayerSpec, case: standalone.Case, seed: int, device: str) -> dict[str, Any] | None:
-    """The dot-product test with the cell's own kernel in the policy's compute dtype (cached per worker)."""
+def adjoint_of(spec: LayerSpec, case: Any, seed: int, device: str, backend: Any) -> dict[str, Any] | None:
+    """The dot-product test with the cell's own kernel in the policy's compute dtype (cached per worker).
+
+    ``backend`` is the worker's backend module (:mod:`detaudit.engine.backends`), which runs the ops.
+    """
     if not spec.declaration.adjoint or spec.params["data_format"] != "channels_last":
         return None
     dtype = keras.config.dtype_policy().compute_dtype
     key = (_key(spec, seed, str(dtype), keras.config.dtype_policy().variable_dtype), device)
     if key not in _ADJOINT_CACHE:
-        from detaudit.engine.probes import adjoint_gap
-
-        params = spec.params
-        z = tf.constant(np.random.default_rng([seed, 3]).standard_normal(case.output_shape, dtype=np.float32)
-                        .astype(dtype))
-        gap = adjoint_gap(tf.cast(case.x, dtype), tf.cast(case.layer.kernel, dtype), z, list(case.output_shape),
-                          strides=params["strides"], padding=params["padding"], dilations=params["dilation_rate"])
-        _ADJOINT_CACHE[key] = {"dtype": str(dtype), **gap}
+        z = np.random.default_rng([seed, 3]).standard_normal(case.output_shape, dtype=np.float32)
+        _ADJOINT_CACHE[key] = {"dtype": str(dtype), **backend.adjoint(case, z, spec.params, str(dtype))}
     return _ADJOINT_CACHE[key]

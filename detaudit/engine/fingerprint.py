@@ -1,7 +1,7 @@
 """The environment fingerprint a bug report needs.
 
-:func:`host_fingerprint` is safe in the parent (no TensorFlow);
-:func:`tensorflow_fingerprint` imports TensorFlow and is called in workers only.
+:func:`host_fingerprint` is safe in the parent (no framework);
+:func:`backend_fingerprint` and :func:`tensorflow_fingerprint` import a framework and are called in workers only.
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import sys
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["ENV_VARS", "host_fingerprint", "onednn_state", "tensorflow_fingerprint"]
+__all__ = ["ENV_VARS", "backend_fingerprint", "host_fingerprint", "onednn_state", "tensorflow_fingerprint"]
 
 #: Environment variables that change what TensorFlow computes, recorded in every run.
 ENV_VARS = (
     "TF_DETERMINISTIC_OPS", "TF_CUDNN_DETERMINISTIC", "TF_ENABLE_ONEDNN_OPTS", "TF_CUDNN_USE_FRONTEND",
     "TF_CUDNN_USE_AUTOTUNE", "TF_XLA_FLAGS", "XLA_FLAGS", "TF_GPU_ALLOCATOR", "TF_NUM_INTRAOP_THREADS",
     "TF_NUM_INTEROP_THREADS", "OMP_NUM_THREADS", "CUDA_VISIBLE_DEVICES", "NVIDIA_TF32_OVERRIDE",
-    "TF_FORCE_GPU_ALLOW_GROWTH", "PYTHONHASHSEED",
+    "TF_FORCE_GPU_ALLOW_GROWTH", "PYTHONHASHSEED", "KERAS_BACKEND", "JAX_ENABLE_X64", "JAX_PLATFORMS",
+    "XLA_PYTHON_CLIENT_PREALLOCATE", "CUBLAS_WORKSPACE_CONFIG", "TORCH_ALLOW_TF32_CUBLAS_OVERRIDE",
 )
 # TF-FACTS: oneDNN custom ops are on by default on Linux x86 CPUs with any of these.
 _ONEDNN_DEFAULT_FLAGS = ("avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
@@ -149,3 +150,22 @@ def tensorflow_fingerprint() -> dict[str, Any]:
         "devices": [d.name for d in tf.config.list_physical_devices()],
         "gpus": gpus,
     }
+
+
+def backend_fingerprint(backend: str) -> dict[str, Any]:
+    """The environment a worker of ``backend`` reports: Keras, the framework's version, CUDA and cuDNN, devices.
+
+    The keys of :func:`tensorflow_fingerprint` (``tensorflow_version`` is None
+    on another backend), plus ``backend`` and ``backends``: ``{backend: {version,
+    cuda_version, cudnn_version}}``, which the runner merges over every worker
+    group, so a run records each backend it ran on.
+    """
+    import keras
+
+    from detaudit.engine.backends import load
+
+    facts = load(backend).fingerprint()
+    tensorflow = tensorflow_fingerprint() if backend == "tensorflow" else {"tensorflow_version": None}
+    return {**tensorflow, "backend": backend, "keras_version": keras.__version__,
+            **{k: facts[k] for k in ("cuda_version", "cudnn_version", "devices", "gpus")},
+            "backends": {backend: {k: facts[k] for k in ("version", "cuda_version", "cudnn_version")}}}

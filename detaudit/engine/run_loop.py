@@ -188,7 +188,10 @@ class RunLoop:
             self.emit(Event(EventKind.CELL_FINISHED, cell_id=record.cell_id, record=stored, total=self._total))
         elif kind == "hello":
             group, hello = payload
-            self.meta["tensorflow"] = self.meta.get("tensorflow") or hello.get("env")
+            env = hello.get("env") or {}
+            if not (self.meta.get("tensorflow") or {}).get("tensorflow_version"):
+                self.meta["tensorflow"] = env  # TensorFlow's facts win (they are what the renderers show)
+            self.meta.setdefault("backends", {}).update(env.get("backends") or {})  # each backend the run used
             self.meta.setdefault("groups", {})[group] = hello.get("applied")
             self.store.write_meta(self.meta)
 

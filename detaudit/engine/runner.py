@@ -31,6 +31,7 @@ from detaudit.core.config import Cell, Config, Settings, load_config, parse_conf
 from detaudit.core.kinds import module_exists
 from detaudit.core.planning import expected_cells, parse_shard, plan_jobs, shard_cells
 from detaudit.engine.cell_record import FAILED_STATUSES
+from detaudit.engine.backends import require_backends
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.run_loop import Event, EventKind, RunInterrupted, RunLoop, now
 from detaudit.engine.store import RunKind, RunStore
@@ -157,7 +158,8 @@ def run(config: Config | str | os.PathLike[str] | None = None, *, out: str | os.
     if retry_failed and resume is None:
         raise UsageError("--retry-failed goes with --resume RUN_DIR: it runs a stored run's crashed and "
                          "timed-out cells again.")
-    require_tensorflow()
+    if resume is None and config is not None:
+        require_backends([c.settings.backend for c in config.cells()])
     if resume is not None:
         if config is not None:
             raise UsageError("Give either a config or --resume RUN_DIR, not both: a resumed run keeps its own config.")
@@ -177,6 +179,7 @@ def _resume(store: RunStore, workers: int, on_event: Callable[[Event], None] | N
     if store.kind is not RunKind.MATRIX:
         raise UsageError(f"{store.path}: {_a(store.kind.value)} run cannot be resumed; only `detaudit run` runs can.")
     config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+    require_backends([c.settings.backend for c in config.cells()])
     check_user_modules(config)
     with store.lock():
         meta = store.read_meta()
@@ -215,7 +218,7 @@ def run_cells(cells: Sequence[Cell], config: Config, *, out: str | os.PathLike[s
     records, store and table as :func:`run`. The cells are listed in meta.json,
     so the run knows when it is complete.
     """
-    require_tensorflow()
+    require_backends([c.settings.backend for c in cells])
     check_user_modules(config)
     cells = list({c.cell_id: c for c in cells}.values())
     store = RunStore.create(out, config.to_dict(), config.name, run_id)

@@ -1,11 +1,13 @@
-"""How a cell is built and run, in code that needs only TensorFlow and NumPy.
+"""How a cell is built and run, in code that needs only Keras, its backend's framework and NumPy.
 
 The worker imports this module; ``detaudit triage`` copies its source verbatim
 into every emitted ``repro.py``. So the reproducer builds the very layer, the
 very seeded weights, input and upstream gradient, and runs the very pass the
 worker ran: one copy of the code, two places it runs. Keep it free of
-detaudit imports, and import TensorFlow inside functions only (a reproducer
-sets the environment before TensorFlow is imported).
+detaudit imports, and import Keras and the frameworks inside functions only (a
+reproducer sets the environment, ``KERAS_BACKEND`` among it, before they are
+imported). The pass of the TensorFlow backend is here (:class:`Case`); the JAX
+and PyTorch passes are in :mod:`detaudit.engine.backends`.
 
 Weights, inputs and upstream gradients are drawn with NumPy from the seed, not
 with TensorFlow's random ops, so they are bit-identical across devices,
@@ -23,7 +25,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["BUILDERS", "AppliedCell", "Case", "DeviceCheckedPass", "NotALayer", "apply_cell", "apply_environment",
-           "device_name", "resolve_user_layer", "run_statements", "seeded_values", "start_process", "tensor_names"]
+           "backend_of", "device_name", "resolve_user_layer", "run_statements", "seeded_values", "start_process",
+           "tensor_names"]
 
 _RAW_FORMATS = {
     (1, "channels_last"): "NWC", (1, "channels_first"): "NCW",
@@ -41,72 +44,108 @@ def apply_environment(changes: dict[str, str | None]) -> None:
             os.environ[name] = value
 
 
-def run_statements(statements: list[str]) -> None:
-    """Run settings statements (``tf.config...``, ``keras.config...``) with TensorFlow and Keras imported."""
-    import keras
-    import tensorflow as tf
+def backend_of(spec: dict[str, Any]) -> str:
+    """The Keras backend a settings spec runs on (TensorFlow when it does not say)."""
+    return spec["values"].get("backend", "tensorflow")
 
+
+def run_statements(statements: list[str], backend: str = "tensorflow") -> None:
+    """Run settings statements with Keras and the backend's framework imported (as ``tf``, ``jax`` or ``torch``)."""
+    import keras
+
+    namespace = {"keras": keras, {"tensorflow": "tf"}.get(backend, backend): importlib.import_module(backend)}
     for statement in statements:
-        exec(statement, {"tf": tf, "keras": keras})  # noqa: S102 - detaudit's own axis declarations, not user text
+        exec(statement, dict(namespace))  # noqa: S102 - detaudit's own axis declarations, not user text
 
 
 def start_process(spec: dict[str, Any]) -> None:
-    """Apply a setting's process-wide part: its environment, then TensorFlow, then its start-up statements.
+    """Apply a setting's process-wide part: its environment, then the framework, then its start-up statements.
 
-    ``spec`` is :func:`detaudit.core.axes.settings_spec` of the setting: ``environment``, ``startup``,
-    ``cell`` and ``values``. Call once per process, before anything else imports TensorFlow. The worker,
-    the audit's workers and every reproducer call this one function.
+    ``spec`` is :func:`detaudit.core.axes.settings_spec` of the setting: ``environment`` (``KERAS_BACKEND``
+    among it), ``startup``, ``cell``, ``unsupported`` and ``values``. Call once per process, before anything
+    else imports Keras or a framework. The worker, the audit's workers and every reproducer call this one function.
     """
     apply_environment(spec["environment"])
-    import tensorflow as tf
+    backend = backend_of(spec)
+    if backend == "tensorflow":
+        import tensorflow as tf
 
-    for gpu in tf.config.list_physical_devices("GPU"):
-        # Several workers share a GPU; without growth the first one takes all its memory.
-        tf.config.experimental.set_memory_growth(gpu, True)
-    run_statements(spec["startup"])
+        for gpu in tf.config.list_physical_devices("GPU"):
+            # Several workers share a GPU; without growth the first one takes all its memory.
+            tf.config.experimental.set_memory_growth(gpu, True)
+    # JAX shares a GPU through XLA_PYTHON_CLIENT_PREALLOCATE=false (the backend axis); PyTorch grows on demand.
+    run_statements(spec["startup"], backend)
 
 
 class AppliedCell:
     """What :func:`apply_cell` applied: the device scope to run in, XLA, and where repeats are compared."""
 
-    def __init__(self, device: str | None, unavailable: str | None, xla: bool, compare_on_device: bool):
-        self.device = device  # TensorFlow's device name, or None when the device is not visible
-        self.unavailable = unavailable  # why the device is not visible
-        self.xla = xla  # compile the pass with jit_compile
+    def __init__(self, device: str | None, unavailable: str | None, xla: bool, compare_on_device: bool,
+                 backend: str = "tensorflow", unsupported: bool = False):
+        self.device = device  # the backend's device name, or None when the cell cannot run here
+        self.unavailable = unavailable  # why: the device is not visible, or (unsupported) a setting does not apply
+        self.xla = xla  # compile the pass with XLA (jit_compile on TensorFlow; always on JAX)
         self.compare_on_device = compare_on_device
+        self.backend = backend
+        self.unsupported = unsupported  # a setting does not apply on this backend: the cell is unsupported
 
     def scope(self) -> Any:
         """The device scope the cell's work runs in."""
+        if self.backend == "tensorflow":
+            import tensorflow as tf
+
+            return tf.device(self.device)
+        import keras
+
+        return keras.device(self.device)
+
+
+def _gpus_visible(backend: str) -> tuple[int, str, str]:
+    """How many GPUs the backend sees, the call that says so and the framework's name (for the message)."""
+    if backend == "tensorflow":
         import tensorflow as tf
 
-        return tf.device(self.device)
+        return len(tf.config.list_logical_devices("GPU")), "tf.config.list_logical_devices('GPU') is empty", \
+            "TensorFlow"
+    if backend == "jax":
+        import jax
+
+        try:
+            return len(jax.devices("gpu")), "jax.devices('gpu') is empty", "JAX"
+        except RuntimeError:  # no GPU platform at all
+            return 0, "jax.devices('gpu') finds no GPU platform", "JAX"
+    import torch
+
+    return torch.cuda.device_count(), "torch.cuda.device_count() is 0", "PyTorch"
 
 
 def apply_cell(spec: dict[str, Any]) -> AppliedCell:
     """Apply a setting's per-cell part (dtype policy, TF32, ...) and say how the cell runs: device, XLA, compare.
 
     The one function that applies a cell's settings in a running process: the runner's worker, the model
-    audit and the reproducers call it (after :func:`start_process`). Repeats are compared on the device
-    for a GPU (copying every pass to the host would cost more than the pass), on the host for the CPU,
-    where the tensors already are; ``DETAUDIT_COMPARE_ON_DEVICE=1`` forces the device path on a CPU so
-    that its correctness is tested where no GPU is.
+    audit and the reproducers call it (after :func:`start_process`). A setting that does not apply on the
+    backend (``spec["unsupported"]``) comes back as ``unsupported`` with no device. Repeats are compared on
+    the device for a GPU (copying every pass to the host would cost more than the pass), on the host for
+    the CPU, where the tensors already are; ``DETAUDIT_COMPARE_ON_DEVICE=1`` forces the device path on a
+    CPU so that its correctness is tested where no GPU is.
     """
-    import tensorflow as tf
-
-    values = spec["values"]
-    xla = values.get("xla") == "on"
+    values, backend = spec["values"], backend_of(spec)
+    xla = values.get("xla") == "on" or backend == "jax"
+    if spec.get("unsupported"):
+        return AppliedCell(None, spec["unsupported"], xla, False, backend, unsupported=True)
     device = values.get("device", "cpu")
     if device != "cpu":
         index = int(device.partition(":")[2] or 0)
-        gpus = tf.config.list_logical_devices("GPU")
-        if not gpus:
-            return AppliedCell(None, "no GPU visible to TensorFlow on this machine "
-                               "(tf.config.list_logical_devices('GPU') is empty)", xla, True)
-        if index >= len(gpus):
-            return AppliedCell(None, f"GPU {index} is not visible: TensorFlow sees {len(gpus)} GPU(s)", xla, True)
-    run_statements(spec["cell"])
+        count, call, framework = _gpus_visible(backend)
+        if not count:
+            return AppliedCell(None, f"no GPU visible to {framework} on this machine ({call})", xla, True, backend)
+        if index >= count:
+            return AppliedCell(None, f"GPU {index} is not visible: {framework} sees {count} GPU(s)", xla, True,
+                               backend)
+    run_statements(spec["cell"], backend)
     on_device = device != "cpu" or os.environ.get("DETAUDIT_COMPARE_ON_DEVICE") == "1"
-    return AppliedCell(device_name(device), None, xla, on_device)
+    name = device_name(device) if backend == "tensorflow" else device if ":" in device else f"{device}:0"
+    return AppliedCell(name, None, xla, on_device, backend)
 
 
 def keras_output_length(n: int, kernel: int, stride: int, padding: str, dilation: int = 1) -> int:
@@ -117,9 +156,8 @@ def keras_output_length(n: int, kernel: int, stride: int, padding: str, dilation
 
 @functools.lru_cache(maxsize=None)
 def _layer_classes() -> dict[str, type]:
-    """The layer classes detaudit adds, defined once Keras is imported."""
+    """The layer classes detaudit adds, defined once Keras is imported (TensorFlow only when a raw kind runs)."""
     import keras
-    import tensorflow as tf
 
     class RawConvTranspose(keras.layers.Layer):
         """``tf.nn.convNd_transpose`` with an explicit ``output_shape``, plus an optional ``tf.nn.bias_add``.
@@ -152,6 +190,8 @@ def _layer_classes() -> dict[str, type]:
             return [input_shape[0], *lengths, self.filters] if last else [input_shape[0], self.filters, *lengths]
 
         def call(self, inputs: Any) -> Any:
+            import tensorflow as tf
+
             data_format = _RAW_FORMATS[(self.rank, self.data_format)]
             op = {1: tf.nn.conv1d_transpose, 2: tf.nn.conv2d_transpose, 3: tf.nn.conv3d_transpose}[self.rank]
             outputs = op(inputs, self.kernel, output_shape=self.output_shape_for(tuple(inputs.shape)),

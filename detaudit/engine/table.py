@@ -190,8 +190,8 @@ def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None
 def typed(table: pd.DataFrame) -> pd.DataFrame:
     """The table's column dtypes: integer counts as UInt64 (ULPs are integers), axes as their registry says."""
     for column in COLUMNS:
-        if column not in table:
-            table[column] = None
+        if column not in table:  # a table stored before an axis existed ran at its default (backend: tensorflow)
+            table[column] = AXES[column].default if column in AXES else None
     for column in _INT_COLUMNS:
         table[column] = table[column].astype("UInt64")
     for column in _FLOAT_COLUMNS:

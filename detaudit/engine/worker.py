@@ -1,4 +1,4 @@
-"""The worker subprocess: apply process-wide settings, then import TensorFlow and run cells.
+"""The worker subprocess: apply process-wide settings, then start the Keras backend's framework and run cells.
 
 Launched by the runner as ``python -P -m detaudit.engine.worker FD`` (no working directory on the path) with the
 environment of its group already set (variables read when TensorFlow is
@@ -9,7 +9,7 @@ file and exits at once, so no worker outlives its run.
 The worker writes one JSON line per event to the pipe FD (not stdout, so
 prints from user layers or TensorFlow cannot corrupt the protocol):
 
-- ``hello``     once TensorFlow is up: its fingerprint and the applied settings
+- ``hello``     once the framework is up: its fingerprint and the applied settings
 - ``refused``   a ``package.module:Class`` kind that is not a Keras Layer subclass
                 (checked before any cell runs; the run stops as bad input)
 - ``start``     before each cell, so the parent knows which cell was running if the process dies
@@ -31,10 +31,9 @@ from typing import Any
 
 from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
-from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
-from detaudit.engine import channel, ops, standalone
+from detaudit.engine import backends, channel, standalone
 from detaudit.errors import DiskFullError, one_line
 
 LIFELINE_EXIT = 70  # the parent is gone
@@ -55,101 +54,93 @@ def _watch_lifeline() -> None:
 
 
 def apply_settings(settings: Any) -> dict[str, Any]:
-    """Import TensorFlow and apply the process-wide settings before any op runs (:func:`standalone.start_process`).
+    """Start the backend's framework and apply the process-wide settings before any op runs
+    (:func:`standalone.start_process`).
 
-    Returns what TensorFlow reports back, as evidence that the settings took.
+    Returns what the framework reports back, as evidence that the settings took.
     """
     standalone.start_process(settings_spec(settings.as_dict()))
-    import tensorflow as tf
+    if settings.backend == "tensorflow":
+        import tensorflow as tf
 
-    tf.get_logger().setLevel("ERROR")  # one tf.function per cell is by design; no retracing warnings
-    return reported_settings()
+        tf.get_logger().setLevel("ERROR")  # one tf.function per cell is by design; no retracing warnings
+    return backends.load(settings.backend).reported_settings()
 
 
 def reported_settings() -> dict[str, Any]:
-    """What TensorFlow and Keras report as applied in this process: the evidence recorded beside the settings."""
+    """What the framework of this process' Keras backend reports as applied (the model audit's evidence)."""
     import keras
-    import tensorflow as tf
-    from tensorflow.python.framework import (
-        config as tf_config,  # is_op_determinism_enabled is internal
-    )
 
-    from detaudit.engine.fingerprint import onednn_state
-
-    return {
-        "op_determinism": bool(tf_config.is_op_determinism_enabled()),
-        "intra_op_threads": tf.config.threading.get_intra_op_parallelism_threads(),
-        "onednn": onednn_state(),
-        "tf_deterministic_ops_env": os.environ.get("TF_DETERMINISTIC_OPS"),
-        "dtype_policy": keras.config.dtype_policy().name,
-        "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()),
-    }
+    return backends.load(keras.backend.backend()).reported_settings()
 
 
-def _applied_per_cell() -> dict[str, Any]:
-    """What TensorFlow reports for this cell: its per-cell settings, and the worker's oneDNN path (so a merged
-    run knows every cell's path whatever worker group it came from)."""
-    import keras
-    import tensorflow as tf
+def _unsupported_kind(cell: Cell) -> str | None:
+    """Why the cell's layer kind cannot run on its backend (raw tf.nn kinds are TensorFlow's), or None."""
+    if cell.layer.declaration.tensorflow_only and cell.settings.backend != "tensorflow":
+        return (f"{cell.layer.kind} is built from tf.nn ops: it runs on the tensorflow backend only, not on "
+                f"{cell.settings.backend}; use Conv{cell.layer.rank}DTranspose there")
+    return None
 
-    from detaudit.engine.fingerprint import onednn_state
 
-    return {"dtype_policy": keras.config.dtype_policy().name,
-            "tf32": bool(tf.config.experimental.tensor_float_32_execution_enabled()), "onednn": onednn_state()}
+def _tensor_records(outcome: Any) -> list[dict[str, Any]]:
+    """Each tensor's first value summarized, with how its later repeats differed."""
+    return [{**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
+             "shape": list(t.first.shape), "digest": digest(t.first), "n_repeats_differ": t.n_repeats_differ}
+            for t in outcome.tensors]
+
+
+def _against_reference(truth: dict[str, Any], names: list[str], first: list[Any]) -> list[dict[str, Any]]:
+    """Each tensor against the float64 truth rounded to its own dtype."""
+    from detaudit.engine.cases import rounded_reference
+
+    rows = []
+    for name, tensor in zip(names, first):
+        if name in truth:
+            rounded, scale = rounded_reference(truth, name, tensor.dtype)
+            rows.append({**compare(tensor, rounded, digest=False).to_dict(), "ref_scale": scale, "tensor": name})
+    return rows
 
 
 def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None) -> dict[str, Any]:
     """Run one cell: ``repeats`` forward+backward passes, each compared with the first (streaming).
 
-    A refusal or error becomes the record's status; only a dying process (or a
-    full disk, which must not leave a recorded cell without its tensors) escapes.
+    The pass comes from the worker's backend (:mod:`detaudit.engine.backends`); everything after it is the
+    same for every backend. A refusal or error becomes the record's status; only a dying process (or a full
+    disk, which must not leave a recorded cell without its tensors) escapes.
     """
-    import tensorflow as tf
+    from detaudit.engine.cases import adjoint_of, reference_of
 
-    from detaudit.engine.cases import (
-        adjoint_of,
-        build_case,
-        reference_of,
-        rounded_reference,
-    )
-
+    backend = backends.load(cell.settings.backend)
     started = time.perf_counter()
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
     try:
         applied = standalone.apply_cell(settings_spec(cell.settings.as_dict()))
-        if applied.device is None:
-            record.update(status="skipped", message=applied.unavailable, seconds=0.0)
+        unsupported = applied.unavailable if applied.unsupported else _unsupported_kind(cell)
+        if unsupported or applied.device is None:
+            record.update(status="unsupported" if unsupported else "skipped", message=unsupported or
+                          applied.unavailable, seconds=0.0)
             return record
-        record["applied"] = _applied_per_cell()
-        device = applied.device
+        record["applied"] = backend.applied_per_cell()
         with applied.scope():
-            case = build_case(cell.layer, cell.seed, xla=applied.xla)
-            on_device = applied.compare_on_device
-            if on_device:
+            case = backend.build(cell.layer, cell.seed, applied)
+            if applied.compare_on_device:
                 outcome = repeat_on_device(case.device_pass(), cell.repeats, names=case.names)
             else:
                 outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
-            record["compared_on"] = "device" if on_device else "host"
+            record["compared_on"] = "device" if applied.compare_on_device else "host"
             first = [t.first for t in outcome.tensors]
-            record["tensors"] = [
-                {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
-                 "shape": list(t.first.shape), "digest": digest(t.first), "n_repeats_differ": t.n_repeats_differ}
-                for t in outcome.tensors]
-            record["ops"] = ops.producers_or_error(case, device, cell.settings.xla == "on")
+            record["tensors"] = _tensor_records(outcome)
+            producers = backend.producers(case, applied.device, cell.settings.xla == "on")
+            if producers is not None:
+                record["ops"] = producers
             truth = reference_of(cell.layer, case, cell.seed, cache_dir)
             if truth is not None:
-                # Against the float64 truth rounded to each tensor's own dtype.
-                record["reference"] = []
-                for name, tensor in zip(case.names, first):
-                    if name in truth:
-                        rounded, scale = rounded_reference(truth, name, tensor.dtype)
-                        record["reference"].append({**compare(tensor, rounded, digest=False).to_dict(),
-                                                    "ref_scale": scale, "tensor": name})
+                record["reference"] = _against_reference(truth, case.names, first)
             try:
-                adjoint = adjoint_of(cell.layer, case, cell.seed, device)
+                adjoint = adjoint_of(cell.layer, case, cell.seed, applied.device, backend)
                 if adjoint is not None:
                     record["adjoint"] = adjoint
-            except tf.errors.OpError as exc:  # e.g. CPU kernels refusing a dilated transpose
+            except Exception as exc:  # noqa: BLE001 - e.g. CPU kernels refusing a dilated transpose: data
                 record["adjoint"] = {"error": one_line(exc)}
         if tensor_path is not None:
             from detaudit.engine.store import save_tensors
@@ -157,13 +148,8 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             save_tensors(tensor_path, dict(zip(case.names, first)))
     except DiskFullError:
         raise
-    except tf.errors.UnimplementedError as exc:
-        # A refusal to be deterministic is a finding (unsupported); other gaps, such as
-        # NCHW convolutions on the CPU, are errors of the configuration.
-        status = "unsupported" if is_determinism_refusal(str(exc)) else "error"
-        record.update(status=status, message=one_line(exc))
     except Exception as exc:  # noqa: BLE001 - any failure of the cell is data, not a crash
-        record.update(status="error", message=one_line(exc))
+        record.update(status=backend.status_of(exc), message=one_line(exc))
     record["seconds"] = round(time.perf_counter() - started, 6)
     return record
 
@@ -202,9 +188,10 @@ def main(argv: list[str]) -> int:
         import yaml  # noqa: F401
 
         sys.path.insert(0, job["user_path"])
-    from detaudit.engine.fingerprint import tensorflow_fingerprint
+    from detaudit.engine.fingerprint import backend_fingerprint
 
-    channel.emit({"event": "hello", "env": tensorflow_fingerprint(), "applied": applied, "pid": os.getpid()})
+    channel.emit({"event": "hello", "env": backend_fingerprint(settings.backend), "applied": applied,
+                  "pid": os.getpid()})
     refused = _refusals(job.get("user_kinds", []))
     if refused:
         channel.emit({"event": "refused", "refused": refused})

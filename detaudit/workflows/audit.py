@@ -96,6 +96,9 @@ def run_audit(model: str, settings: Any, *, out: str | Path = "runs", input_shap
         UsageError: a missing or unloadable model, data that does not fit it, an invisible device.
         WorkerError: a worker failed on its own.
     """
+    if settings.backend != "tensorflow":  # the training trace reads TensorFlow's graphs and tf.data pipelines
+        raise UsageError(f"Invalid value for argument `--backend`. The model audit runs on TensorFlow only. Received "
+                         f"backend={settings.backend!r}; compare layers across backends with a config's `backend` axis.")
     for name, value in (("inputs", inputs), ("targets", targets)):
         if value and not Path(value).is_file():
             raise UsageError(f"--{name} {value}: no such file.")
