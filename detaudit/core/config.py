@@ -71,8 +71,9 @@ CELL_ID = re.compile(r"^[a-z0-9._-]{1,24}-[0-9a-f]{12}$")
 MAX_SEED = (1 << 32) - 1
 MAX_REPEATS = 100_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
-TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "layers",
-            "matrix", "baseline", "expect")
+MAX_BATCH_SIZE = 1024
+TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "batch_sizes",
+            "layers", "matrix", "baseline", "expect")
 _DESCRIPTIONS = {
     "name": "a name of letters, digits, '.', '_' or '-'; the run id ends with it",
     "description": "free text",
@@ -81,6 +82,7 @@ _DESCRIPTIONS = {
     "timeout_s": "seconds one cell may take before its worker is killed (TensorFlow's start-up gets at least 120)",
     "replay_process": "replay every cell in a second fresh worker (the `process` comparison)",
     "keep_tensors": "keep each cell's first-repeat tensors in tensors/ (baseline and process ULPs need them)",
+    "batch_sizes": "batch sizes each cell's samples are also run at (the `batch` comparison); default none",
     "layers": "the layers under test",
     "matrix": "axis -> values; every combination is a cell",
     "baseline": "the settings every cell is compared with (run even when the matrix lacks them)",
@@ -157,6 +159,7 @@ class Cell:
     settings: Any  # Settings
     seed: int
     repeats: int
+    batch_sizes: tuple[int, ...] = ()  # the `batch` comparison's sizes; not part of the id (like repeats)
 
     @functools.cached_property
     def cell_id(self) -> str:
@@ -179,6 +182,7 @@ class Cell:
             "settings": self.settings.as_dict(),
             "seed": self.seed,
             "repeats": self.repeats,
+            **({"batch_sizes": list(self.batch_sizes)} if self.batch_sizes else {}),
         }
 
     @classmethod
@@ -194,10 +198,11 @@ class Cell:
             layer = _layer({"kind": data["kind"], **data["params"], "input_shape": data["input_shape"]}, ctx)
             seed = integer(data["seed"], ctx.at("seed"), 0, MAX_SEED)
             repeats = integer(data["repeats"], ctx.at("repeats"), 1, MAX_REPEATS)
+            batch_sizes = _batch_sizes(data, ctx)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cell record: missing or malformed field ({exc}).") from None
         ctx.raise_errors()
-        return cls(layer, settings, seed, repeats)
+        return cls(layer, settings, seed, repeats, batch_sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -214,13 +219,19 @@ class Expectations:
     deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
     max_ulp: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     max_ulp_scaled: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    batch_invariant: tuple[tuple[str, tuple[Any, ...]], ...] | None = ()  # default: none
+
+    def selects(self, name: str, settings: Any) -> bool:
+        """Whether the selector expectation ``name`` (``deterministic``, ``batch_invariant``) covers ``settings``."""
+        selector = getattr(self, name)
+        if selector is None:
+            return True
+        if not selector:
+            return False
+        return all(getattr(settings, axis) in values for axis, values in selector)
 
     def must_be_deterministic(self, settings: Any) -> bool:
-        if self.deterministic is None:
-            return True
-        if not self.deterministic:
-            return False
-        return all(getattr(settings, axis) in values for axis, values in self.deterministic)
+        return self.selects("deterministic", settings)
 
     def threshold(self, kind: str, comparison: str, precision: str) -> float | None:
         table = dict(dict(getattr(self, kind)).get(comparison, ()))
@@ -242,6 +253,7 @@ class Config:
     keep_tensors: bool = True
     expect: Expectations = Expectations()
     source: str = "<dict>"
+    batch_sizes: tuple[int, ...] = ()
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
@@ -252,6 +264,9 @@ class Config:
         expect: dict[str, Any] = {}
         if self.expect.deterministic is not None:
             expect["deterministic"] = {a: list(v) for a, v in self.expect.deterministic} or "none"
+        if self.expect.batch_invariant != ():
+            expect["batch_invariant"] = ("all" if self.expect.batch_invariant is None
+                                         else {a: list(v) for a, v in self.expect.batch_invariant})
         for kind in ("max_ulp", "max_ulp_scaled"):
             if getattr(self.expect, kind):
                 expect[kind] = {c: dict(t) for c, t in getattr(self.expect, kind)}
@@ -265,6 +280,7 @@ class Config:
             "baseline": self.baseline.as_dict(),
             "replay_process": self.replay_process,
             "keep_tensors": self.keep_tensors,
+            **({"batch_sizes": list(self.batch_sizes)} if self.batch_sizes else {}),
         }
         if expect:
             out["expect"] = expect
@@ -421,24 +437,25 @@ def _gib(n: int) -> str:
 # ---------------------------------------------------------------------------
 
 
+def _selector(value: Any, dctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...] | None:
+    """``all`` (None), ``none`` (empty), or the cells matching every listed axis."""
+    if value in ("all", True):
+        return None
+    if value in ("none", False):
+        return ()
+    known = len(dctx.errors)
+    selector = mapping(value, dctx, tuple(AXES))
+    parsed = tuple((axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
+                   for axis, vals in selector.items())
+    if not parsed and len(dctx.errors) == known:  # an unknown key was reported already
+        raise dctx.fail("all, none, or a mapping of axis to values", value)
+    return parsed
+
+
 def _expectations(raw: Any, ctx: Context) -> Expectations:
-    data = mapping(raw, ctx, ("deterministic", "max_ulp", "max_ulp_scaled"))
-    deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
-    if "deterministic" in data:
-        dctx = ctx.at("deterministic")
-        value = data["deterministic"]
-        if value in ("all", True):
-            deterministic = None
-        elif value in ("none", False):
-            deterministic = ()
-        else:
-            known = len(dctx.errors)
-            selector = mapping(value, dctx, tuple(AXES))
-            deterministic = tuple(
-                (axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
-                for axis, vals in selector.items())
-            if not deterministic and len(dctx.errors) == known:  # an unknown key was reported already
-                raise dctx.fail("all, none, or a mapping of axis to values", value)
+    selectors = ComparisonKind.selector_expectations()
+    data = mapping(raw, ctx, (*selectors, "max_ulp", "max_ulp_scaled"))
+    chosen = {name: _selector(data[name], ctx.at(name)) for name in selectors if name in data}
     thresholds = {}
     precisions = tuple(AXES["precision"].choices or ()) + ("*",)
     for kind in ("max_ulp", "max_ulp_scaled"):
@@ -459,7 +476,16 @@ def _expectations(raw: Any, ctx: Context) -> Expectations:
                     raise cctx.at(precision).fail("a finite number >= 0", limit)
             parsed.append((comparison, tuple(sorted(per.items()))))
         thresholds[kind] = tuple(parsed)
-    return Expectations(deterministic, thresholds["max_ulp"], thresholds["max_ulp_scaled"])
+    return Expectations(max_ulp=thresholds["max_ulp"], max_ulp_scaled=thresholds["max_ulp_scaled"], **chosen)
+
+
+def _batch_sizes(data: Mapping[str, Any], ctx: Context) -> tuple[int, ...]:
+    raw = data.get("batch_sizes")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ctx.at("batch_sizes").fail(f"a non-empty list of batch sizes from 1 to {MAX_BATCH_SIZE:,}", raw)
+    return tuple(sorted({integer(b, ctx.at("batch_sizes").at(i), 1, MAX_BATCH_SIZE) for i, b in enumerate(raw)}))
 
 
 # ---------------------------------------------------------------------------
@@ -536,6 +562,7 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "replay_process": ctx.attempt(boolean, data.get("replay_process", False), ctx.at("replay_process")),
         "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
         "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
+        "batch_sizes": ctx.attempt(_batch_sizes, data, ctx),
     }
     expect, keep = fields["expect"], fields["keep_tensors"]
     if expect is not INVALID and keep is False:  # parent-measured gaps need the kept tensors, or go unmeasured
@@ -650,7 +677,7 @@ def expand_matrix(config: Config) -> list[Cell]:
     points = [Settings(**dict(zip(AXES, combo))) for combo in itertools.product(*(axes[a] for a in AXES))]
     if config.baseline not in points:
         points.append(config.baseline)
-    return [Cell(layer, settings, seed, config.repeats)
+    return [Cell(layer, settings, seed, config.repeats, config.batch_sizes)
             for layer in config.layers for settings in points for seed in config.seeds]
 
 
