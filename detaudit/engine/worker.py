@@ -34,7 +34,7 @@ from detaudit.core.config import Cell, Settings
 from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
-from detaudit.engine import channel, ops, standalone
+from detaudit.engine import batch_invariance, channel, ops, standalone
 from detaudit.errors import DiskFullError, one_line
 
 LIFELINE_EXIT = 70  # the parent is gone
@@ -130,6 +130,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             else:
                 outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
             record["compared_on"] = "device" if on_device else "host"
+            record["ms_per_pass"] = outcome.ms_per_pass
             first = [t.first for t in outcome.tensors]
             record["tensors"] = [
                 {**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
@@ -151,6 +152,11 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
                     record["adjoint"] = adjoint
             except tf.errors.OpError as exc:  # e.g. CPU kernels refusing a dilated transpose
                 record["adjoint"] = {"error": one_line(exc)}
+            if cell.batch_sizes:
+                try:
+                    record["batch"] = batch_invariance.measure(cell, case, first, truth, applied.xla)
+                except Exception as exc:  # noqa: BLE001 - a size the layer cannot run at is data, not the cell's end
+                    record["batch"] = {"error": one_line(exc)}
         if tensor_path is not None:
             from detaudit.engine.store import save_tensors
 
