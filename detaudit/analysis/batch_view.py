@@ -20,7 +20,7 @@ from detaudit.analysis.verdicts import cell_label, known_bool, rows_by_cell, set
 from detaudit.core.batch import PER_SAMPLE
 from detaudit.core.comparisons import ComparisonKind
 
-__all__ = ["batch_failures", "batch_section", "cell_sentence"]
+__all__ = ["batch_dependent", "batch_failures", "batch_section", "cell_sentence"]
 
 _BATCH = ComparisonKind.BATCH.value
 _MAX_LINES = 24
@@ -109,3 +109,9 @@ def batch_failures(table: pd.DataFrame, config: Any) -> dict[str, list[str]]:
                     f"{own} and batch {int(r['batch_size'])} ({int(r['n_samples_differ'])}/{own} samples, max "
                     f"{int(r['max_ulp']):,} ULP)")
     return failures
+
+
+def batch_dependent(table: pd.DataFrame) -> dict[str, bool]:
+    """Per cell with a measured batch comparison, whether some sample's bits depend on its batch."""
+    return {cell_id: any(_differs(r) for r in rows) for cell_id, rows in _rows(table).items()
+            if all(r["status"] == "ok" for r in rows)}
