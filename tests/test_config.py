@@ -11,11 +11,10 @@ from detaudit.core.config import (
     Cell,
     Settings,
     bundled_config_path,
-    expand_matrix,
-    iter_groups,
     load_config,
     parse_config,
 )
+from detaudit.core.planning import expand_matrix, iter_groups
 from detaudit.errors import ConfigError
 
 MINIMAL = {

@@ -17,13 +17,8 @@ from typing import Any
 
 import pandas as pd
 
-from detaudit.core.config import (
-    Cell,
-    Config,
-    expected_cells,
-    expected_jobs,
-    parse_config,
-)
+from detaudit.core.config import Cell, Config, parse_config
+from detaudit.core.planning import expected_cells, expected_jobs
 from detaudit.engine.store import FORMAT_VERSION, RunKind, RunStore
 from detaudit.engine.table import build_table, latest_records, typed
 from detaudit.errors import ConfigError, RunDirError

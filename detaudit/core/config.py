@@ -1,4 +1,4 @@
-"""YAML config -> validated, frozen config objects, and matrix expansion into cells.
+"""YAML config -> a validated, frozen :class:`Config`.
 
 No TensorFlow, pandas or rich here: this module runs in the parent process and
 in the fast unit tests. Axes come from :mod:`detaudit.core.axes`, layer kinds
@@ -6,72 +6,60 @@ from :mod:`detaudit.core.kinds`, comparisons from
 :mod:`detaudit.core.comparisons`; this module only walks the document. Every
 error names the file, the YAML key path, the value received, what is allowed
 and, for a typo, the nearest valid choice; a file's errors are reported all at once.
+
+The parts of a config are declared beside it and re-exported here as the config model: a point of the matrix
+(:class:`~detaudit.core.cells.Settings`) and a measurement (:class:`~detaudit.core.cells.Cell`) in
+:mod:`detaudit.core.cells`, a layer under test in :mod:`detaudit.core.layer_spec`. Expanding a config into
+cells, groups and shards is :mod:`detaudit.core.planning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
-import itertools
-import json
 import math
-import os
-import re
-from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from detaudit.core.axes import AXES, process_axes
+from detaudit.core.axes import AXES
+from detaudit.core.cells import (
+    CELL_ID,
+    MAX_BATCH_SIZE,
+    MAX_REPEATS,
+    MAX_SEED,
+    SAFE_NAME,
+    Cell,
+    Settings,
+    axis_value,
+    parse_batch_sizes,
+    parse_settings,
+)
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.core.kinds import (
-    IMPORT_PATH,
-    KINDS,
-    USER_LAYER,
-    LayerKind,
-    canonical_params,
-    kind_of,
-)
-from detaudit.core.validation import (
-    INVALID,
-    Context,
-    as_list,
-    boolean,
-    int_tuple,
-    integer,
-    short_repr,
-    mapping,
-)
-from detaudit.errors import ConfigError, did_you_mean
+from detaudit.core.kinds import USER_LAYER
+from detaudit.core.layer_spec import LayerSpec, check_memory, parse_layer
+from detaudit.core.planning import expand_matrix
+from detaudit.core.validation import INVALID, Context, as_list, boolean, integer, mapping, short_repr
+from detaudit.errors import ConfigError
 
 __all__ = [
     "CELL_ID",
+    "MAX_BATCH_SIZE",
+    "MAX_REPEATS",
+    "MAX_SEED",
     "Cell",
     "Config",
     "Expectations",
     "LayerSpec",
     "Settings",
+    "bundled_config_names",
     "bundled_config_path",
-    "cell_memory_bytes",
-    "expand_matrix",
-    "expected_cells",
-    "expected_jobs",
-    "iter_groups",
     "load_config",
     "parse_config",
     "parse_settings",
-    "shard_cells",
 ]
 
-_SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
-#: Every cell id: a slug of the kind, a dash, 12 hex digits. Ids name files, so nothing else is accepted.
-CELL_ID = re.compile(r"^[a-z0-9._-]{1,24}-[0-9a-f]{12}$")
-MAX_SEED = (1 << 32) - 1
-MAX_REPEATS = 100_000
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
-MAX_BATCH_SIZE = 1024
 TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "batch_sizes",
             "layers", "matrix", "baseline", "expect")
 _DESCRIPTIONS = {
@@ -93,116 +81,6 @@ _DESCRIPTIONS = {
 # ---------------------------------------------------------------------------
 # Frozen config objects
 # ---------------------------------------------------------------------------
-
-
-def _settings_methods() -> dict[str, Any]:
-    def process_key(self: Any) -> tuple[Any, ...]:
-        """The process-wide part: cells with equal keys can share one worker."""
-        return tuple(getattr(self, axis) for axis in process_axes())
-
-    def as_dict(self: Any) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def label(self: Any) -> str:
-        """A short human label listing the settings that differ from the defaults."""
-        parts = [f"{name}={getattr(self, name)}" for name, axis in AXES.items() if getattr(self, name) != axis.default]
-        return ", ".join(parts) or "defaults"
-
-    return {"process_key": process_key, "as_dict": as_dict, "label": label,
-            "__doc__": "One point of the matrix: the settings a cell runs under (one field per axis)."}
-
-
-#: One point of the matrix. Its fields and defaults are the axes of detaudit.core.axes, in their order.
-Settings = dataclasses.make_dataclass(
-    "Settings", [(name, Any, dataclasses.field(default=axis.default)) for name, axis in AXES.items()],
-    frozen=True, namespace=_settings_methods())
-Settings.__module__ = __name__
-
-
-@dataclasses.dataclass(frozen=True)
-class LayerSpec:
-    """A layer under test: its kind, constructor parameters and input shape (batch included)."""
-
-    kind: str
-    params_json: str  # canonical JSON of the parameters, so the spec is hashable
-    input_shape: tuple[int, ...]
-
-    @property
-    def params(self) -> dict[str, Any]:
-        return json.loads(self.params_json)
-
-    @property
-    def declaration(self) -> LayerKind:
-        return kind_of(self.kind)
-
-    @property
-    def rank(self) -> int | None:
-        """Spatial rank for built-in kinds, None for a user layer."""
-        return self.declaration.rank
-
-    @property
-    def short_kind(self) -> str:
-        """The class name alone for a user layer (``pkg.mod:Up`` -> ``Up``)."""
-        return self.kind.rpartition(":")[2]
-
-    def describe(self) -> str:
-        p = self.params
-        bits = [f"{k}={p[k]}" for k in ("filters", "kernel_size", "strides", "padding") if k in p]
-        return f"{self.short_kind}({', '.join(bits)}) on {list(self.input_shape)}"
-
-
-@dataclasses.dataclass(frozen=True)
-class Cell:
-    """One measurement: a layer spec under one point of the matrix with one seed."""
-
-    layer: LayerSpec
-    settings: Any  # Settings
-    seed: int
-    repeats: int
-    batch_sizes: tuple[int, ...] = ()  # the `batch` comparison's sizes; not part of the id (like repeats)
-
-    @functools.cached_property
-    def cell_id(self) -> str:
-        """Stable across runs and machines: a hash of layer, params, input shape, settings and seed."""
-        key = json.dumps(
-            [self.layer.kind, self.layer.params_json, list(self.layer.input_shape),
-             self.settings.as_dict(), self.seed],
-            sort_keys=True,
-        )
-        slug = _SAFE_NAME.sub("", self.layer.short_kind).lower()[:24] or "layer"
-        return f"{slug}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain data for the worker's job and cells.jsonl."""
-        return {
-            "cell_id": self.cell_id,
-            "kind": self.layer.kind,
-            "params": self.layer.params,
-            "input_shape": list(self.layer.input_shape),
-            "settings": self.settings.as_dict(),
-            "seed": self.seed,
-            "repeats": self.repeats,
-            **({"batch_sizes": list(self.batch_sizes)} if self.batch_sizes else {}),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Cell:
-        """Inverse of :meth:`to_dict`, validated: a stored record cannot smuggle in a value a config could not hold.
-
-        Raises:
-            ConfigError: a malformed cell (e.g. a hand-edited cells.jsonl line).
-        """
-        ctx = Context("cell record")
-        try:
-            settings = parse_settings(data["settings"], ctx.at("settings"))
-            layer = _layer({"kind": data["kind"], **data["params"], "input_shape": data["input_shape"]}, ctx)
-            seed = integer(data["seed"], ctx.at("seed"), 0, MAX_SEED)
-            repeats = integer(data["repeats"], ctx.at("repeats"), 1, MAX_REPEATS)
-            batch_sizes = _batch_sizes(data, ctx)
-        except (KeyError, TypeError, AttributeError) as exc:
-            raise ConfigError(f"cell record: missing or malformed field ({exc}).") from None
-        ctx.raise_errors()
-        return cls(layer, settings, seed, repeats, batch_sizes)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -297,142 +175,6 @@ class Config:
 
 
 # ---------------------------------------------------------------------------
-# Settings and layers
-# ---------------------------------------------------------------------------
-
-
-def _axis_value(axis: str, value: Any, ctx: Context) -> Any:
-    try:
-        return AXES[axis].validate(value)
-    except ValueError as exc:
-        raise ctx.fail(str(exc), value, did_you_mean(value, AXES[axis].suggestions)) from None
-
-
-def parse_settings(data: Any, ctx: Context, defaults: Mapping[str, Any] | None = None) -> Any:
-    """A :class:`Settings` from a mapping of axis -> one value (missing axes: ``defaults``, else each axis' default)."""
-    raw = mapping(data or {}, ctx, tuple(AXES))
-    values = {}
-    for name, axis in AXES.items():
-        default = axis.default if defaults is None else defaults[name]
-        values[name] = ctx.attempt(_axis_value, name, raw.get(name, default), ctx.at(name))
-    if any(v is INVALID for v in values.values()):
-        ctx.raise_errors()
-    return Settings(**values)
-
-
-def _layer(raw: Any, ctx: Context) -> LayerSpec:
-    data = mapping(raw, ctx)
-    if "kind" not in data:
-        raise ctx.fail("a mapping with a `kind` key", raw)
-    kind_name = data.pop("kind")
-    kctx = ctx.at("kind")
-    if not isinstance(kind_name, str) or (kind_name not in KINDS and not IMPORT_PATH.match(kind_name)):
-        raise kctx.fail(f"one of {', '.join(KINDS)} or an import path 'package.module:Class' (a Keras Layer "
-                        "subclass)", kind_name, did_you_mean(kind_name, KINDS))
-    if "input_shape" not in data:
-        raise ctx.fail("an `input_shape` key (batch included)", raw)
-    declaration = kind_of(kind_name)
-    rank = declaration.rank
-    input_shape = int_tuple(data.pop("input_shape"), ctx.at("input_shape"), None if rank is None else rank + 2,
-                            1, 1 << 31)
-    if declaration is USER_LAYER:
-        try:
-            params_json = json.dumps(data, sort_keys=True, allow_nan=False)
-        except (TypeError, ValueError):
-            raise ctx.fail("constructor arguments that are plain YAML data", data) from None
-        return LayerSpec(kind_name, params_json, input_shape)
-
-    assert rank is not None
-    for key in data:
-        if key not in declaration.keys:
-            raise ctx.unknown_key(key, declaration.keys + ("kind", "input_shape"))
-    params: dict[str, Any] = {}
-    for param in declaration.params:
-        if param.name not in data and param.required:
-            raise ctx.fail(f"a `{param.name}` key for kind {kind_name}", raw)
-        value = data.get(param.name, param.default)
-        params[param.name] = param.parse(value, ctx.at(param.name), rank) if param.name in data else value
-        if isinstance(params[param.name], int) and not isinstance(params[param.name], bool) and \
-                param.name in ("kernel_size", "strides", "dilation_rate", "size"):
-            params[param.name] = (params[param.name],) * rank  # a default of 1 broadcast to the rank
-    strides, dilation = params.get("strides"), params.get("dilation_rate")
-    if strides and dilation and any(s > 1 for s in strides) and any(d > 1 for d in dilation):
-        raise ctx.at("dilation_rate").fail(
-            "1 when any stride is greater than 1 (Keras and tf.nn refuse both at once)", list(dilation))
-    if params.get("output_shape") is not None:
-        _check_output_shape(params, input_shape, ctx.at("output_shape"))
-    if params.get("output_padding") is not None:
-        for p, s in zip(params["output_padding"], params["strides"]):
-            if p >= s:
-                raise ctx.at("output_padding").fail(f"values smaller than the stride {list(params['strides'])}",
-                                                    list(params["output_padding"]))
-    return LayerSpec(kind_name, canonical_params(params), input_shape)
-
-
-def _check_output_shape(params: dict[str, Any], input_shape: tuple[int, ...], ctx: Context) -> None:
-    """A raw op's output_shape must map back to the input under its convolution, or TensorFlow refuses it at run time."""
-    from detaudit.core.shapes import conv_length
-
-    shape, channels_first = list(params["output_shape"]), params["data_format"] == "channels_first"
-    spatial_in = input_shape[2:] if channels_first else input_shape[1:-1]
-    spatial_out = shape[2:] if channels_first else shape[1:-1]
-    channels = shape[1] if channels_first else shape[-1]
-    back = [conv_length(m, k, s, params["padding"], d)
-            for m, k, s, d in zip(spatial_out, params["kernel_size"], params["strides"], params["dilation_rate"])]
-    if shape[0] != input_shape[0] or channels != params["filters"] or back != list(spatial_in):
-        raise ctx.fail(f"the input's batch {input_shape[0]}, `filters` {params['filters']} channels, and lengths whose "
-                       f"convolution gives back the input's {list(spatial_in)} (this one gives {back})", shape)
-
-
-def cell_memory_bytes(spec: LayerSpec) -> int:
-    """A generous estimate of a worker's memory for one cell of ``spec`` (bytes), before anything runs.
-
-    Counts the input, the output and the kernel in float64 (the reference
-    computes in float64) about six times over: TensorFlow's tensors and
-    gradients, the first repeat kept for comparison, the current repeat and
-    the reference's canvas. A user layer's output is unknown: its input counts.
-    """
-    x = math.prod(spec.input_shape)
-    params = spec.params
-    declaration = spec.declaration
-    if declaration.rank is None or "kernel_size" not in params:
-        return 6 * 8 * x
-    from detaudit.core.reference import output_length
-
-    channels_first = params.get("data_format") == "channels_first"
-    spatial = spec.input_shape[2:] if channels_first else spec.input_shape[1:-1]
-    channels = spec.input_shape[1] if channels_first else spec.input_shape[-1]
-    if declaration.transposed:
-        lengths = [output_length(n, k, s, params["padding"], d)
-                   for n, k, s, d in zip(spatial, params["kernel_size"], params["strides"], params["dilation_rate"])]
-    else:
-        lengths = [n * s for n, s in zip(spatial, params.get("size", [1] * len(spatial)))]
-    out = spec.input_shape[0] * params["filters"] * math.prod(lengths)
-    kernel = math.prod(params["kernel_size"]) * params["filters"] * channels
-    return 6 * 8 * (x + out + kernel)
-
-
-def machine_memory_bytes() -> int | None:
-    """This machine's physical memory, or None where the OS does not say."""
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def _check_memory(spec: LayerSpec, ctx: Context) -> None:
-    need, have = cell_memory_bytes(spec), machine_memory_bytes()
-    if have is not None and need > have:
-        raise ctx.at("input_shape").fail(
-            f"a layer whose cell fits this machine's memory ({_gib(have)}); this one needs about {_gib(need)}",
-            list(spec.input_shape))
-
-
-def _gib(n: int) -> str:
-    return f"{n / (1 << 30):,.1f} GiB"
-
-
-# ---------------------------------------------------------------------------
 # Expectations
 # ---------------------------------------------------------------------------
 
@@ -445,7 +187,7 @@ def _selector(value: Any, dctx: Context) -> tuple[tuple[str, tuple[Any, ...]], .
         return ()
     known = len(dctx.errors)
     selector = mapping(value, dctx, tuple(AXES))
-    parsed = tuple((axis, tuple(_axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
+    parsed = tuple((axis, tuple(axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
                    for axis, vals in selector.items())
     if not parsed and len(dctx.errors) == known:  # an unknown key was reported already
         raise dctx.fail("all, none, or a mapping of axis to values", value)
@@ -479,15 +221,6 @@ def _expectations(raw: Any, ctx: Context) -> Expectations:
     return Expectations(max_ulp=thresholds["max_ulp"], max_ulp_scaled=thresholds["max_ulp_scaled"], **chosen)
 
 
-def _batch_sizes(data: Mapping[str, Any], ctx: Context) -> tuple[int, ...]:
-    raw = data.get("batch_sizes")
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not raw:
-        raise ctx.at("batch_sizes").fail(f"a non-empty list of batch sizes from 1 to {MAX_BATCH_SIZE:,}", raw)
-    return tuple(sorted({integer(b, ctx.at("batch_sizes").at(i), 1, MAX_BATCH_SIZE) for i, b in enumerate(raw)}))
-
-
 # ---------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------
@@ -495,7 +228,7 @@ def _batch_sizes(data: Mapping[str, Any], ctx: Context) -> tuple[int, ...]:
 
 def _name(data: dict[str, Any], ctx: Context, source: str) -> str:
     name = data.get("name", Path(source).stem if source != "<dict>" else "config")
-    if not isinstance(name, str) or not name or len(name) > 64 or _SAFE_NAME.search(name):
+    if not isinstance(name, str) or not name or len(name) > 64 or SAFE_NAME.search(name):
         raise ctx.at("name").fail("a non-empty name of at most 64 letters, digits, '.', '_' or '-'", name)
     return name
 
@@ -518,10 +251,10 @@ def _layers(data: dict[str, Any], ctx: Context) -> tuple[LayerSpec, ...]:
     raw = data.get("layers")
     if not isinstance(raw, list) or not raw:
         raise ctx.at("layers").fail("a non-empty list of layer specs", raw)
-    specs = [ctx.attempt(_layer, item, ctx.at("layers").at(i)) for i, item in enumerate(raw)]
+    specs = [ctx.attempt(parse_layer, item, ctx.at("layers").at(i)) for i, item in enumerate(raw)]
     for i, spec in enumerate(specs):
         if spec is not INVALID:
-            ctx.attempt(_check_memory, spec, ctx.at("layers").at(i))
+            ctx.attempt(check_memory, spec, ctx.at("layers").at(i))
     return tuple(specs)
 
 
@@ -533,7 +266,7 @@ def _matrix(data: dict[str, Any], ctx: Context) -> tuple[tuple[str, tuple[Any, .
         values = as_list(raw.get(name, axis.default))
         if not values:
             raise mctx.at(name).fail("at least one value", raw.get(name))
-        parsed = [ctx.attempt(_axis_value, name, v, mctx.at(name).at(i)) for i, v in enumerate(values)]
+        parsed = [ctx.attempt(axis_value, name, v, mctx.at(name).at(i)) for i, v in enumerate(values)]
         matrix.append((name, tuple(dict.fromkeys(parsed))))
     return tuple(matrix)
 
@@ -562,7 +295,7 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "replay_process": ctx.attempt(boolean, data.get("replay_process", False), ctx.at("replay_process")),
         "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
         "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
-        "batch_sizes": ctx.attempt(_batch_sizes, data, ctx),
+        "batch_sizes": ctx.attempt(parse_batch_sizes, data, ctx),
     }
     expect, keep = fields["expect"], fields["keep_tensors"]
     if expect is not INVALID and keep is False:  # parent-measured gaps need the kept tensors, or go unmeasured
@@ -572,6 +305,10 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
                     ctx.errors.append(ctx.at("expect").at(kind).at(comparison).fail(
                         "no threshold on a comparison measured from kept tensors while keep_tensors is false "
                         "(set keep_tensors: true)", dict(dict(getattr(expect, kind))[comparison])))
+    if expect is not INVALID and expect.batch_invariant != () and not fields["batch_sizes"]:
+        ctx.errors.append(ctx.at("expect").at("batch_invariant").fail(
+            "no batch_invariant expectation without batch_sizes (add e.g. `batch_sizes: [1]`)",
+            (raw_expect if isinstance(raw_expect := data.get("expect"), dict) else {}).get("batch_invariant")))
     ctx.raise_errors()
     return Config(source=source, **fields)
 
@@ -667,50 +404,3 @@ def bundled_config_path(name: str = "quick") -> Path:
     return path
 
 
-def expand_matrix(config: Config) -> list[Cell]:
-    """Expand layers x matrix x seeds into cells, in a stable order, plus the baseline cells.
-
-    The baseline point is added for every layer and seed even when the matrix
-    lacks it, because the ``baseline`` comparison needs it.
-    """
-    axes = config.axes
-    points = [Settings(**dict(zip(AXES, combo))) for combo in itertools.product(*(axes[a] for a in AXES))]
-    if config.baseline not in points:
-        points.append(config.baseline)
-    return [Cell(layer, settings, seed, config.repeats, config.batch_sizes)
-            for layer in config.layers for settings in points for seed in config.seeds]
-
-
-def iter_groups(cells: Sequence[Cell]) -> Iterator[tuple[tuple[Any, ...], list[Cell]]]:
-    """Cells grouped by their process-wide settings, in first-seen order."""
-    groups: dict[tuple[Any, ...], list[Cell]] = {}
-    for cell in cells:
-        groups.setdefault(cell.settings.process_key(), []).append(cell)
-    yield from groups.items()
-
-
-def shard_cells(cells: Sequence[Cell], shard: tuple[int, int] | None) -> list[Cell]:
-    """The cells of shard ``i`` of ``n`` (1-based): every n-th cell in cell-id order, so stable and balanced."""
-    if shard is None:
-        return list(cells)
-    index, count = shard
-    keep = set(sorted(c.cell_id for c in cells)[index - 1::count])
-    return [c for c in cells if c.cell_id in keep]
-
-
-def expected_jobs(config: Config, cells: Sequence[Cell]) -> list[tuple[Cell, bool]]:
-    """Every (cell, replay) pair a complete run of these cells records."""
-    return [(c, replay) for c in cells for replay in ((False, True) if config.replay_process else (False,))]
-
-
-def expected_cells(config: Config, meta: Mapping[str, Any]) -> list[Cell]:
-    """The cells a run of ``config`` with this meta.json is made of: its explicit list (a triage measurement),
-    else its shard of the matrix.
-
-    Raises:
-        ConfigError: meta.json lists a malformed cell.
-    """
-    if meta.get("explicit_cells"):
-        return [Cell.from_dict(data) for data in meta["explicit_cells"]]
-    shard = meta.get("shard")
-    return shard_cells(config.cells(), (int(shard[0]), int(shard[1])) if shard else None)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import zipfile
 from pathlib import Path
 
-from detaudit.core.config import machine_memory_bytes
+from detaudit.core.layer_spec import machine_memory_bytes
 from detaudit.errors import UsageError
 
 __all__ = ["MAX_JSON_BYTES", "MAX_MEMBERS", "check_keras_archive"]

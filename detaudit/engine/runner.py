@@ -33,16 +33,8 @@ from typing import Any
 import pandas as pd
 
 from detaudit.core.axes import environment_changes
-from detaudit.core.config import (
-    Cell,
-    Config,
-    Settings,
-    expected_cells,
-    iter_groups,
-    load_config,
-    parse_config,
-    shard_cells,
-)
+from detaudit.core.config import Cell, Config, Settings, load_config, parse_config
+from detaudit.core.planning import expected_cells, iter_groups, shard_cells
 from detaudit.core.kinds import USER_LAYER, module_exists
 from detaudit.engine.fingerprint import host_fingerprint
 from detaudit.engine.store import RunKind, RunStore
