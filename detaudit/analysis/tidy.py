@@ -4,7 +4,8 @@ Each row of each matrix run's results table, with the run's facts joined as
 columns, the axes and ``comparison``/``status`` as ordered categoricals, the
 layer parameters as typed columns beside the JSON, and a ``role`` column that
 tells run-to-run rows (determinism) from drift, accuracy (the float64
-reference) and identity (the adjoint test) rows. Pure pandas.
+reference), identity (the adjoint test) and invariance (the batch comparison)
+rows: one per :class:`~detaudit.core.comparisons.Role`. Pure pandas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from detaudit.analysis.runs import list_runs, load_run
 from detaudit.core.axes import AXES
-from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
 from detaudit.errors import a_or_an as _a
@@ -103,7 +104,7 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                                          ordered=True)
     table["status"] = pd.Categorical(table["status"], categories=_STATUSES, ordered=True)
     table["role"] = pd.Categorical(table["comparison"].map(lambda c: ComparisonKind(c).spec.role.value).astype(str),
-                                   categories=["determinism", "drift", "accuracy", "identity"])
+                                   categories=[role.value for role in Role])
     table["kind"] = table["layer"].astype("string")
     for name in _PARAMS[1:]:
         table[name] = [_param(p, name) for p in table["params"]]
