@@ -215,12 +215,13 @@ def batch_run(tmp_path_factory):
 @pytest.mark.slow
 def test_a_batch_dependent_layer_is_caught_and_its_control_passes(batch_run):
     table, summary = batch_run
-    failing = {f.split(" [")[0] for f in summary.failures if "expected batch-invariant" in f}
-    assert "BatchDependentSum [2, 4, 4, 2]" in failing and "BatchInvariantSum [2, 4, 4, 2]" not in failing
+    failing = [f for f in summary.failures if "expected batch-invariant" in f]
+    assert any(f.startswith("BatchDependentSum [2, 4, 4, 2] [") and "output of sample" in f for f in failing)
+    assert not any(f.startswith("BatchInvariantSum") for f in failing)
     rows = table[(table["comparison"] == "batch") & table["layer"].str.endswith("BatchDependentSum")]
     output = rows[rows["tensor"] == "output"]
     assert set(output["batch_size"]) == {1, 3} and not output["bitwise_equal"].any()
-    assert (output["n_samples_differ"] == 2).all()
+    assert (output["n_samples_differ"] >= 1).all()
     assert rows[rows["tensor"] == "grad_input"]["bitwise_equal"].all()  # no sum in the input gradient
     kernel = rows[rows["tensor"] == "grad_kernel"]
     assert set(kernel["batch_size"]) == {2, 3} and (kernel["max_abs"] / kernel["ref_scale"] < 1e-5).all()
@@ -244,3 +245,17 @@ def test_conv2d_transpose_is_measured_on_both_onednn_paths(batch_run):
     assert (timed["ms_per_pass"] > 0).all()
     time_lines = next(s for s in summary.sections if s.key == "time").lines
     assert any(line.text.startswith("Conv2DTranspose") and "onednn=on: " in line.text for line in time_lines)
+
+
+def test_the_bundled_batch_config_validates_against_the_schema():
+    import jsonschema
+    import yaml
+
+    from detaudit.core.config import bundled_config_path, load_config
+    from detaudit.core.schema import config_schema
+
+    path = bundled_config_path("batch")
+    assert path.read_text().startswith("# yaml-language-server: $schema=detaudit.schema.json")
+    jsonschema.validate(yaml.safe_load(path.read_text()), config_schema())
+    config = load_config(path)
+    assert config.batch_sizes == (1, 4) and dict(config.matrix)["onednn"] == ("off", "on")
