@@ -16,7 +16,7 @@ import pandas as pd
 
 from detaudit.analysis.findings import percent, relative_error
 from detaudit.analysis.sections import Section, SectionLine
-from detaudit.analysis.verdicts import cell_label, known_bool, rows_by_cell, settings_of
+from detaudit.analysis.verdicts import known_bool, layer_label, rows_by_cell, settings_of
 from detaudit.core.batch import PER_SAMPLE
 from detaudit.core.comparisons import ComparisonKind
 
@@ -49,9 +49,9 @@ def _per_sample_phrase(row: dict[str, Any], own: int) -> str:
 
 def _summed_phrase(row: dict[str, Any]) -> str:
     closer = row.get("closer_batch")
-    truth = "" if closer is None or pd.isna(closer) else f", batch {int(closer)} closer to float64"
+    truth = "" if closer is None or pd.isna(closer) else f" (batch {int(closer)} closer to float64)"
     return (f"{row['tensor']} at batch {int(row['batch_size'])} {percent(relative_error(row))} from the per-sample "
-            f"float64 sum (max {int(row['max_ulp']):,} ULP{truth})")
+            f"float64 sum{truth}")
 
 
 def cell_sentence(rows: list[dict[str, Any]]) -> str:
@@ -76,12 +76,17 @@ def cell_sentence(rows: list[dict[str, Any]]) -> str:
 
 
 def batch_section(table: pd.DataFrame) -> Section | None:
-    """One line per cell with a batch comparison, cells whose samples differ first."""
+    """One line per layer and outcome (the cells that say the same thing share it), differing samples first."""
     by_cell = _rows(table)
     if not by_cell:
         return None
-    lines = [SectionLine(f"{cell_label(rows[0])}: {cell_sentence(rows)}", any(_differs(r) for r in rows))
-             for rows in by_cell.values()]
+    same: dict[tuple[str, str], list[list[dict[str, Any]]]] = {}
+    for rows in by_cell.values():
+        same.setdefault((layer_label(rows[0]), cell_sentence(rows)), []).append(rows)
+    lines = []
+    for (layer, sentence), cells in same.items():
+        labels = " | ".join(dict.fromkeys(f"{settings_of(r[0]).label()}, seed={r[0]['seed']}" for r in cells))
+        lines.append(SectionLine(f"{layer} [{labels}]: {sentence}", any(_differs(r) for rows in cells for r in rows)))
     lines.sort(key=lambda line: not line.notable)
     if len(lines) > _MAX_LINES:
         more = len(lines) - _MAX_LINES
