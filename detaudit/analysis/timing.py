@@ -40,7 +40,7 @@ def _bits(cells: Sequence[Any]) -> str:
 
 
 def time_section(cells: Sequence[Any]) -> Section | None:
-    """Per layer: the baseline's time per pass, then each setting's ratio to it and what it does to the bits."""
+    """Per layer: the baseline's time per pass, then a line per setting: its ratio to it and what it does to the bits."""
     base = _baseline_ms(cells)
     layers: dict[str, dict[str, list[Any]]] = {}
     for c in cells:
@@ -49,9 +49,9 @@ def time_section(cells: Sequence[Any]) -> Section | None:
     lines = []
     for layer, settings in layers.items():
         base_ms = statistics.median(ms for (name, _), ms in base.items() if name == layer)
-        parts = [f"{label}: {statistics.median(c.time_ratio for c in group):.2f}x ({_bits(group)})"
-                 for label, group in settings.items()]
-        lines.append(SectionLine(f"{layer}: baseline {base_ms:.3g} ms per pass; {', '.join(parts)}"))
+        lines.append(SectionLine(f"{layer}: baseline {base_ms:.3g} ms per pass"))
+        lines.extend(SectionLine(f"  {label}: {statistics.median(c.time_ratio for c in group):.2f}x ({_bits(group)})")
+                     for label, group in settings.items())
     if not lines:
         return None
     legend = ("time per forward+backward pass (median of the warm repeats) over the baseline cell's, same layer and "
