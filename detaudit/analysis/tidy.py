@@ -91,8 +91,12 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         if stored.kind is not RunKind.MATRIX:
             raise RunDirError(f"{path}: {_a(stored.kind.value)} run; load_runs reads runs of `detaudit run`.")
         table = stored.table.copy()
+        asked = table["onednn"].astype(object)
         for key, value in _run_facts(stored.meta).items():
             table[key] = value
+        # The oneDNN path each cell ran on: its axis value, or the host's default for `default` (the run fact
+        # used to overwrite the axis, so cells run with oneDNN on and off in one run all read as the host's).
+        table["onednn"] = asked.where(asked.isin(["off", "on"]), table["onednn"])
         frames.append(table)
     if not frames:
         return pd.DataFrame()
