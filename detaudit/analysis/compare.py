@@ -29,9 +29,11 @@ from detaudit.errors import a_or_an as _a
 
 __all__ = ["SLOWDOWN_RATIO", "Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
 
-#: A cell whose time per pass grew by more than this factor is marked SLOWER. Two runs of one config on the
-#: shared 2-core machine this was measured on differed by up to 1.3x per cell (README, Performance).
-SLOWDOWN_RATIO = 1.5
+#: A cell whose time per pass grew by more than this factor is marked SLOWER (never a failure: timing on a
+#: shared machine is noisy). Measured: three runs of configs/batch.yaml on a 2-core VM shared with four other
+#: jobs (load average 7-9) differed per cell by a median 1.27x, 90th percentile 1.96x, max 4.24x; 1.5x would
+#: have flagged 9 of 48 cell pairs, 2x flags 5. See README, "Batch invariance and what each setting costs".
+SLOWDOWN_RATIO = 2.0
 
 
 class Category(enum.Enum):
