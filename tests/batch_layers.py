@@ -47,3 +47,14 @@ class BatchInvariantSum(BatchDependentSum):
         flat = tf.reshape(x, (-1, self.features))
         products = flat[:, :, None] * tf.cast(self.kernel, flat.dtype)[None]
         return tf.math.cumsum(products, axis=1)[:, -1, :]
+
+
+class OnlyItsOwnBatchSize(BatchInvariantSum):
+    """Refuses any batch size but the one it was first built for: the batch comparison fails, the cell does not."""
+
+    def call(self, x):
+        if getattr(self, "batch", None) is None:
+            self.batch = int(x.shape[0])
+        if int(x.shape[0]) != self.batch:
+            raise ValueError(f"this layer runs only at batch size {self.batch}, got {int(x.shape[0])}")
+        return super().call(x)

@@ -203,6 +203,7 @@ def batch_run(tmp_path_factory):
         "name": "batch", "seeds": [0], "repeats": 2, "batch_sizes": [1, 3],
         "layers": [{"kind": "tests.batch_layers:BatchDependentSum", "units": 2, "input_shape": [2, 4, 4, 2]},
                    {"kind": "tests.batch_layers:BatchInvariantSum", "units": 2, "input_shape": [2, 4, 4, 2]},
+                   {"kind": "tests.batch_layers:OnlyItsOwnBatchSize", "units": 2, "input_shape": [2, 4, 4, 2]},
                    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
                     "input_shape": [2, 4, 4, 2]}],
         "matrix": {"onednn": ["off", "on"]}, "baseline": {"onednn": "off"},
@@ -218,6 +219,12 @@ def test_a_batch_dependent_layer_is_caught_and_its_control_passes(batch_run):
     failing = [f for f in summary.failures if "expected batch-invariant" in f]
     assert any(f.startswith("BatchDependentSum [2, 4, 4, 2] [") and "output of sample" in f for f in failing)
     assert not any(f.startswith("BatchInvariantSum") for f in failing)
+    # A layer that cannot run at another size: the comparison is an error row, the cell itself stands.
+    refused = table[table["layer"].str.endswith("OnlyItsOwnBatchSize")]
+    errors = refused[refused["comparison"] == "batch"]
+    assert list(errors["status"].unique()) == ["error"] and errors["message"].str.contains("only at batch size 2").all()
+    assert (refused[refused["comparison"] == "repeat"]["status"] == "ok").all()
+    assert any(f.startswith("OnlyItsOwnBatchSize") and "not measured" in f for f in failing)
     rows = table[(table["comparison"] == "batch") & table["layer"].str.endswith("BatchDependentSum")]
     output = rows[rows["tensor"] == "output"]
     assert set(output["batch_size"]) == {1, 3} and not output["bitwise_equal"].any()

@@ -45,6 +45,16 @@ def _run_facts(meta: dict) -> dict:
             "onednn": str(host.get("onednn_state") or "").split(" ")[0] or None}
 
 
+def _with_run_facts(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """The run's facts as columns; ``onednn`` is the path each cell ran on: its axis value, or the host's default
+    for ``default`` (the host's fact alone would make cells run with oneDNN on and off read as one path)."""
+    asked = table["onednn"].astype(object)
+    for key, value in _run_facts(meta).items():
+        table[key] = value
+    table["onednn"] = asked.where(asked.isin(["off", "on"]), table["onednn"])
+    return table
+
+
 def _param(params: str, name: str) -> object:
     value = json.loads(params).get(name)
     return tuple(value) if isinstance(value, list) else value
@@ -90,14 +100,7 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             continue
         if stored.kind is not RunKind.MATRIX:
             raise RunDirError(f"{path}: {_a(stored.kind.value)} run; load_runs reads runs of `detaudit run`.")
-        table = stored.table.copy()
-        asked = table["onednn"].astype(object)
-        for key, value in _run_facts(stored.meta).items():
-            table[key] = value
-        # The oneDNN path each cell ran on: its axis value, or the host's default for `default` (the run fact
-        # used to overwrite the axis, so cells run with oneDNN on and off in one run all read as the host's).
-        table["onednn"] = asked.where(asked.isin(["off", "on"]), table["onednn"])
-        frames.append(table)
+        frames.append(_with_run_facts(stored.table.copy(), stored.meta))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)

@@ -17,6 +17,7 @@ import numpy as np
 
 from detaudit.core import batch
 from detaudit.core.config import Cell
+from detaudit.errors import one_line
 
 __all__ = ["measure"]
 
@@ -39,6 +40,15 @@ def _passes(cell: Cell, case: Any, size: int, plan: np.ndarray, xla: bool) -> li
 
 def measure(cell: Cell, case: Any, first: list[np.ndarray], truth: dict[str, np.ndarray] | None,
             xla: bool) -> dict[str, Any]:
+    """The cell's ``batch`` comparison (see :func:`_measure`); a size the layer cannot run at is data, the message."""
+    try:
+        return _measure(cell, case, first, truth, xla)
+    except Exception as exc:  # noqa: BLE001 - the cell's own measurement stands; only this comparison failed
+        return {"error": one_line(exc)}
+
+
+def _measure(cell: Cell, case: Any, first: list[np.ndarray], truth: dict[str, np.ndarray] | None,
+             xla: bool) -> dict[str, Any]:
     """The cell's ``batch`` comparison: ``{"rows": [...]}``, or ``{"error": ...}`` when a size fails to run.
 
     Args:

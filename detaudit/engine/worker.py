@@ -153,10 +153,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             except tf.errors.OpError as exc:  # e.g. CPU kernels refusing a dilated transpose
                 record["adjoint"] = {"error": one_line(exc)}
             if cell.batch_sizes:
-                try:
-                    record["batch"] = batch_invariance.measure(cell, case, first, truth, applied.xla)
-                except Exception as exc:  # noqa: BLE001 - a size the layer cannot run at is data, not the cell's end
-                    record["batch"] = {"error": one_line(exc)}
+                record["batch"] = batch_invariance.measure(cell, case, first, truth, applied.xla)
         if tensor_path is not None:
             from detaudit.engine.store import save_tensors
 
