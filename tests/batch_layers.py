@@ -50,11 +50,13 @@ class BatchInvariantSum(BatchDependentSum):
 
 
 class OnlyItsOwnBatchSize(BatchInvariantSum):
-    """Refuses any batch size but the one it was first built for: the batch comparison fails, the cell does not."""
+    """Refuses any batch size but ``batch``: the batch comparison fails, the cell does not."""
+
+    def __init__(self, units: int = 4, batch: int = 2, **kwargs):
+        super().__init__(units, **kwargs)
+        self.batch = batch
 
     def call(self, x):
-        if getattr(self, "batch", None) is None:
-            self.batch = int(x.shape[0])
         if int(x.shape[0]) != self.batch:
             raise ValueError(f"this layer runs only at batch size {self.batch}, got {int(x.shape[0])}")
         return super().call(x)

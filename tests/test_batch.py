@@ -203,7 +203,8 @@ def batch_run(tmp_path_factory):
         "name": "batch", "seeds": [0], "repeats": 2, "batch_sizes": [1, 3],
         "layers": [{"kind": "tests.batch_layers:BatchDependentSum", "units": 2, "input_shape": [2, 4, 4, 2]},
                    {"kind": "tests.batch_layers:BatchInvariantSum", "units": 2, "input_shape": [2, 4, 4, 2]},
-                   {"kind": "tests.batch_layers:OnlyItsOwnBatchSize", "units": 2, "input_shape": [2, 4, 4, 2]},
+                   {"kind": "tests.batch_layers:OnlyItsOwnBatchSize", "units": 2, "batch": 2,
+                    "input_shape": [2, 4, 4, 2]},
                    {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
                     "input_shape": [2, 4, 4, 2]}],
         "matrix": {"onednn": ["off", "on"]}, "baseline": {"onednn": "off"},
@@ -250,8 +251,10 @@ def test_conv2d_transpose_is_measured_on_both_onednn_paths(batch_run):
         assert summed["closer_batch"].notna().any() or summed["bitwise_equal"].all()
     timed = table[(table["comparison"] == "repeat") & table["tensor"].notna()]
     assert (timed["ms_per_pass"] > 0).all()
-    time_lines = next(s for s in summary.sections if s.key == "time").lines
-    assert any(line.text.startswith("Conv2DTranspose") and "onednn=on: " in line.text for line in time_lines)
+    texts = [line.text for line in next(s for s in summary.sections if s.key == "time").lines]
+    start = next(i for i, t in enumerate(texts) if t.startswith("Conv2DTranspose"))
+    assert texts[start].endswith(" ms per pass")
+    assert [t.split(":")[0] for t in texts[start + 1:start + 3]] == ["  onednn=off", "  onednn=on"]
 
 
 def test_the_bundled_batch_config_validates_against_the_schema():
