@@ -206,7 +206,7 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
     import threading
     import time
 
-    import detaudit.engine.runner as runner
+    import detaudit.engine.run_loop as run_loop
 
     live, peak, lock = [0], [0], threading.Lock()
 
@@ -221,7 +221,7 @@ def test_groups_run_in_parallel_up_to_workers(monkeypatch, tmp_path, workers):
         with lock:
             live[0] -= 1
 
-    monkeypatch.setattr(runner, "run_worker_job", fake_job)
+    monkeypatch.setattr(run_loop, "run_worker_job", fake_job)
     config = parse_config({"name": "sched", "layers": [{"kind": "Conv1DTranspose", **TINY, "input_shape": [1, 4, 2]}],
                            "matrix": {"threads": [1, 2, 3, 4]}})  # 4 groups plus the baseline's
     table = run(config, out=tmp_path, workers=workers)

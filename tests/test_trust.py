@@ -369,22 +369,23 @@ def test_a_flaky_crash_costs_one_cell_and_retry_failed_runs_it_again(tmp_path):
 
 def test_a_worker_lost_before_its_first_cell_costs_no_cell(monkeypatch, tmp_path):
     import detaudit.engine.runner as runner
+    import detaudit.engine.supervision as supervision
     from detaudit.core.config import parse_config
 
     config = parse_config({"name": "lost", "repeats": 2, "layers": [TINY], "seeds": [0, 1]})
-    real, calls = runner._spawn_worker, []
+    real, calls = supervision.spawn_worker, []
 
     def flaky(job, env, log, timeout_s, on_message, processes):
         calls.append(len(job["cells"]))
         if len(calls) == 1:  # the first worker dies while TensorFlow starts: no hello, no cell
-            return runner._WorkerOutcome(set(), None, -9, False, "", None)
+            return supervision.WorkerOutcome(set(), None, -9, False, "", None)
         for cell in job["cells"]:
             on_message({"event": "start", "cell_id": cell["cell_id"]})
             on_message({"event": "cell", "cell_id": cell["cell_id"], "status": "skipped", "message": "fake",
                         "tensors": [], "seconds": 0.0})
-        return runner._WorkerOutcome({c["cell_id"] for c in job["cells"]}, None, 0, False, "", {"event": "hello"})
+        return supervision.WorkerOutcome({c["cell_id"] for c in job["cells"]}, None, 0, False, "", {"event": "hello"})
 
-    monkeypatch.setattr(runner, "_spawn_worker", flaky)
+    monkeypatch.setattr(supervision, "spawn_worker", flaky)
     monkeypatch.setattr(runner, "require_tensorflow", lambda: None)
     table = runner.run(config, out=tmp_path, workers=1)
     assert calls[0] == calls[1] == 2  # the same cells went to a fresh worker

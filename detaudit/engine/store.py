@@ -42,8 +42,9 @@ from typing import Any
 import numpy as np
 import yaml
 
-from detaudit.core.config import CELL_ID
+from detaudit.core.cells import CELL_ID
 from detaudit.core.numerics import FLOAT_DTYPES
+from detaudit.engine.cell_record import CellRecord
 from detaudit.errors import DiskFullError, RunDirError
 
 __all__ = ["FORMAT_VERSION", "RunKind", "RunStore", "load_tensors", "new_run_id", "save_tensors"]
@@ -53,7 +54,6 @@ FORMAT_VERSION = 2
 OLDEST_READABLE = 1
 _SAFE_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
-_STATUSES = ("ok", "skipped", "unsupported", "error", "crash", "timeout")
 #: What a run directory holds; none of it may be a symbolic link (a downloaded run could point them anywhere).
 _MEMBERS = ("meta.json", "config.yaml", "cells.jsonl", "results.parquet", ".lock", "logs", "tensors", "cache",
             "tmp", "audit.json", "triage.json")
@@ -337,18 +337,11 @@ class RunStore:
                     record = json.loads(line)
                 except json.JSONDecodeError:
                     record = None
-                if not _is_record(record):
+                if not CellRecord.is_valid(record):
                     if on_bad_line:
                         on_bad_line(number, line[:80].rstrip())
                     continue
                 yield record
-
-    def bad_lines(self) -> list[int]:
-        """Line numbers of cells.jsonl that hold no readable cell record."""
-        bad: list[int] = []
-        for _ in self.iter_records(on_bad_line=lambda n, text: bad.append(n)):
-            pass
-        return bad
 
     # -- one writer at a time --------------------------------------------------------------------
 
@@ -412,28 +405,6 @@ def _checked_meta(meta: dict[str, Any], path: Path) -> dict[str, Any]:
         if meta.get(key) is not None and not isinstance(meta[key], str):
             raise RunDirError(f"{path}: `{key}` must be a string, not {type(meta[key]).__name__}.")
     return meta
-
-
-def _is_record(record: Any) -> bool:
-    """Whether a cells.jsonl line holds a well-formed cell record (anything else is an unreadable line)."""
-    if not (isinstance(record, dict) and isinstance(record.get("cell_id"), str) and CELL_ID.match(record["cell_id"])
-            and record.get("status") in _STATUSES):
-        return False
-    seconds = record.get("seconds")
-    if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))):
-        return False
-    if not isinstance(record.get("cell", {}), dict) or not isinstance(record.get("applied", {}), dict):
-        return False
-    tensors, reference = record.get("tensors", []), record.get("reference", [])
-    if not isinstance(tensors, list) or not isinstance(reference, list):
-        return False
-    for row in [*tensors, *reference]:
-        if not (isinstance(row, dict) and isinstance(row.get("tensor"), str)):
-            return False
-    if any(not isinstance(row.get("digest"), str) or not isinstance(row.get("dtype"), str) for row in tensors):
-        return False
-    adjoint = record.get("adjoint")
-    return adjoint is None or isinstance(adjoint, dict)
 
 
 def save_tensors(path: Path, tensors: Mapping[str, np.ndarray]) -> None:

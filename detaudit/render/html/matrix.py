@@ -14,12 +14,9 @@ from detaudit.core.comparisons import ComparisonKind
 from detaudit.render.html.parts import (_IDENTICAL, _SCALE_TOP, _badge, _e, _link, _percent, _scale_colour, _scaled,
                                         _table, _td, _verdict_badge)
 
-_BASELINE = ComparisonKind.BASELINE.value
-
-
 def _drift_section(summary: RunSummary) -> list[str]:
     """Setting change (rows, by layer) x tensor: scaled ULP coloured on a log scale, and the float64 errors."""
-    drifts = [f for f in summary.findings if f.comparison == _BASELINE and isinstance(f.between, tuple)]
+    drifts = [f for f in summary.findings if f.comparison == ComparisonKind.BASELINE and isinstance(f.between, tuple)]
     measured = any(c.baseline is not None for c in summary.cells)
     parts = ["<h2 id='drift'>Drift matrix: each setting change against the baseline</h2>"]
     if not drifts:
@@ -37,14 +34,7 @@ def _drift_section(summary: RunSummary) -> list[str]:
         "spacing at the tensor's largest magnitude) and below it the error against the float64 truth of the "
         "baseline side → the changed side, as a percentage of the truth's largest value. Hover for the raw ULP and "
         "the number of elements that differ.</p>")
-    legend = [f"<span style='background:{_IDENTICAL}'>= identical bits</span>"]
-    for value in (1, 4, 16, 64, 256, 1024):
-        background, ink = _scale_colour(value)
-        text = f"≥{value}" if value == _SCALE_TOP else str(value)
-        legend.append(f"<span style='background:{background};color:{ink}'>{text}</span>")
-    legend.append("<span style='background:#eee'>n/a: not measured</span>")
-    parts.append(f"<div class='legend'><span class='muted' style='border:0'>scaled ULP (log scale):</span>"
-                 f"{''.join(legend)}</div>")
+    parts.append(_drift_legend())
     by_layer: dict[str, list[Finding]] = {}
     for finding in drifts:
         by_layer.setdefault(finding.layer, []).append(finding)
@@ -55,30 +45,8 @@ def _drift_section(summary: RunSummary) -> list[str]:
         for finding in rows:
             before, after = finding.between  # type: ignore[misc]
             gaps = {g.tensor: g for g in finding.gaps}
-            tds = []
-            for tensor in columns:
-                gap = gaps.get(tensor)
-                if gap is None:
-                    present = tensor in tensors_of.get(layer, [])
-                    tds.append(f"<td style='background:{_IDENTICAL if present else '#f5f5f5'}' "
-                               f"title='{_e('identical bits' if present else 'no such tensor')}'>"
-                               f"{'=' if present else ''}</td>")
-                    continue
-                tip = gap.phrase((before, after))
-                if math.isnan(gap.max_ulp_scaled):
-                    tds.append(f"<td style='background:#eee' title='{_e(tip)}'><b>n/a</b>"
-                               f"<small>{gap.max_ulp:,} ULP raw</small></td>")
-                    continue
-                background, ink = _scale_colour(gap.max_ulp_scaled)
-                truth = ""
-                if gap.truth and any(v is not None for v in gap.truth):
-                    truth = f"<small>vs f64: {_e(_percent(gap.truth[0]))} → {_e(_percent(gap.truth[1]))}</small>"
-                known = ""
-                if gap.known:
-                    where = _link(gap.known, "upstream") if gap.known.startswith("http") else "not yet reported"
-                    known = f"<small><b>KNOWN</b> {where}</small>"
-                tds.append(f"<td style='background:{background};color:{ink}' title='{_e(tip)}'>"
-                           f"<b>{_e(_scaled(gap.max_ulp_scaled))}</b>{truth}{known}</td>")
+            tds = [_drift_cell(gaps.get(tensor), tensor in tensors_of.get(layer, []), (before, after))
+                   for tensor in columns]
             body.append(f"<tr class='change'><th class='change'>{_e(before)} → {_e(after)}</th>{''.join(tds)}</tr>")
     parts.append(f"<div class='wrap'><table class='drift'><thead><tr><th>setting change</th>{head}</tr></thead>"
                  f"<tbody>{''.join(body)}</tbody></table></div>")
@@ -87,6 +55,37 @@ def _drift_section(summary: RunSummary) -> list[str]:
         parts.append(f"<p class='small muted'>1 ULP at 1.0: {_e(units)}. A gap between two precisions is counted in "
                      "the narrower one's ULPs.</p>")
     return parts
+
+
+def _drift_legend() -> str:
+    legend = [f"<span style='background:{_IDENTICAL}'>= identical bits</span>"]
+    for value in (1, 4, 16, 64, 256, 1024):
+        background, ink = _scale_colour(value)
+        text = f"≥{value}" if value == _SCALE_TOP else str(value)
+        legend.append(f"<span style='background:{background};color:{ink}'>{text}</span>")
+    legend.append("<span style='background:#eee'>n/a: not measured</span>")
+    return (f"<div class='legend'><span class='muted' style='border:0'>scaled ULP (log scale):</span>"
+            f"{''.join(legend)}</div>")
+
+
+def _drift_cell(gap: Gap | None, present: bool, between: tuple[str, str]) -> str:
+    """One tensor's gap for one setting change: its scaled ULP on the colour scale, the float64 errors, a known bug."""
+    if gap is None:
+        return (f"<td style='background:{_IDENTICAL if present else '#f5f5f5'}' "
+                f"title='{_e('identical bits' if present else 'no such tensor')}'>{'=' if present else ''}</td>")
+    tip = gap.phrase(between)
+    if math.isnan(gap.max_ulp_scaled):
+        return f"<td style='background:#eee' title='{_e(tip)}'><b>n/a</b><small>{gap.max_ulp:,} ULP raw</small></td>"
+    background, ink = _scale_colour(gap.max_ulp_scaled)
+    truth = ""
+    if gap.truth and any(v is not None for v in gap.truth):
+        truth = f"<small>vs f64: {_e(_percent(gap.truth[0]))} → {_e(_percent(gap.truth[1]))}</small>"
+    known = ""
+    if gap.known:
+        where = _link(gap.known, "upstream") if gap.known.startswith("http") else "not yet reported"
+        known = f"<small><b>KNOWN</b> {where}</small>"
+    return (f"<td style='background:{background};color:{ink}' title='{_e(tip)}'>"
+            f"<b>{_e(_scaled(gap.max_ulp_scaled))}</b>{truth}{known}</td>")
 
 
 def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:

@@ -18,7 +18,6 @@ from detaudit.engine.store import RunKind
 from detaudit.render.html.parts import _STATUS_COLOURS, _badge, _distinct, _e, _num, _png, _pyplot, _table, _td
 from detaudit.render.html.shell import _page
 
-_BASELINE, _REFERENCE = ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value
 #: meta.json facts whose change between two consecutive runs is marked on the overview's plots.
 _MARKED_FACTS = ("tensorflow.", "host.onednn_state", "host.env.", "host.cpu_model", "host.cpu_count",
                  "host.nvidia_driver", "host.numpy_version", "host.python", "host.detaudit_version")
@@ -31,12 +30,12 @@ def _extremes(stored: StoredRun) -> dict[tuple[str, str, str, str], dict[str, tu
     out: dict[tuple[str, str, str, str], dict[str, list[float | None]]] = {}
     if not len(table):
         return {}
-    rows = table[table["comparison"].isin([_BASELINE, _REFERENCE]) & table["tensor"].notna()
-                 & (table["status"] == "ok")]
+    measured = [ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value]
+    rows = table[table["comparison"].isin(measured) & table["tensor"].notna() & (table["status"] == "ok")]
     for row in rows.to_dict("records"):
         key = (str(row["layer"]), str(row["params"]), str(row["input_shape"]), layer_label(row))
         slot = out.setdefault(key, {}).setdefault(str(row["tensor"]), [None, None])
-        if row["comparison"] == _BASELINE:
+        if row["comparison"] == ComparisonKind.BASELINE:
             value = _num(row["max_ulp_scaled"])
             index = 0
         else:
@@ -112,6 +111,72 @@ def _series_plot(title: str, runs: list[dict[str, Any]], data: list[dict[str, tu
     return _png(fig, f"{title}: max scaled ULP vs baseline and max error vs float64 per run")
 
 
+#: A run's environment change from the run before it: (its letter on the plots, the previous run's id, the diff).
+_Change = tuple[str, str, list[tuple[str, Any, Any]]]
+
+
+def _environment_changes(by_config: dict[str, list[dict[str, Any]]],
+                         loaded: dict[str, StoredRun]) -> dict[str, _Change]:
+    """Per run id, what changed in the environment from the run before it of the same config (lettered A, B, ...)."""
+    letters = (chr(ord("A") + i) if i < 26 else str(i + 1) for i in itertools.count())
+    changes: dict[str, _Change] = {}
+    for config_rows in by_config.values():
+        for previous, row in zip(config_rows, config_rows[1:]):
+            diff = _marked(environment_diff(loaded[previous["run_id"]].meta, loaded[row["run_id"]].meta))
+            if diff:
+                changes[row["run_id"]] = (next(letters), previous["run_id"], diff)
+    return changes
+
+
+def _runs_table(matrix: list[dict[str, Any]], changes: dict[str, _Change], number: dict[str, int]) -> list[str]:
+    """The matrix runs, newest first: date, config, TensorFlow, device, status, counts, environment change."""
+    table_rows = []
+    for row in reversed(matrix):
+        status = row.get("status") or "?"
+        counts = row.get("counts") or {}
+        change = changes.get(row["run_id"])
+        what = ("; ".join(f"{k}: {b} → {n}" for k, b, n in change[2][:4]) + (" ..." if len(change[2]) > 4 else "")
+                if change else "")
+        table_rows.append([
+            _td(f"#{number[row['run_id']]}" if row["run_id"] in number else "", number.get(row["run_id"]), cls="n"),
+            _td(_short_date(row["started"]), row["started"], cls="nowrap"), _td(row["run_id"], cls="nowrap"),
+            _td(row["config"]), _td(row["tensorflow"]), _td(row["device"]),
+            _td(_badge(status, _STATUS_COLOURS.get(status, "#555")), status, raw=True),
+            _td(", ".join(f"{n:,} {v}" for v, n in counts.items())),
+            _td((f"<b style='color:#8e24aa'>{change[0]}</b> " if change else "") + _e(what), raw=True)])
+    return ["<h2 id='runs'>Matrix runs</h2>",
+            _table([("#", "num"), "started", "run", "config", "TensorFlow", "device", "status", "cells",
+                    "environment change (from the run before)"], table_rows),
+            "<p class='small muted'># numbers the runs of each config, oldest first, as on the plots. "
+            "Click a column header to sort.</p>"]
+
+
+def _config_section(config: str, config_rows: list[dict[str, Any]], loaded: dict[str, StoredRun],
+                    changes: dict[str, _Change]) -> list[str]:
+    """One config's runs over time: the environment changes, then one plot per layer."""
+    parts = [f"<h2>Config <code>{_e(config)}</code>: {len(config_rows)} run(s) over time</h2>"]
+    data = [_extremes(loaded[r["run_id"]]) for r in config_rows]
+    layers = list(dict.fromkeys(k for d in data for k in d))
+    variants: dict[str, set[str]] = {}
+    for key in layers:
+        variants.setdefault(key[3], set()).add(key[1])
+    marks = [(i, changes[r["run_id"]][0]) for i, r in enumerate(config_rows) if r["run_id"] in changes]
+    if marks:
+        items = "".join(
+            f"<li><b style='color:#8e24aa'>{letter}</b> {_e(changes[config_rows[i]['run_id']][1])} → "
+            f"{_e(config_rows[i]['run_id'])}: "
+            + _e("; ".join(f"{k}: {b} → {n}" for k, b, n in changes[config_rows[i]["run_id"]][2])) + "</li>"
+            for i, letter in marks)
+        parts.append(f"<p class='small'>Dashed lines: the environment changed from the run before.</p>"
+                     f"<ul class='small'>{items}</ul>")
+    if not layers:
+        parts.append("<p class='muted'>Nothing was compared with the baseline or float64 in these runs.</p>")
+    for key in layers:
+        title = _distinct(key[3], key[1], variants[key[3]])
+        parts.append(_series_plot(title, config_rows, [d.get(key, {}) for d in data], marks))
+    return parts
+
+
 def render_overview(runs_dir: str | Path) -> str:
     """The stored runs of a directory over time, as asv's main page.
 
@@ -139,56 +204,12 @@ def render_overview(runs_dir: str | Path) -> str:
     by_config: dict[str, list[dict[str, Any]]] = {}
     for row in matrix:
         by_config.setdefault(row["config"], []).append(row)
-    letters = (chr(ord("A") + i) if i < 26 else str(i + 1) for i in itertools.count())
-    changes: dict[str, tuple[str, str, list[tuple[str, Any, Any]]]] = {}  # run id -> (letter, previous, diff)
-    for config_rows in by_config.values():
-        for previous, row in zip(config_rows, config_rows[1:]):
-            diff = _marked(environment_diff(loaded[previous["run_id"]].meta, loaded[row["run_id"]].meta))
-            if diff:
-                changes[row["run_id"]] = (next(letters), previous["run_id"], diff)
+    changes = _environment_changes(by_config, loaded)
     number = {r["run_id"]: i + 1 for config_rows in by_config.values() for i, r in enumerate(config_rows)}
     if matrix:
-        parts.append("<h2 id='runs'>Matrix runs</h2>")
-        table_rows = []
-        for row in reversed(matrix):
-            status = row.get("status") or "?"
-            counts = row.get("counts") or {}
-            change = changes.get(row["run_id"])
-            what = ("; ".join(f"{k}: {b} → {n}" for k, b, n in change[2][:4]) + (" ..." if len(change[2]) > 4 else "")
-                    if change else "")
-            table_rows.append([
-                _td(f"#{number[row['run_id']]}" if row["run_id"] in number else "", number.get(row["run_id"]),
-                    cls="n"),
-                _td(_short_date(row["started"]), row["started"], cls="nowrap"), _td(row["run_id"], cls="nowrap"),
-                _td(row["config"]), _td(row["tensorflow"]), _td(row["device"]),
-                _td(_badge(status, _STATUS_COLOURS.get(status, "#555")), status, raw=True),
-                _td(", ".join(f"{n:,} {v}" for v, n in counts.items())),
-                _td((f"<b style='color:#8e24aa'>{change[0]}</b> " if change else "") + _e(what), raw=True)])
-        parts.append(_table([("#", "num"), "started", "run", "config", "TensorFlow", "device", "status", "cells",
-                             "environment change (from the run before)"], table_rows))
-        parts.append("<p class='small muted'># numbers the runs of each config, oldest first, as on the plots. "
-                     "Click a column header to sort.</p>")
+        parts += _runs_table(matrix, changes, number)
     for config, config_rows in by_config.items():
-        parts.append(f"<h2>Config <code>{_e(config)}</code>: {len(config_rows)} run(s) over time</h2>")
-        data = [_extremes(loaded[r["run_id"]]) for r in config_rows]
-        layers = list(dict.fromkeys(k for d in data for k in d))
-        variants: dict[str, set[str]] = {}
-        for key in layers:
-            variants.setdefault(key[3], set()).add(key[1])
-        marks = [(i, changes[r["run_id"]][0]) for i, r in enumerate(config_rows) if r["run_id"] in changes]
-        if marks:
-            items = "".join(
-                f"<li><b style='color:#8e24aa'>{letter}</b> {_e(changes[config_rows[i]['run_id']][1])} → "
-                f"{_e(config_rows[i]['run_id'])}: "
-                + _e("; ".join(f"{k}: {b} → {n}" for k, b, n in changes[config_rows[i]["run_id"]][2])) + "</li>"
-                for i, letter in marks)
-            parts.append(f"<p class='small'>Dashed lines: the environment changed from the run before.</p>"
-                         f"<ul class='small'>{items}</ul>")
-        if not layers:
-            parts.append("<p class='muted'>Nothing was compared with the baseline or float64 in these runs.</p>")
-        for key in layers:
-            title = _distinct(key[3], key[1], variants[key[3]])
-            parts.append(_series_plot(title, config_rows, [d.get(key, {}) for d in data], marks))
+        parts += _config_section(config, config_rows, loaded, changes)
     if others:
         parts.append("<h2 id='other'>Audit and triage runs</h2>")
         parts.append(_table(["started", "kind", "run", "name", "outcome"], [
