@@ -269,3 +269,15 @@ def test_the_bundled_batch_config_validates_against_the_schema():
     jsonschema.validate(yaml.safe_load(path.read_text()), config_schema())
     config = load_config(path)
     assert config.batch_sizes == (1, 4) and dict(config.matrix)["onednn"] == ("off", "on")
+
+
+def test_every_declared_comparison_view_has_a_section_and_failures():
+    import importlib
+
+    from detaudit.core.comparisons import ComparisonKind
+
+    views = [kind.spec.view for kind in ComparisonKind if kind.spec.view]
+    assert views == ["detaudit.analysis.batch_view"]
+    for name in views:
+        module = importlib.import_module(name)
+        assert callable(module.section) and callable(module.failures)

@@ -20,7 +20,7 @@ from detaudit.analysis.verdicts import known_bool, layer_label, rows_by_cell, se
 from detaudit.core.batch import PER_SAMPLE
 from detaudit.core.comparisons import ComparisonKind
 
-__all__ = ["batch_dependent", "batch_failures", "batch_section", "cell_sentence"]
+__all__ = ["batch_dependent", "batch_failures", "batch_section", "cell_sentence", "failures", "section"]
 
 _BATCH = ComparisonKind.BATCH.value
 _MAX_LINES = 24
@@ -114,6 +114,9 @@ def batch_failures(table: pd.DataFrame, config: Any) -> dict[str, list[str]]:
                     f"{own} and batch {int(r['batch_size'])} ({int(r['n_samples_differ'])}/{own} samples, max "
                     f"{int(r['max_ulp']):,} ULP)")
     return failures
+
+
+section, failures = batch_section, batch_failures  # the view protocol of ComparisonSpec.view
 
 
 def batch_dependent(table: pd.DataFrame) -> dict[str, bool]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import json
 import math
 from collections import Counter
@@ -24,7 +25,6 @@ from detaudit.analysis.findings import (
     relative_error,
     ulp_unit,
 )
-from detaudit.analysis.batch_view import batch_failures, batch_section
 from detaudit.analysis.runs import Completeness, StoredRun
 from detaudit.analysis.sections import Section
 from detaudit.analysis.timing import time_ratios, time_section
@@ -298,8 +298,9 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
     for row in threshold_breaches(table, config).to_dict("records"):
         failures.setdefault(row["cell_id"], []).append(row["breach"])
-    for cell_id, found in batch_failures(table, config).items():
-        failures.setdefault(cell_id, []).extend(found)
+    for view in _views():
+        for cell_id, found in view.failures(table, config).items():
+            failures.setdefault(cell_id, []).extend(found)
     adjoint = table[(table["comparison"] == _ADJOINT) & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
     for row in adjoint.to_dict("records"):
         if row["cell_id"] in excused and not strict:
@@ -371,7 +372,12 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         tuple(skipped.items()), {v.value: n for v in Verdict if (n := sum(c.verdict is v for c in cells))},
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
         {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured,
-        tuple(s for s in (batch_section(table), time_section(cells)) if s is not None))
+        tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None))
+
+
+def _views() -> list[Any]:
+    """The view module of each comparison that declares one (``ComparisonSpec.view``), in comparison order."""
+    return [importlib.import_module(kind.spec.view) for kind in ComparisonKind if kind.spec.view]
 
 
 def _present(value: Any) -> float | None:

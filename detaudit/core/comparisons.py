@@ -38,6 +38,10 @@ class ComparisonSpec:
     #: The selector expectation (`expect.<name>: all|none|{axis: values}`) that judges this comparison's
     #: differences, or None when only thresholds (or a fixed limit) judge it.
     expectation: str | None = None
+    #: The module (loaded by the summary, never by core) whose ``section(table)`` and ``failures(table, config)``
+    #: say what this comparison found beyond the cell table, and which cells break its expectation; None for the
+    #: comparisons the cell table and the thresholds already show.
+    view: str | None = None
 
 
 class ComparisonKind(str, enum.Enum):
@@ -98,5 +102,6 @@ _SPECS = {
     ComparisonKind.BATCH: ComparisonSpec(
         "batch", "each sample's output and input gradient computed at another batch size (`batch_sizes`) against "
         "its slice of the cell's pass; variable gradients (sums over the batch) against the float64 sum of the "
-        "per-sample gradients", "worker", Role.INVARIANCE, True, "blue", "batch_invariant"),
+        "per-sample gradients", "worker", Role.INVARIANCE, True, "blue", "batch_invariant",
+        "detaudit.analysis.batch_view"),
 }
