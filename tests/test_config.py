@@ -198,7 +198,7 @@ def test_a_bundled_config_is_found_by_its_name_from_anywhere(tmp_path, monkeypat
     monkeypatch.chdir(tmp_path)
     assert load_config("nightly").name == "nightly"
     with pytest.raises(ConfigError, match=r"nightlly: config file not found \(bundled configs, by name alone: "
-                                          r"gpu-triage, nightly, quick\)"):
+                                          r"batch, gpu-triage, nightly, quick\)"):
         load_config("nightlly")
     (tmp_path / "nightly").write_text("name: mine\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, "
                                       "input_shape: [1, 4, 2]}]\n")
