@@ -15,6 +15,7 @@ from typing import Any
 
 import pandas as pd
 
+from detaudit.analysis.batch_view import batch_dependent
 from detaudit.analysis.runs import StoredRun
 from detaudit.analysis.verdicts import (
     Verdict,
@@ -26,7 +27,13 @@ from detaudit.core.axes import AXES
 from detaudit.errors import UsageError
 from detaudit.errors import a_or_an as _a
 
-__all__ = ["Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
+__all__ = ["SLOWDOWN_RATIO", "Category", "Change", "RunComparison", "compare_runs", "environment_diff"]
+
+#: A cell whose time per pass grew by more than this factor is marked SLOWER (never a failure: timing on a
+#: shared machine is noisy). Measured: three runs of configs/batch.yaml on a 2-core VM shared with four other
+#: jobs (load average 7-9) differed per cell by a median 1.27x, 90th percentile 1.96x, max 4.24x; 1.5x would
+#: have flagged 9 of 48 cell pairs, 2x flags 5. See README, "Batch invariance and what each setting costs".
+SLOWDOWN_RATIO = 2.0
 
 
 class Category(enum.Enum):
@@ -37,6 +44,8 @@ class Category(enum.Enum):
     NEWLY_SKIPPED = ("s", True, "was measured, now skipped (its device is gone)")
     DIGEST_CHANGED = ("~", True, "same settings, different bits")
     ULP_REGRESSION = ("x", True, "a ULP threshold of the config newly exceeded")
+    NEWLY_BATCH_DEPENDENT = ("b", True, "was batch-invariant, now a sample's bits depend on its batch")
+    SLOWER = ("t", False, f"time per pass grew more than {SLOWDOWN_RATIO:g}x (reported, not failing)")
     FIXED = ("+", False, "was nondeterministic or failing, now is deterministic")
     ADDED = ("a", False, "cell only in the new run")
     REMOVED = ("r", False, "cell only in the base run")
@@ -144,6 +153,8 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
     assert base_cells is not None and new_cells is not None
     digests = {name: _digests(run.table) for name, run in (("base", base), ("new", new))}
     breaches = {name: _breaches(run) for name, run in (("base", base), ("new", new))}
+    timing = {name: _times(run.table) for name, run in (("base", base), ("new", new))}
+    batch = {name: batch_dependent(run.table) for name, run in (("base", base), ("new", new))}
     changes: list[Change] = []
     for key, row in new_cells.items():
         label = cell_label(row)
@@ -152,6 +163,7 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
             changes.append(Change(Category.ADDED, row["cell_id"], label, row["verdict"]))
             continue
         changes.extend(_cell_changes(old, row, label, digests, breaches))
+        changes.extend(_batch_and_time(old["cell_id"], row["cell_id"], label, batch, timing))
     for key, row in base_cells.items():
         if key not in new_cells:
             changes.append(Change(Category.REMOVED, row["cell_id"], cell_label(row), row["verdict"]))
@@ -173,6 +185,26 @@ def _digests(table: pd.DataFrame) -> dict[str, dict[str, str]]:
     for row in rows[["cell_id", "tensor", "digest"]].to_dict("records"):
         out.setdefault(row["cell_id"], {})[row["tensor"]] = row["digest"]
     return out
+
+
+def _times(table: pd.DataFrame) -> dict[str, float]:
+    """Each timed cell's ms_per_pass."""
+    if "ms_per_pass" not in table or not len(table):
+        return {}
+    return {k: float(v) for k, v in table.groupby("cell_id")["ms_per_pass"].max().dropna().items()}
+
+
+def _batch_and_time(old_id: str, new_id: str, label: str, batch: dict[str, dict[str, bool]],
+                    timing: dict[str, dict[str, float]]) -> list[Change]:
+    """A cell that became batch-dependent, and one whose time per pass grew past :data:`SLOWDOWN_RATIO`."""
+    changes = []
+    if batch["base"].get(old_id) is False and batch["new"].get(new_id) is True:
+        changes.append(Change(Category.NEWLY_BATCH_DEPENDENT, new_id, label, "batch-invariant -> batch-dependent"))
+    before, after = timing["base"].get(old_id), timing["new"].get(new_id)
+    if before and after and after / before > SLOWDOWN_RATIO:
+        changes.append(Change(Category.SLOWER, new_id, label,
+                              f"{before:.3g} -> {after:.3g} ms per pass ({after / before:.2f}x)"))
+    return changes
 
 
 def _breaches(run: StoredRun) -> dict[str, dict[tuple[str, str], str]]:

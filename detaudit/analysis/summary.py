@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import importlib
 import json
 import math
 from collections import Counter
@@ -25,6 +26,8 @@ from detaudit.analysis.findings import (
     ulp_unit,
 )
 from detaudit.analysis.runs import Completeness, StoredRun
+from detaudit.analysis.sections import Section
+from detaudit.analysis.timing import time_ratios, time_section
 from detaudit.analysis.verdicts import (
     ADJOINT_LIMIT_EPS,
     Verdict,
@@ -100,6 +103,8 @@ class CellView:
     seconds: float | None
     failures: tuple[str, ...]
     label: str  # "Conv2DTranspose [4, 16, 16, 8] [xla=on, seed=0]"
+    ms_per_pass: float | None = None  # median warm forward+backward pass
+    time_ratio: float | None = None  # ms_per_pass over the baseline cell's (same layer and seed)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -125,6 +130,8 @@ class RunSummary:
     #: Every cell of a complete, unsharded run was skipped: it proved nothing and fails (a shard is judged once
     #: merged: on a CPU node one may hold only GPU cells).
     nothing_measured: bool = False
+    #: What comparisons and measurements say beyond the cell table (batch invariance, time per pass), in order.
+    sections: tuple[Section, ...] = ()
 
     @property
     def status_line(self) -> str:
@@ -166,7 +173,8 @@ class RunSummary:
             "cells": [{"cell_id": c.cell_id, "layer": c.layer, "kind": c.kind, "settings": c.settings.as_dict(),
                        "seed": c.seed, "verdict": c.verdict.value, "message": c.message,
                        "worst_ulp": c.worst_ulp, "baseline": _plain(c.baseline), "reference": _plain(c.reference),
-                       "adjoint_eps": _num(c.adjoint_eps), "failures": list(c.failures)} for c in self.cells],
+                       "adjoint_eps": _num(c.adjoint_eps), "failures": list(c.failures),
+                       "ms_per_pass": _num(c.ms_per_pass), "time_ratio": _num(c.time_ratio)} for c in self.cells],
             "skipped": [{"reason": r, "cells": n} for r, n in self.skipped],
             "findings": [{"layer": f.layer, "comparison": f.comparison, "between": f.between, "sentence": f.sentence(),
                           "tensors": [{k: _num(v) for k, v in dataclasses.asdict(g).items()} for g in f.gaps]}
@@ -174,6 +182,7 @@ class RunSummary:
             "known_bugs": [{"id": k.bug.id, "title": k.bug.title, "link": k.bug.link, "cell": k.cell,
                             "detail": k.detail, "fixed_upstream": k.fixed} for k in self.known],
             "upgraded_from_format": self.upgraded_from, "nothing_measured": self.nothing_measured,
+            "sections": [section.to_dict() for section in self.sections],
         }
 
 
@@ -289,6 +298,9 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
     for row in threshold_breaches(table, config).to_dict("records"):
         failures.setdefault(row["cell_id"], []).append(row["breach"])
+    for view in _views():
+        for cell_id, found in view.failures(table, config).items():
+            failures.setdefault(cell_id, []).extend(found)
     adjoint = table[(table["comparison"] == _ADJOINT) & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
     for row in adjoint.to_dict("records"):
         if row["cell_id"] in excused and not strict:
@@ -332,6 +344,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     baseline_gaps, reference_gaps = _gaps(table, _BASELINE), _gaps(table, _REFERENCE)
     adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == _ADJOINT].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
+    timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
     cells, skipped = [], Counter()
     for row in verdicts.to_dict("records"):
         verdict = Verdict(row["verdict"])
@@ -344,7 +357,9 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             row["message"], row["worst_ulp"], baseline_gaps.get(row["cell_id"]), reference_gaps.get(row["cell_id"]),
             None if eps is None or pd.isna(eps) else float(eps), settings == config.baseline,
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
-            tuple(per_cell.get(row["cell_id"], ())), cell_label(row)))
+            tuple(per_cell.get(row["cell_id"], ())), cell_label(row), _present(timed.get(row["cell_id"]))))
+    ratios = time_ratios(cells)
+    cells = [dataclasses.replace(c, time_ratio=ratios.get(c.cell_id)) for c in cells]
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
     names = list(dict.fromkeys(t for c in cells for t in c.worst_ulp))
     known_order = ("output", "grad_input", "grad_kernel", "grad_bias")
@@ -364,4 +379,14 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         stored.run_id, str(stored.path), config.name, _facts(stored), tensors, tuple(cells),
         tuple(skipped.items()), {v.value: n for v in Verdict if (n := sum(c.verdict is v for c in cells))},
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
-        {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured)
+        {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured,
+        tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None))
+
+
+def _views() -> list[Any]:
+    """The view module of each comparison that declares one (``ComparisonSpec.view``), in comparison order."""
+    return [importlib.import_module(kind.spec.view) for kind in ComparisonKind if kind.spec.view]
+
+
+def _present(value: Any) -> float | None:
+    return None if value is None or pd.isna(value) else float(value)

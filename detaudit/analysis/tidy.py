@@ -4,7 +4,8 @@ Each row of each matrix run's results table, with the run's facts joined as
 columns, the axes and ``comparison``/``status`` as ordered categoricals, the
 layer parameters as typed columns beside the JSON, and a ``role`` column that
 tells run-to-run rows (determinism) from drift, accuracy (the float64
-reference) and identity (the adjoint test) rows. Pure pandas.
+reference), identity (the adjoint test) and invariance (the batch comparison)
+rows: one per :class:`~detaudit.core.comparisons.Role`. Pure pandas.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import pandas as pd
 
 from detaudit.analysis.runs import list_runs, load_run
 from detaudit.core.axes import AXES
-from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
 from detaudit.errors import a_or_an as _a
@@ -42,6 +43,16 @@ def _run_facts(meta: dict) -> dict:
             "keras": tf.get("keras_version"), "detaudit_version": host.get("detaudit_version"),
             "device_name": ", ".join(gpus) if gpus else "CPU", "cpu": host.get("cpu_model"),
             "onednn": str(host.get("onednn_state") or "").split(" ")[0] or None}
+
+
+def _with_run_facts(table: pd.DataFrame, meta: dict) -> pd.DataFrame:
+    """The run's facts as columns; ``onednn`` is the path each cell ran on: its axis value, or the host's default
+    for ``default`` (the host's fact alone would make cells run with oneDNN on and off read as one path)."""
+    asked = table["onednn"].astype(object)
+    for key, value in _run_facts(meta).items():
+        table[key] = value
+    table["onednn"] = asked.where(asked.isin(["off", "on"]), table["onednn"])
+    return table
 
 
 def _param(params: str, name: str) -> object:
@@ -89,10 +100,7 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
             continue
         if stored.kind is not RunKind.MATRIX:
             raise RunDirError(f"{path}: {_a(stored.kind.value)} run; load_runs reads runs of `detaudit run`.")
-        table = stored.table.copy()
-        for key, value in _run_facts(stored.meta).items():
-            table[key] = value
-        frames.append(table)
+        frames.append(_with_run_facts(stored.table.copy(), stored.meta))
     if not frames:
         return pd.DataFrame()
     table = pd.concat(frames, ignore_index=True)
@@ -103,7 +111,7 @@ def load_runs(runs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
                                          ordered=True)
     table["status"] = pd.Categorical(table["status"], categories=_STATUSES, ordered=True)
     table["role"] = pd.Categorical(table["comparison"].map(lambda c: ComparisonKind(c).spec.role.value).astype(str),
-                                   categories=["determinism", "drift", "accuracy", "identity"])
+                                   categories=[role.value for role in Role])
     table["kind"] = table["layer"].astype("string")
     for name in _PARAMS[1:]:
         table[name] = [_param(p, name) for p in table["params"]]

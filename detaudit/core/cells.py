@@ -20,7 +20,8 @@ from detaudit.core.layer_spec import LayerSpec, parse_layer
 from detaudit.core.validation import INVALID, Context, integer, mapping
 from detaudit.errors import ConfigError, did_you_mean
 
-__all__ = ["CELL_ID", "MAX_REPEATS", "MAX_SEED", "Cell", "Settings", "axis_value", "parse_settings"]
+__all__ = ["CELL_ID", "MAX_BATCH_SIZE", "MAX_REPEATS", "MAX_SEED", "Cell", "Settings", "axis_value",
+           "parse_batch_sizes", "parse_settings"]
 
 #: Characters a name (a config's, a cell id's slug) may not hold.
 SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
@@ -28,6 +29,7 @@ SAFE_NAME = re.compile(r"[^A-Za-z0-9._-]+")
 CELL_ID = re.compile(r"^[a-z0-9._-]{1,24}-[0-9a-f]{12}$")
 MAX_SEED = (1 << 32) - 1
 MAX_REPEATS = 100_000
+MAX_BATCH_SIZE = 1024
 
 
 def _settings_methods() -> dict[str, Any]:
@@ -62,6 +64,7 @@ class Cell:
     settings: Any  # Settings
     seed: int
     repeats: int
+    batch_sizes: tuple[int, ...] = ()  # the `batch` comparison's sizes; not part of the id (like repeats)
 
     @functools.cached_property
     def cell_id(self) -> str:
@@ -84,6 +87,7 @@ class Cell:
             "settings": self.settings.as_dict(),
             "seed": self.seed,
             "repeats": self.repeats,
+            **({"batch_sizes": list(self.batch_sizes)} if self.batch_sizes else {}),
         }
 
     @classmethod
@@ -99,10 +103,22 @@ class Cell:
             layer = parse_layer({"kind": data["kind"], **data["params"], "input_shape": data["input_shape"]}, ctx)
             seed = integer(data["seed"], ctx.at("seed"), 0, MAX_SEED)
             repeats = integer(data["repeats"], ctx.at("repeats"), 1, MAX_REPEATS)
+            batch_sizes = parse_batch_sizes(data, ctx)
         except (KeyError, TypeError, AttributeError) as exc:
             raise ConfigError(f"cell record: missing or malformed field ({exc}).") from None
         ctx.raise_errors()
-        return cls(layer, settings, seed, repeats)
+        return cls(layer, settings, seed, repeats, batch_sizes)
+
+
+def parse_batch_sizes(data: Mapping[str, Any], ctx: Context) -> tuple[int, ...]:
+    """The ``batch_sizes`` key of a config or cell record: sorted, unique, each from 1 to MAX_BATCH_SIZE."""
+    raw = data.get("batch_sizes")
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise ctx.at("batch_sizes").fail(f"a non-empty list of batch sizes from 1 to {MAX_BATCH_SIZE:,}", raw)
+    sizes = [ctx.attempt(integer, b, ctx.at("batch_sizes").at(i), 1, MAX_BATCH_SIZE) for i, b in enumerate(raw)]
+    return tuple(sorted({size for size in sizes if size is not INVALID}))
 
 
 def axis_value(axis: str, value: Any, ctx: Context) -> Any:

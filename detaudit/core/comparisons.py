@@ -22,6 +22,7 @@ class Role(enum.Enum):
     DRIFT = "drift"  # a gap between two settings: measured, judged only by thresholds
     ACCURACY = "accuracy"  # a gap to the float64 truth: measured, judged only by thresholds
     IDENTITY = "identity"  # a mathematical identity: fails above a fixed limit (a TensorFlow bug)
+    INVARIANCE = "invariance"  # the same sample in another batch: judged by `expect.batch_invariant`
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,6 +35,13 @@ class ComparisonSpec:
     role: Role
     thresholds: bool  # whether `expect.max_ulp` / `max_ulp_scaled` may name it
     colour: str  # rich colour of a difference
+    #: The selector expectation (`expect.<name>: all|none|{axis: values}`) that judges this comparison's
+    #: differences, or None when only thresholds (or a fixed limit) judge it.
+    expectation: str | None = None
+    #: The module (loaded by the summary, never by core) whose ``section(table)`` and ``failures(table, config)``
+    #: say what this comparison found beyond the cell table, and which cells break its expectation; None for the
+    #: comparisons the cell table and the thresholds already show.
+    view: str | None = None
 
 
 class ComparisonKind(str, enum.Enum):
@@ -44,6 +52,7 @@ class ComparisonKind(str, enum.Enum):
     BASELINE = "baseline"
     REFERENCE = "reference"
     ADJOINT = "adjoint"
+    BATCH = "batch"
 
     @property
     def spec(self) -> ComparisonSpec:
@@ -56,6 +65,11 @@ class ComparisonKind(str, enum.Enum):
     @property
     def decides_determinism(self) -> bool:
         return self.spec.role is Role.DETERMINISM
+
+    @classmethod
+    def selector_expectations(cls) -> tuple[str, ...]:
+        """The `expect` keys that take a selector (all, none, or axis -> values), one per judged comparison."""
+        return tuple(dict.fromkeys(kind.spec.expectation for kind in cls if kind.spec.expectation))
 
     @classmethod
     def with_thresholds(cls) -> tuple[str, ...]:
@@ -71,10 +85,11 @@ class ComparisonKind(str, enum.Enum):
 
 _SPECS = {
     ComparisonKind.REPEAT: ComparisonSpec(
-        "run to run", "each repeat against the first, same process", "worker", Role.DETERMINISM, True, "red"),
+        "run to run", "each repeat against the first, same process", "worker", Role.DETERMINISM, True, "red",
+        "deterministic"),
     ComparisonKind.PROCESS: ComparisonSpec(
         "fresh process", "the cell replayed in a second fresh worker (replay_process: true)", "parent",
-        Role.DETERMINISM, True, "red"),
+        Role.DETERMINISM, True, "red", "deterministic"),
     ComparisonKind.BASELINE: ComparisonSpec(
         "vs baseline", "the cell against the baseline cell (same layer and seed), in the narrower compute dtype",
         "parent", Role.DRIFT, True, "yellow"),
@@ -84,4 +99,9 @@ _SPECS = {
     ComparisonKind.ADJOINT: ComparisonSpec(
         "adjoint", "the dot-product test <conv(z), x> = <z, conv_transpose(x)> in epsilons, and the reconstruction "
         "error of conv_transpose(conv(z))", "worker", Role.IDENTITY, False, "cyan"),
+    ComparisonKind.BATCH: ComparisonSpec(
+        "batch", "each sample's output and input gradient computed at another batch size (`batch_sizes`) against "
+        "its slice of the cell's pass; variable gradients (sums over the batch) against the float64 sum of the "
+        "per-sample gradients", "worker", Role.INVARIANCE, True, "blue", "batch_invariant",
+        "detaudit.analysis.batch_view"),
 }

@@ -25,12 +25,14 @@ import yaml
 from detaudit.core.axes import AXES
 from detaudit.core.cells import (
     CELL_ID,
+    MAX_BATCH_SIZE,
     MAX_REPEATS,
     MAX_SEED,
     SAFE_NAME,
     Cell,
     Settings,
     axis_value,
+    parse_batch_sizes,
     parse_settings,
 )
 from detaudit.core.comparisons import ComparisonKind
@@ -42,6 +44,7 @@ from detaudit.errors import ConfigError
 
 __all__ = [
     "CELL_ID",
+    "MAX_BATCH_SIZE",
     "MAX_REPEATS",
     "MAX_SEED",
     "Cell",
@@ -57,8 +60,8 @@ __all__ = [
 ]
 
 MAX_TIMEOUT_S = 7 * 24 * 3600.0
-TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "layers",
-            "matrix", "baseline", "expect")
+TOP_KEYS = ("name", "description", "seeds", "repeats", "timeout_s", "replay_process", "keep_tensors", "batch_sizes",
+            "layers", "matrix", "baseline", "expect")
 _DESCRIPTIONS = {
     "name": "a name of letters, digits, '.', '_' or '-'; the run id ends with it",
     "description": "free text",
@@ -67,6 +70,7 @@ _DESCRIPTIONS = {
     "timeout_s": "seconds one cell may take before its worker is killed (TensorFlow's start-up gets at least 120)",
     "replay_process": "replay every cell in a second fresh worker (the `process` comparison)",
     "keep_tensors": "keep each cell's first-repeat tensors in tensors/ (baseline and process ULPs need them)",
+    "batch_sizes": "batch sizes each cell's samples are also run at (the `batch` comparison); default none",
     "layers": "the layers under test",
     "matrix": "axis -> values; every combination is a cell",
     "baseline": "the settings every cell is compared with (run even when the matrix lacks them)",
@@ -93,13 +97,19 @@ class Expectations:
     deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
     max_ulp: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
     max_ulp_scaled: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
+    batch_invariant: tuple[tuple[str, tuple[Any, ...]], ...] | None = ()  # default: none
+
+    def selects(self, name: str, settings: Any) -> bool:
+        """Whether the selector expectation ``name`` (``deterministic``, ``batch_invariant``) covers ``settings``."""
+        selector = getattr(self, name)
+        if selector is None:
+            return True
+        if not selector:
+            return False
+        return all(getattr(settings, axis) in values for axis, values in selector)
 
     def must_be_deterministic(self, settings: Any) -> bool:
-        if self.deterministic is None:
-            return True
-        if not self.deterministic:
-            return False
-        return all(getattr(settings, axis) in values for axis, values in self.deterministic)
+        return self.selects("deterministic", settings)
 
     def threshold(self, kind: str, comparison: str, precision: str) -> float | None:
         table = dict(dict(getattr(self, kind)).get(comparison, ()))
@@ -121,6 +131,7 @@ class Config:
     keep_tensors: bool = True
     expect: Expectations = Expectations()
     source: str = "<dict>"
+    batch_sizes: tuple[int, ...] = ()
 
     @property
     def axes(self) -> dict[str, tuple[Any, ...]]:
@@ -131,6 +142,9 @@ class Config:
         expect: dict[str, Any] = {}
         if self.expect.deterministic is not None:
             expect["deterministic"] = {a: list(v) for a, v in self.expect.deterministic} or "none"
+        if self.expect.batch_invariant != ():
+            expect["batch_invariant"] = ("all" if self.expect.batch_invariant is None
+                                         else {a: list(v) for a, v in self.expect.batch_invariant})
         for kind in ("max_ulp", "max_ulp_scaled"):
             if getattr(self.expect, kind):
                 expect[kind] = {c: dict(t) for c, t in getattr(self.expect, kind)}
@@ -144,6 +158,7 @@ class Config:
             "baseline": self.baseline.as_dict(),
             "replay_process": self.replay_process,
             "keep_tensors": self.keep_tensors,
+            **({"batch_sizes": list(self.batch_sizes)} if self.batch_sizes else {}),
         }
         if expect:
             out["expect"] = expect
@@ -164,24 +179,25 @@ class Config:
 # ---------------------------------------------------------------------------
 
 
+def _selector(value: Any, dctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...] | None:
+    """``all`` (None), ``none`` (empty), or the cells matching every listed axis."""
+    if value in ("all", True):
+        return None
+    if value in ("none", False):
+        return ()
+    known = len(dctx.errors)
+    selector = mapping(value, dctx, tuple(AXES))
+    parsed = tuple((axis, tuple(axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
+                   for axis, vals in selector.items())
+    if not parsed and len(dctx.errors) == known:  # an unknown key was reported already
+        raise dctx.fail("all, none, or a mapping of axis to values", value)
+    return parsed
+
+
 def _expectations(raw: Any, ctx: Context) -> Expectations:
-    data = mapping(raw, ctx, ("deterministic", "max_ulp", "max_ulp_scaled"))
-    deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
-    if "deterministic" in data:
-        dctx = ctx.at("deterministic")
-        value = data["deterministic"]
-        if value in ("all", True):
-            deterministic = None
-        elif value in ("none", False):
-            deterministic = ()
-        else:
-            known = len(dctx.errors)
-            selector = mapping(value, dctx, tuple(AXES))
-            deterministic = tuple(
-                (axis, tuple(axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
-                for axis, vals in selector.items())
-            if not deterministic and len(dctx.errors) == known:  # an unknown key was reported already
-                raise dctx.fail("all, none, or a mapping of axis to values", value)
+    selectors = ComparisonKind.selector_expectations()
+    data = mapping(raw, ctx, (*selectors, "max_ulp", "max_ulp_scaled"))
+    chosen = {name: _selector(data[name], ctx.at(name)) for name in selectors if name in data}
     thresholds = {}
     precisions = tuple(AXES["precision"].choices or ()) + ("*",)
     for kind in ("max_ulp", "max_ulp_scaled"):
@@ -202,7 +218,7 @@ def _expectations(raw: Any, ctx: Context) -> Expectations:
                     raise cctx.at(precision).fail("a finite number >= 0", limit)
             parsed.append((comparison, tuple(sorted(per.items()))))
         thresholds[kind] = tuple(parsed)
-    return Expectations(deterministic, thresholds["max_ulp"], thresholds["max_ulp_scaled"])
+    return Expectations(max_ulp=thresholds["max_ulp"], max_ulp_scaled=thresholds["max_ulp_scaled"], **chosen)
 
 
 # ---------------------------------------------------------------------------
@@ -279,6 +295,7 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "replay_process": ctx.attempt(boolean, data.get("replay_process", False), ctx.at("replay_process")),
         "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
         "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
+        "batch_sizes": ctx.attempt(parse_batch_sizes, data, ctx),
     }
     expect, keep = fields["expect"], fields["keep_tensors"]
     if expect is not INVALID and keep is False:  # parent-measured gaps need the kept tensors, or go unmeasured
@@ -288,6 +305,10 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
                     ctx.errors.append(ctx.at("expect").at(kind).at(comparison).fail(
                         "no threshold on a comparison measured from kept tensors while keep_tensors is false "
                         "(set keep_tensors: true)", dict(dict(getattr(expect, kind))[comparison])))
+    if expect is not INVALID and expect.batch_invariant != () and not fields["batch_sizes"]:
+        ctx.errors.append(ctx.at("expect").at("batch_invariant").fail(
+            "no batch_invariant expectation without batch_sizes (add e.g. `batch_sizes: [1]`)",
+            (raw_expect if isinstance(raw_expect := data.get("expect"), dict) else {}).get("batch_invariant")))
     ctx.raise_errors()
     return Config(source=source, **fields)
 

@@ -35,7 +35,7 @@ def expand_matrix(config: Config) -> list[Cell]:
     points = [Settings(**dict(zip(AXES, combo))) for combo in itertools.product(*(axes[a] for a in AXES))]
     if config.baseline not in points:
         points.append(config.baseline)
-    return [Cell(layer, settings, seed, config.repeats)
+    return [Cell(layer, settings, seed, config.repeats, config.batch_sizes)
             for layer in config.layers for settings in points for seed in config.seeds]
 
 

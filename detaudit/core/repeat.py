@@ -11,6 +11,8 @@ first result that differed), whatever ``repeats`` is.
 from __future__ import annotations
 
 import dataclasses
+import statistics
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -48,6 +50,9 @@ class RepeatOutcome:
 
     repeats: int
     tensors: list[TensorOutcome]
+    #: Median wall time of one warm call of the step in milliseconds (calls 2 onwards: the first traces and
+    #: warms caches), the comparison excluded; None with a single call.
+    ms_per_pass: float | None = None
 
     @property
     def bitwise_equal(self) -> bool:
@@ -117,8 +122,11 @@ def repeat_and_compare(step: Callable[[], Sequence[Any]], repeats: int, *, names
     if len(labels) != len(first):
         raise ValueError(f"the step returned {len(first)} tensors for {len(labels)} names")
     outcomes = [TensorOutcome(name, value) for name, value in zip(labels, first)]
+    times: list[float] = []
     for call in range(2, repeats + 1):
+        started = time.perf_counter()
         later = _as_arrays(step())
+        times.append(time.perf_counter() - started)
         if len(later) != len(first):
             raise ValueError(f"call {call} returned {len(later)} tensors, call 1 returned {len(first)}")
         for outcome, value in zip(outcomes, later):
@@ -137,7 +145,12 @@ def repeat_and_compare(step: Callable[[], Sequence[Any]], repeats: int, *, names
                 outcome.n_repeats_differ += 1
                 if keep_first_difference and outcome.first_difference is None:
                     outcome.first_difference = (call, value.copy())
-    return RepeatOutcome(repeats, outcomes)
+    return RepeatOutcome(repeats, outcomes, median_ms(times))
+
+
+def median_ms(seconds: Sequence[float]) -> float | None:
+    """The median of durations in seconds, in milliseconds (None for none)."""
+    return 1000.0 * statistics.median(seconds) if seconds else None
 
 
 class DevicePass(Protocol):
@@ -162,16 +175,21 @@ def repeat_on_device(device_pass: DevicePass, repeats: int, *, names: Sequence[s
     is copied back only if it differed. ``n_repeats_differ`` and ``max_ulp``
     are exact; the other statistics are those of the repeat with the largest
     ULP gap (the host path folds the worst of each statistic over all repeats).
+    ``ms_per_pass`` is the later passes' total time, the one sync included, over
+    their number: a mean, since the passes are not waited for one by one.
     """
     if repeats < 1:
         raise ValueError(f"Invalid value for argument `repeats`. Expected an integer >= 1. Received repeats={repeats}.")
     outcomes = [TensorOutcome(name, value) for name, value in zip(names, _as_arrays(device_pass.first()))]
     if repeats == 1:
         return RepeatOutcome(repeats, outcomes)
+    started = time.perf_counter()
     for _ in range(repeats - 1):
         device_pass.later()
-    for outcome, (n_differ, worst_value) in zip(outcomes, device_pass.results()):
+    results = device_pass.results()
+    ms_per_pass = 1000.0 * (time.perf_counter() - started) / (repeats - 1)
+    for outcome, (n_differ, worst_value) in zip(outcomes, results):
         outcome.n_repeats_differ = int(n_differ)
         later = outcome.first if worst_value is None else np.asarray(worst_value)
         outcome.comparison = compare_any(later, outcome.first)
-    return RepeatOutcome(repeats, outcomes)
+    return RepeatOutcome(repeats, outcomes, ms_per_pass)

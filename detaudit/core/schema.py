@@ -19,6 +19,7 @@ from detaudit.core.config import (
     _DESCRIPTIONS,
     MAX_REPEATS,
     MAX_SEED,
+    MAX_BATCH_SIZE,
     MAX_TIMEOUT_S,
     TOP_KEYS,
 )
@@ -62,10 +63,13 @@ def config_schema() -> dict[str, Any]:
         "matrix": {"type": "object", "additionalProperties": False,
                    "properties": {name: _one_or_many(schema) for name, schema in axis_values.items()}},
         "baseline": {"type": "object", "additionalProperties": False, "properties": axis_values},
+        "batch_sizes": {"type": "array", "minItems": 1,
+                        "items": {"type": "integer", "minimum": 1, "maximum": MAX_BATCH_SIZE}},
         "expect": {"type": "object", "additionalProperties": False, "properties": {
-            "deterministic": {"oneOf": [{"enum": ["all", "none", True, False]},
-                                        {"type": "object", "additionalProperties": False,
-                                         "properties": {n: _one_or_many(s) for n, s in axis_values.items()}}]},
+            **{name: {"oneOf": [{"enum": ["all", "none", True, False]},
+                                {"type": "object", "additionalProperties": False,
+                                 "properties": {n: _one_or_many(s) for n, s in axis_values.items()}}]}
+               for name in ComparisonKind.selector_expectations()},
             "max_ulp": _threshold_table(), "max_ulp_scaled": _threshold_table()}},
     }
     assert set(properties) == set(TOP_KEYS), "every top-level key of the validator has a schema"

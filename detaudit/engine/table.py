@@ -35,17 +35,18 @@ COLUMNS = [
     "n_mismatch", "bitwise_equal", "max_ulp", "p99_ulp", "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch",
     "digest", "status", "message", "seconds",
     "input_shape", "p50_ulp", "mean_ulp", "n_repeats_differ", "reference_cell", "adjoint_eps", "reconstruction",
-    "ref_scale", "op",
+    "ref_scale", "op", "ms_per_pass", "batch_size", "n_samples_differ", "sample", "closer_batch",
 ]
 _INT_COLUMNS = ["n_elements", "n_mismatch", "max_ulp", "p99_ulp", "p50_ulp", "n_nan_mismatch", "n_repeats_differ"]
 _FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds", "adjoint_eps", "reconstruction",
-                  "ref_scale"]
+                  "ref_scale", "ms_per_pass"]
+_SMALL_INT_COLUMNS = ["batch_size", "n_samples_differ", "sample", "closer_batch"]  # nullable Int64, not counts
 _STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell", "op"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
-REPEAT, PROCESS, BASELINE, REFERENCE, ADJOINT = (ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value,
-                                                 ComparisonKind.BASELINE.value, ComparisonKind.REFERENCE.value,
-                                                 ComparisonKind.ADJOINT.value)
+REPEAT, PROCESS, BASELINE, REFERENCE, ADJOINT, BATCH = (
+    ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value, ComparisonKind.BASELINE.value,
+    ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value, ComparisonKind.BATCH.value)
 
 
 def _base_row(run_id: str, cell: Cell) -> dict[str, Any]:
@@ -61,7 +62,7 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
         return [{**base, "tensor": None}]
     ops = record.get("ops") or {}
     rows = [{**base, "tensor": t["tensor"], "dtype": t["dtype"], "digest": t["digest"],
-             "op": op_label(ops.get(t["tensor"])) or None,
+             "op": op_label(ops.get(t["tensor"])) or None, "ms_per_pass": record.get("ms_per_pass"),
              "n_repeats_differ": t.get("n_repeats_differ"), **{k: t.get(k) for k in _STAT_FIELDS}}
             for t in record["tensors"]]
     dtypes = {t["tensor"]: t["dtype"] for t in record["tensors"]}
@@ -75,7 +76,19 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
                      "seconds": None, "adjoint_eps": adjoint.get("adjoint_eps"),
                      "reconstruction": adjoint.get("reconstruction"),
                      "status": "error" if adjoint.get("error") else "ok", "message": adjoint.get("error") or ""})
+    rows.extend(_batch_rows(base, record.get("batch"), dtypes))
     return rows
+
+
+def _batch_rows(base: dict[str, Any], batch: dict[str, Any] | None, dtypes: dict[str, str]) -> list[dict[str, Any]]:
+    """The ``batch`` comparison's rows: one per tensor and batch size, or one error row."""
+    if not batch:
+        return []
+    base = {**base, "comparison": BATCH, "seconds": None}
+    if batch.get("error"):
+        return [{**base, "tensor": None, "status": "error", "message": batch["error"]}]
+    return [{**base, "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]), "ref_scale": t.get("ref_scale"),
+             **{k: t.get(k) for k in (*_STAT_FIELDS, *_SMALL_INT_COLUMNS)}} for t in batch.get("rows", [])]
 
 
 @functools.lru_cache(maxsize=64)
@@ -196,6 +209,8 @@ def typed(table: pd.DataFrame) -> pd.DataFrame:
         table[column] = table[column].astype("UInt64")
     for column in _FLOAT_COLUMNS:
         table[column] = table[column].astype("float64")
+    for column in _SMALL_INT_COLUMNS:
+        table[column] = table[column].astype("Int64")
     table["bitwise_equal"] = table["bitwise_equal"].astype("boolean")
     for name, axis in AXES.items():
         table[name] = table[name].astype(axis.column_dtype if axis.column_dtype != "string" else "object")

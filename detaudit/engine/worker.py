@@ -33,7 +33,7 @@ from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
-from detaudit.engine import backends, channel, standalone
+from detaudit.engine import backends, batch_invariance, channel, standalone
 from detaudit.errors import DiskFullError, one_line
 
 LIFELINE_EXIT = 70  # the parent is gone
@@ -128,6 +128,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             else:
                 outcome = repeat_and_compare(case.step, cell.repeats, names=case.names)
             record["compared_on"] = "device" if applied.compare_on_device else "host"
+            record["ms_per_pass"] = outcome.ms_per_pass
             first = [t.first for t in outcome.tensors]
             record["tensors"] = _tensor_records(outcome)
             producers = backend.producers(case, applied.device, cell.settings.xla == "on")
@@ -142,6 +143,8 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
                     record["adjoint"] = adjoint
             except Exception as exc:  # noqa: BLE001 - e.g. CPU kernels refusing a dilated transpose: data
                 record["adjoint"] = {"error": one_line(exc)}
+            if cell.batch_sizes:
+                record["batch"] = batch_invariance.measure(cell, case, first, truth, applied.xla)
         if tensor_path is not None:
             from detaudit.engine.store import save_tensors
 

@@ -157,6 +157,11 @@ def render_run(summary: RunSummary) -> RenderableType:
             parts.append(Text(f"  … and {len(summary.findings) - _MAX_FINDINGS} more (detaudit show --json, or "
                               "results.parquet)", style=theme.style("muted")))
     parts.extend(render_known(summary.known))
+    for section in summary.sections:  # whatever a comparison has to say beyond the table, drawn alike
+        parts.append(Text(f"{section.title}:", style="bold"))
+        parts.append(_bullets("•", [(line.text, "yellow" if line.notable else "default") for line in section.lines]))
+        if section.legend:
+            parts.append(Text(section.legend, style="dim"))
     completeness = summary.completeness
     if completeness.bad_lines:
         missing = "" if completeness.complete else "; their cells count as missing"

@@ -171,7 +171,8 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
         facts.append(("format", f"written by format {summary.upgraded_from}, read upgraded"))
     counts = "".join(f"<span class='c'>{_verdict_badge(v)} {summary.counts[v.value]:,}</span>"
                      for v in Verdict if summary.counts.get(v.value))
-    sections = [("findings", "findings"), ("drift", "drift matrix"), ("verdicts", "verdicts"), ("cells", "cells")]
+    sections = [("findings", "findings"), *[(s.key, s.title.lower()) for s in summary.sections],
+                ("drift", "drift matrix"), ("verdicts", "verdicts"), ("cells", "cells")]
     if comparison is not None and (comparison.changes or comparison.environment or comparison.ignored_axes):
         sections.insert(0, ("comparison", "drift against " + comparison.base_id))
     parts = [f"<h1>detaudit run {_e(stored.run_id)}</h1>", _facts(facts),
@@ -193,6 +194,11 @@ def render_html(stored: StoredRun, summary: RunSummary, comparison: RunCompariso
     parts += _known_section(summary.known)
     parts += _comparison_section(comparison)
     parts += _findings_section(summary.findings)
+    for section in summary.sections:  # what a comparison says beyond the tables, drawn alike whatever it is
+        items = "".join(f"<li>{'<b>' if line.notable else ''}{_e(line.text)}{'</b>' if line.notable else ''}</li>"
+                        for line in section.lines)
+        parts.append(f"<h2 id='{_e(section.key)}'>{_e(section.title)}</h2><ul>{items}</ul>"
+                     f"<p class='small'>{_e(section.legend)}</p>")
     parts += _drift_section(summary)
     parts += _heat_section(summary, names)
     parts += _cells_section(summary, names)
