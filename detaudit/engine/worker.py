@@ -144,7 +144,8 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             except Exception as exc:  # noqa: BLE001 - e.g. CPU kernels refusing a dilated transpose: data
                 record["adjoint"] = {"error": one_line(exc)}
             if cell.batch_sizes:
-                record["batch"] = batch_invariance.measure(cell, case, first, truth, applied.xla)
+                bound = batch_invariance.Backend(lambda spec: backend.build(spec, cell.seed, applied), backend.step_on)
+                record["batch"] = batch_invariance.measure(cell, case, first, truth, bound)
         if tensor_path is not None:
             from detaudit.engine.store import save_tensors
 

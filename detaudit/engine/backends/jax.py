@@ -19,7 +19,7 @@ from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.engine.backends import keras_case
 
 __all__ = ["JaxCase", "adjoint", "applied_per_cell", "build", "fingerprint", "producers", "reported_settings",
-           "status_of"]
+           "status_of", "step_on"]
 
 _BITS = {"float16": jnp.int16, "bfloat16": jnp.int16, "float32": jnp.int32, "float64": jnp.int64}
 
@@ -172,3 +172,8 @@ def fingerprint() -> dict[str, Any]:
             for d in devices if d.platform == "gpu"]
     return {"version": jax.__version__, "cuda_version": cuda, "cudnn_version": cudnn,
             "devices": [str(d) for d in devices], "gpus": gpus}
+
+
+def step_on(case: JaxCase, x: np.ndarray, upstream: np.ndarray) -> list[np.ndarray]:
+    """One pass of ``case``'s jitted VJP on other inputs (host arrays of its dtypes), as host arrays."""
+    return [keras_case.host_copy(t) for t in case.compiled(jnp.asarray(x), case.weights, jnp.asarray(upstream))]

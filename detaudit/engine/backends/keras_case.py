@@ -16,10 +16,10 @@ import numpy as np
 
 from detaudit.engine.standalone import BUILDERS, seeded_values, tensor_names
 
-__all__ = ["SeededLayer", "adjoint_gap", "host_copy"]
+__all__ = ["SeededLayer", "adjoint_gap", "host_copy", "to_tensor"]
 
 
-def _tensor(values: np.ndarray, dtype: str) -> Any:
+def to_tensor(values: np.ndarray, dtype: str) -> Any:
     """A framework tensor of ``dtype`` holding ``values`` exactly (16-bit values are exact in float32)."""
     return keras.ops.convert_to_tensor(values.astype(np.float32) if dtype == "bfloat16" else values, dtype=dtype)
 
@@ -43,15 +43,15 @@ class SeededLayer:
         self.layer = BUILDERS[builder](kind, params)
         policy = keras.config.dtype_policy()
         x_np = np.random.default_rng([seed, 0]).standard_normal(tuple(input_shape), dtype=np.float32)
-        self.x = _tensor(x_np.astype(policy.variable_dtype), policy.variable_dtype)
+        self.x = to_tensor(x_np.astype(policy.variable_dtype), policy.variable_dtype)
         y = self.layer(self.x)  # builds the weights
         rng = np.random.default_rng([seed, 1])  # each stream its own: adding a weight never shifts the input
         for variable in self.layer.trainable_variables:
-            variable.assign(_tensor(seeded_values(rng, tuple(variable.shape)).astype(variable.dtype), variable.dtype))
+            variable.assign(to_tensor(seeded_values(rng, tuple(variable.shape)).astype(variable.dtype), variable.dtype))
         self.output_shape = tuple(int(n) for n in y.shape)
         y_dtype = keras.backend.standardize_dtype(y.dtype)
         dy_np = np.random.default_rng([seed, 2]).standard_normal(self.output_shape, dtype=np.float32)
-        self.upstream = _tensor(dy_np.astype(y_dtype), y_dtype)
+        self.upstream = to_tensor(dy_np.astype(y_dtype), y_dtype)
         self.variables = list(self.layer.trainable_variables)
         self.names = tensor_names(self.variables)
 
@@ -68,7 +68,7 @@ def adjoint_gap(x: Any, kernel: Any, z: np.ndarray, params: dict[str, Any]) -> d
                "dilation_rate": tuple(params["dilation_rate"])}
     padding = params.get("output_padding")
     transpose = {**options, "output_padding": None if padding is None else tuple(padding)}
-    zt = _tensor(z.astype(dtype), dtype)
+    zt = to_tensor(z.astype(dtype), dtype)
     tx = keras.ops.conv_transpose(x, kernel, **transpose)
     cz = keras.ops.conv(zt, kernel, **options)
     back = keras.ops.conv_transpose(cz, kernel, **transpose)

@@ -15,7 +15,8 @@ import tensorflow as tf
 from detaudit.core.knowledge import is_determinism_refusal
 from detaudit.engine import standalone
 
-__all__ = ["adjoint", "applied_per_cell", "build", "fingerprint", "producers", "reported_settings", "status_of"]
+__all__ = ["adjoint", "applied_per_cell", "build", "fingerprint", "producers", "reported_settings", "status_of",
+           "step_on"]
 
 
 def build(spec: Any, seed: int, applied: Any) -> standalone.Case:
@@ -80,3 +81,8 @@ def fingerprint() -> dict[str, Any]:
     facts = tensorflow_fingerprint()
     return {"version": facts["tensorflow_version"], **{k: facts[k] for k in ("cuda_version", "cudnn_version",
                                                                                "devices", "gpus")}}
+
+
+def step_on(case: standalone.Case, x: np.ndarray, upstream: np.ndarray) -> list[np.ndarray]:
+    """One pass of ``case``'s traced graph on other inputs (host arrays of its dtypes), as host arrays."""
+    return [np.array(t) for t in case.concrete(tf.constant(x), tf.constant(upstream))]

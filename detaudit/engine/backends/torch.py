@@ -16,7 +16,7 @@ import torch
 from detaudit.engine.backends import keras_case
 
 __all__ = ["TorchCase", "adjoint", "applied_per_cell", "build", "fingerprint", "producers", "reported_settings",
-           "status_of"]
+           "status_of", "step_on"]
 
 _BITS = {torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32,
          torch.float64: torch.int64}
@@ -137,3 +137,9 @@ def fingerprint() -> dict[str, Any]:
     return {"version": torch.__version__, "cuda_version": torch.version.cuda,
             "cudnn_version": None if cudnn is None else str(cudnn),
             "devices": ["cpu", *(g["device"] for g in gpus)], "gpus": gpus}
+
+
+def step_on(case: TorchCase, x: np.ndarray, upstream: np.ndarray) -> list[np.ndarray]:
+    """One pass of ``case`` on other inputs (host arrays of its dtypes), as host arrays."""
+    tensors = [keras_case.to_tensor(a, str(a.dtype)) for a in (x, upstream)]
+    return [keras_case.host_copy(t) for t in case.forward_backward(*tensors)]
