@@ -9,7 +9,6 @@ Pure pandas; no TensorFlow, no rich.
 from __future__ import annotations
 
 import dataclasses
-import enum
 import importlib
 import json
 import math
@@ -41,25 +40,11 @@ from detaudit.analysis.verdicts import (
 )
 from detaudit.core.axes import compute_dtype
 from detaudit.core.comparisons import ComparisonKind
+from detaudit.core.vocabulary import OneDnnState, RunStatus
 from detaudit.core.kinds import kind_of
 from detaudit.core.knowledge import KnownBug, judge_known_bugs
 
 __all__ = ["CellView", "Gap", "KnownMatch", "RunStatus", "RunSummary", "build_summary", "cell_facts"]
-
-_REPEAT, _BASELINE, _REFERENCE, _ADJOINT = (ComparisonKind.REPEAT.value, ComparisonKind.BASELINE.value,
-                                            ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value)
-
-
-class RunStatus(str, enum.Enum):
-    """The run's one-word answer. INCOMPLETE wins over PASS: missing cells cannot pass."""
-
-    PASS = "PASS"
-    FAIL = "FAIL"
-    INCOMPLETE = "INCOMPLETE"
-
-    @property
-    def style(self) -> str:
-        return {"PASS": "bold green", "FAIL": "bold red", "INCOMPLETE": "bold yellow"}[self.value]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -223,16 +208,16 @@ def cell_facts(row: dict[str, Any], onednn: str | None, tensorflow: str | None) 
             "precision": row.get("precision"), "xla": row.get("xla"), "device": str(row.get("device", "")).split(":")[0],
             "onednn": onednn, "tensor": row.get("tensor"), "tensorflow": tensorflow,
             "adjoint_eps": None if pd.isna(row.get("adjoint_eps")) else row.get("adjoint_eps"),
-            "rel_error": relative_error(row) if row.get("comparison") == _REFERENCE else None}
+            "rel_error": relative_error(row) if row.get("comparison") == ComparisonKind.REFERENCE.value else None}
 
 
 def _onednn_paths(stored: StoredRun) -> dict[str, str]:
     """oneDNN on/off per cell, as its worker reported it (format 1: per group; "*": the host's state)."""
-    host = str((stored.meta.get("host") or {}).get("onednn_state", "")).split(" ")[0]
-    groups = {g: str((a or {}).get("onednn", "")).split(" ")[0] for g, a in (stored.meta.get("groups") or {}).items()}
+    host = OneDnnState.parse((stored.meta.get("host") or {}).get("onednn_state")).word
+    groups = {g: OneDnnState.parse((a or {}).get("onednn")).word for g, a in (stored.meta.get("groups") or {}).items()}
     out = {"*": host}
     for record in stored.records:
-        applied = str((record.get("applied") or {}).get("onednn", "")).split(" ")[0]
+        applied = OneDnnState.parse((record.get("applied") or {}).get("onednn")).word
         out[record["cell_id"]] = applied or groups.get(str(record.get("group", "")), "") or host
     return out
 
@@ -242,7 +227,7 @@ def _known(stored: StoredRun, table: pd.DataFrame) -> tuple[list[KnownMatch], di
     tf_version = (stored.meta.get("tensorflow") or {}).get("tensorflow_version")
     onednn = _onednn_paths(stored)
     matches, marks, excused = [], {}, set()
-    rows = table[table["comparison"].isin([_ADJOINT, _REFERENCE]) & (table["status"] == "ok")]
+    rows = table[table["comparison"].isin([ComparisonKind.ADJOINT.value, ComparisonKind.REFERENCE.value]) & (table["status"] == "ok")]
     for row in rows.to_dict("records"):
         facts = cell_facts(row, onednn.get(row["cell_id"], onednn.get("*")), tf_version)
         for bug, shows in judge_known_bugs(facts):
@@ -250,7 +235,7 @@ def _known(stored: StoredRun, table: pd.DataFrame) -> tuple[list[KnownMatch], di
             if not shows:
                 matches.append(KnownMatch(bug, label, "no longer reproduces", fixed=True))
                 continue
-            adjoint = row["comparison"] == _ADJOINT
+            adjoint = row["comparison"] == ComparisonKind.ADJOINT.value
             detail = (f"adjoint test {facts['adjoint_eps']:.3g} eps" if adjoint
                       else f"{row['tensor']} {100 * (facts['rel_error'] or 0):.2g}% off float64")
             # Only a failure the bug explains is excused: an adjoint test above its limit.
@@ -301,7 +286,7 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
     for view in _views():
         for cell_id, found in view.failures(table, config).items():
             failures.setdefault(cell_id, []).extend(found)
-    adjoint = table[(table["comparison"] == _ADJOINT) & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
+    adjoint = table[(table["comparison"] == ComparisonKind.ADJOINT.value) & (table["adjoint_eps"] > ADJOINT_LIMIT_EPS)]
     for row in adjoint.to_dict("records"):
         if row["cell_id"] in excused and not strict:
             continue
@@ -341,8 +326,8 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     verdicts = cell_verdicts(table)
     matches, marks, excused = _known(stored, table)
     per_cell = _failures(stored, verdicts, excused, strict)
-    baseline_gaps, reference_gaps = _gaps(table, _BASELINE), _gaps(table, _REFERENCE)
-    adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == _ADJOINT].to_dict("records")}
+    baseline_gaps, reference_gaps = _gaps(table, ComparisonKind.BASELINE.value), _gaps(table, ComparisonKind.REFERENCE.value)
+    adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == ComparisonKind.ADJOINT.value].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
     timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
     cells, skipped = [], Counter()

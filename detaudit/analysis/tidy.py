@@ -18,9 +18,11 @@ from pathlib import Path
 
 import pandas as pd
 
+from detaudit.analysis.run_facts import RunFacts
 from detaudit.analysis.runs import list_runs, load_run
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind, Role
+from detaudit.core.vocabulary import Status
 from detaudit.engine.store import RunKind
 from detaudit.errors import RunDirError
 from detaudit.errors import a_or_an as _a
@@ -29,20 +31,17 @@ __all__ = ["RUN_COLUMNS", "load_runs"]
 
 #: Run-level facts joined to every row.
 RUN_COLUMNS = ["started", "config", "tensorflow", "keras", "detaudit_version", "device_name", "cpu", "onednn"]
-_STATUSES = ["ok", "skipped", "unsupported", "error", "crash", "timeout"]
+_STATUSES = [status.value for status in Status]
 _PARAMS = ["kind", "filters", "kernel_size", "strides", "padding", "dilation_rate", "output_padding"]
 
 
 def _run_facts(meta: dict) -> dict:
-    tf = meta.get("tensorflow") or {}
-    host = meta.get("host") or {}
-    gpus = [g.get("name") or g.get("device") for g in tf.get("gpus", [])]
+    facts = RunFacts.from_meta(meta)
     # A start time that is not one (a hand-edited meta.json) is missing, not an error of the whole call.
-    return {"started": pd.to_datetime(meta.get("started") or None, errors="coerce", utc=True),
-            "config": meta.get("config_name"), "tensorflow": tf.get("tensorflow_version"),
-            "keras": tf.get("keras_version"), "detaudit_version": host.get("detaudit_version"),
-            "device_name": ", ".join(gpus) if gpus else "CPU", "cpu": host.get("cpu_model"),
-            "onednn": str(host.get("onednn_state") or "").split(" ")[0] or None}
+    return {"started": pd.to_datetime(facts.started, errors="coerce", utc=True), "config": facts.config_name,
+            "tensorflow": facts.tensorflow_version, "keras": facts.keras_version,
+            "detaudit_version": facts.detaudit_version, "device_name": ", ".join(facts.gpus) if facts.gpus else "CPU",
+            "cpu": facts.cpu_model, "onednn": facts.onednn.word or None}
 
 
 def _with_run_facts(table: pd.DataFrame, meta: dict) -> pd.DataFrame:

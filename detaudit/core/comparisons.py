@@ -3,7 +3,7 @@
 Every ``comparison`` value of the results table is a :class:`ComparisonKind`;
 its :class:`ComparisonSpec` is the one place that says where it is measured,
 whether it decides a cell's verdict, whether a config may set ULP thresholds on
-it, and how it is labelled and coloured. Renderers, the table builder and the
+it, and how it is labelled (colours: :mod:`detaudit.render.theme`). Renderers, the table builder and the
 config validator read these; none of them spells the names on its own.
 """
 
@@ -34,7 +34,6 @@ class ComparisonSpec:
     measured_in: str  # "worker" (in the cell's process) or "parent" (from two cells' stored tensors)
     role: Role
     thresholds: bool  # whether `expect.max_ulp` / `max_ulp_scaled` may name it
-    colour: str  # rich colour of a difference
     #: The selector expectation (`expect.<name>: all|none|{axis: values}`) that judges this comparison's
     #: differences, or None when only thresholds (or a fixed limit) judge it.
     expectation: str | None = None
@@ -85,23 +84,23 @@ class ComparisonKind(str, enum.Enum):
 
 _SPECS = {
     ComparisonKind.REPEAT: ComparisonSpec(
-        "run to run", "each repeat against the first, same process", "worker", Role.DETERMINISM, True, "red",
+        "run to run", "each repeat against the first, same process", "worker", Role.DETERMINISM, True,
         "deterministic"),
     ComparisonKind.PROCESS: ComparisonSpec(
         "fresh process", "the cell replayed in a second fresh worker (replay_process: true)", "parent",
-        Role.DETERMINISM, True, "red", "deterministic"),
+        Role.DETERMINISM, True, "deterministic"),
     ComparisonKind.BASELINE: ComparisonSpec(
         "vs baseline", "the cell against the baseline cell (same layer and seed), in the narrower compute dtype",
-        "parent", Role.DRIFT, True, "yellow"),
+        "parent", Role.DRIFT, True),
     ComparisonKind.REFERENCE: ComparisonSpec(
         "vs float64", "the cell against an independent NumPy float64 computation from the same values, rounded to "
-        "each tensor's dtype", "worker", Role.ACCURACY, True, "magenta"),
+        "each tensor's dtype", "worker", Role.ACCURACY, True),
     ComparisonKind.ADJOINT: ComparisonSpec(
         "adjoint", "the dot-product test <conv(z), x> = <z, conv_transpose(x)> in epsilons, and the reconstruction "
-        "error of conv_transpose(conv(z))", "worker", Role.IDENTITY, False, "cyan"),
+        "error of conv_transpose(conv(z))", "worker", Role.IDENTITY, False),
     ComparisonKind.BATCH: ComparisonSpec(
         "batch", "each sample's output and input gradient computed at another batch size (`batch_sizes`) against "
         "its slice of the cell's pass; variable gradients (sums over the batch) against the float64 sum of the "
-        "per-sample gradients", "worker", Role.INVARIANCE, True, "blue", "batch_invariant",
+        "per-sample gradients", "worker", Role.INVARIANCE, True, "batch_invariant",
         "detaudit.analysis.batch_view"),
 }

@@ -74,20 +74,6 @@ class Verdict(str, enum.Enum):
         except ValueError:
             return cls.ERROR
 
-    # Transitional: render/html (being split into a package) still reads these two; once it asks
-    # detaudit.render.theme (``theme.colour("verdict", v)``) delete them. Nothing else may use them.
-    @property
-    def style(self) -> str:
-        from detaudit.render import theme
-
-        return theme.style("verdict", self)
-
-    @property
-    def colour(self) -> str:
-        from detaudit.render import theme
-
-        return theme.colour("verdict", self)
-
     def __str__(self) -> str:
         return self.value
 

@@ -17,13 +17,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from detaudit.core.cells import CELL_ID
+from detaudit.core.vocabulary import Status
 
 __all__ = ["FAILED_STATUSES", "STATUSES", "CellRecord", "InvalidRecord"]
 
 #: Every status a record may have: measured (ok), refused (skipped, unsupported, error), or lost with its worker.
-STATUSES = ("ok", "skipped", "unsupported", "error", "crash", "timeout")
+STATUSES = tuple(status.value for status in Status)
 #: The statuses of a cell whose worker died or hung under it: what ``run --resume --retry-failed`` runs again.
-FAILED_STATUSES = ("crash", "timeout")
+FAILED_STATUSES = tuple(status.value for status in Status if status.failed)
 #: The keys the record itself holds; anything else the worker measured (applied, ops, reference, adjoint, ...)
 #: travels in ``details``.
 _OWN_KEYS = ("cell_id", "status", "message", "seconds", "tensors", "log", "replay", "group", "cell")

@@ -25,6 +25,7 @@ from typing import IO, Any
 
 from detaudit.core.axes import environment_changes
 from detaudit.core.cells import Cell
+from detaudit.core.vocabulary import Status
 from detaudit.engine.cell_record import CellRecord
 from detaudit.engine.store import disk_full
 from detaudit.errors import DiskFullError
@@ -254,7 +255,7 @@ def describe_death(outcome: WorkerOutcome, timeout_s: float) -> tuple[str, str]:
     tail = outcome.stderr_tail.splitlines()[-3:] if outcome.stderr_tail else []
     detail = ": " + " | ".join(line.strip() for line in tail) if tail else ""
     if outcome.timed_out:
-        return "timeout", f"worker exceeded timeout_s={timeout_s:g}{detail}"
+        return Status.TIMEOUT, f"worker exceeded timeout_s={timeout_s:g}{detail}"
     rc = outcome.returncode
     if rc is not None and rc < 0:
         try:
@@ -264,7 +265,7 @@ def describe_death(outcome: WorkerOutcome, timeout_s: float) -> tuple[str, str]:
         why = f"worker killed by {name}" + (" (out of memory?)" if name == "SIGKILL" else "")
     else:
         why = f"worker exited with code {rc}"
-    return "crash", why + detail
+    return Status.CRASH, why + detail
 
 
 class WorkerRefused(Exception):  # noqa: N818 - a worker's report, turned into the config's error by the run

@@ -23,6 +23,7 @@ from detaudit.core.axes import AXES, compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
 from detaudit.core.numerics import compare, max_finite_abs, narrower_dtype
+from detaudit.core.vocabulary import Status
 from detaudit.engine.ops import op_label
 from detaudit.engine.store import RunStore, load_tensors
 from detaudit.errors import ConfigError
@@ -44,9 +45,6 @@ _SMALL_INT_COLUMNS = ["batch_size", "n_samples_differ", "sample", "closer_batch"
 _STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell", "op"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
-REPEAT, PROCESS, BASELINE, REFERENCE, ADJOINT, BATCH = (
-    ComparisonKind.REPEAT.value, ComparisonKind.PROCESS.value, ComparisonKind.BASELINE.value,
-    ComparisonKind.REFERENCE.value, ComparisonKind.ADJOINT.value, ComparisonKind.BATCH.value)
 
 
 def _base_row(run_id: str, cell: Cell) -> dict[str, Any]:
@@ -56,9 +54,9 @@ def _base_row(run_id: str, cell: Cell) -> dict[str, Any]:
 
 
 def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[str, Any]]:
-    base = {**_base_row(run_id, cell), "comparison": REPEAT, "status": record["status"],
+    base = {**_base_row(run_id, cell), "comparison": ComparisonKind.REPEAT.value, "status": record["status"],
             "message": record.get("message", ""), "seconds": record.get("seconds")}
-    if record["status"] != "ok" or not record.get("tensors"):
+    if record["status"] != Status.OK.value or not record.get("tensors"):
         return [{**base, "tensor": None}]
     ops = record.get("ops") or {}
     rows = [{**base, "tensor": t["tensor"], "dtype": t["dtype"], "digest": t["digest"],
@@ -67,15 +65,18 @@ def _record_rows(run_id: str, cell: Cell, record: dict[str, Any]) -> list[dict[s
             for t in record["tensors"]]
     dtypes = {t["tensor"]: t["dtype"] for t in record["tensors"]}
     for t in record.get("reference", []):
-        rows.append({**base, "comparison": REFERENCE, "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]),
+        rows.append({**base, "comparison": ComparisonKind.REFERENCE.value, "tensor": t["tensor"],
+                     "dtype": dtypes.get(t["tensor"]),
                      "op": op_label(ops.get(t["tensor"])) or None,
                      "seconds": None, "ref_scale": t.get("ref_scale"), **{k: t.get(k) for k in _STAT_FIELDS}})
     adjoint = record.get("adjoint")
     if adjoint:
-        rows.append({**base, "comparison": ADJOINT, "tensor": "output", "dtype": adjoint.get("dtype"),
+        rows.append({**base, "comparison": ComparisonKind.ADJOINT.value, "tensor": "output",
+                     "dtype": adjoint.get("dtype"),
                      "seconds": None, "adjoint_eps": adjoint.get("adjoint_eps"),
                      "reconstruction": adjoint.get("reconstruction"),
-                     "status": "error" if adjoint.get("error") else "ok", "message": adjoint.get("error") or ""})
+                     "status": Status.ERROR.value if adjoint.get("error") else Status.OK.value,
+                     "message": adjoint.get("error") or ""})
     rows.extend(_batch_rows(base, record.get("batch"), dtypes))
     return rows
 
@@ -84,9 +85,9 @@ def _batch_rows(base: dict[str, Any], batch: dict[str, Any] | None, dtypes: dict
     """The ``batch`` comparison's rows: one per tensor and batch size, or one error row."""
     if not batch:
         return []
-    base = {**base, "comparison": BATCH, "seconds": None}
+    base = {**base, "comparison": ComparisonKind.BATCH.value, "seconds": None}
     if batch.get("error"):
-        return [{**base, "tensor": None, "status": "error", "message": batch["error"]}]
+        return [{**base, "tensor": None, "status": Status.ERROR.value, "message": batch["error"]}]
     return [{**base, "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]), "ref_scale": t.get("ref_scale"),
              **{k: t.get(k) for k in (*_STAT_FIELDS, *_SMALL_INT_COLUMNS)}} for t in batch.get("rows", [])]
 
@@ -115,10 +116,10 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
     reference_cell = reference.cell_id
     compute = [compute_dtype(cell.settings.precision), compute_dtype(reference.settings.precision)]
     base = {**_base_row(run_id, cell), "comparison": comparison, "reference_cell": reference_cell,
-            "status": "ok", "message": "", "seconds": None}
-    if other["status"] != "ok":
-        what = "replay" if comparison == PROCESS else f"baseline cell {reference_cell}"
-        status = other["status"] if comparison == PROCESS else "skipped"
+            "status": Status.OK.value, "message": "", "seconds": None}
+    if other["status"] != Status.OK.value:
+        what = "replay" if comparison == ComparisonKind.PROCESS else f"baseline cell {reference_cell}"
+        status = other["status"] if comparison == ComparisonKind.PROCESS else Status.SKIPPED.value
         return [{**base, "tensor": None, "status": status,
                  "message": f"{what} has status {other['status']}: {other.get('message', '')}"[:600]}]
     theirs_meta = {t["tensor"]: t for t in other.get("tensors", [])}
@@ -182,18 +183,19 @@ def build_table(store: RunStore, config: Config, cells: list[Cell] | None = None
         if cell is None:
             continue
         rows.extend(_record_rows(run_id, cell, record))
-        if record["status"] != "ok":
+        if record["status"] != Status.OK.value:
             continue
         mine = _tensors(store.tensor_path(cell_id)) if config.keep_tensors else None
         replay = replays.get(cell_id)
         if replay is not None:
             theirs = _tensors(store.tensor_path(cell_id, replay=True)) if config.keep_tensors else None
-            rows.extend(_pair_rows(run_id, cell, record, replay, PROCESS, mine, theirs, cell))
+            rows.extend(_pair_rows(run_id, cell, record, replay, ComparisonKind.PROCESS.value, mine, theirs, cell))
         baseline = Cell(cell.layer, config.baseline, cell.seed, cell.repeats)
         reference = records.get(baseline.cell_id)
         if reference is not None and baseline.cell_id != cell_id:
             theirs = _tensors(store.tensor_path(baseline.cell_id)) if config.keep_tensors else None
-            rows.extend(_pair_rows(run_id, cell, record, reference, BASELINE, mine, theirs, baseline))
+            rows.extend(_pair_rows(run_id, cell, record, reference, ComparisonKind.BASELINE.value, mine, theirs,
+                                   baseline))
     # Config order, not finishing order: tables of the same config line up row for row.
     position = {cell_id: i for i, cell_id in enumerate(order)}
     rows.sort(key=lambda r: (position.get(r["cell_id"], len(position)), ComparisonKind(r["comparison"]).order))

@@ -33,6 +33,7 @@ from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
+from detaudit.core.vocabulary import Status
 from detaudit.engine import backends, batch_invariance, channel, standalone
 from detaudit.errors import DiskFullError, one_line
 
@@ -112,12 +113,12 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
 
     backend = backends.load(cell.settings.backend)
     started = time.perf_counter()
-    record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": "ok", "message": "", "tensors": []}
+    record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": Status.OK, "message": "", "tensors": []}
     try:
         applied = standalone.apply_cell(settings_spec(cell.settings.as_dict()))
         unsupported = applied.unavailable if applied.unsupported else _unsupported_kind(cell)
         if unsupported or applied.device is None:
-            record.update(status="unsupported" if unsupported else "skipped", message=unsupported or
+            record.update(status=Status.UNSUPPORTED if unsupported else Status.SKIPPED, message=unsupported or
                           applied.unavailable, seconds=0.0)
             return record
         record["applied"] = backend.applied_per_cell()

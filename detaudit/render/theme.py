@@ -47,6 +47,7 @@ THEME: dict[str, Look] = {
     "comparison.baseline": Look("yellow", "#1565c0"),
     "comparison.reference": Look("magenta", _SPECIAL),
     "comparison.adjoint": Look("cyan", "#00838f"),
+    "comparison.batch": Look("blue", "#283593"),
     # one change of a comparison
     "change.regression": Look("bold red", _BAD),
     "change.fixed": Look("green", _GOOD),

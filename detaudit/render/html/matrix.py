@@ -11,6 +11,7 @@ from detaudit.analysis.summary import CellView, Gap, RunSummary
 from detaudit.analysis.verdicts import Verdict
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
+from detaudit.render import theme
 from detaudit.render.html.parts import (_IDENTICAL, _SCALE_TOP, _badge, _e, _link, _percent, _scale_colour, _scaled,
                                         _table, _td, _verdict_badge)
 
@@ -128,9 +129,9 @@ def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
             letter = "" if verdict is Verdict.DETERMINISTIC else verdict.value[0]
             seeds = ", ".join(str(c.seed) for c in cells)
             tip = f"{layer} · {s.label()}: {verdict.value} (worst of seed {seeds})"
-            tds.append(f"<td style='background:{verdict.colour}' title='{_e(tip)}'>{letter}</td>")
+            tds.append(f"<td style='background:{theme.colour('verdict', verdict)}' title='{_e(tip)}'>{letter}</td>")
         body.append(f"<tr><th class='row'>{_e(layer)}</th>{''.join(tds)}</tr>")
-    legend = "".join(f"<span style='background:{v.colour};color:#fff'>"
+    legend = "".join(f"<span style='background:{theme.colour('verdict', v)};color:#fff'>"
                      f"{'' if v is Verdict.DETERMINISTIC else v.value[0] + ' '}{v.value}</span>"
                      for v in Verdict if any(c.verdict is v for c in shown))
     parts = ["<h2 id='verdicts'>Verdicts over the matrix</h2>",
@@ -201,6 +202,6 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
         if quiet:
             parts.append(f"<p class='small'>Identical run to run in every cell: {_e(', '.join(quiet))}.</p>")
     for reason, count in summary.skipped:
-        parts.append(f"<p class='small'>{_badge('SKIPPED', Verdict.SKIPPED.colour)} "
+        parts.append(f"<p class='small'>{_badge('SKIPPED', theme.colour('verdict', Verdict.SKIPPED))} "
                      f"<b>{count} cell(s)</b>: {_e(reason)}</p>")
     return parts

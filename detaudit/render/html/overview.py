@@ -15,7 +15,7 @@ from detaudit.analysis.findings import layer_label, relative_error
 from detaudit.analysis.runs import StoredRun
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.engine.store import RunKind
-from detaudit.render.html.parts import _STATUS_COLOURS, _badge, _distinct, _e, _num, _png, _pyplot, _table, _td
+from detaudit.render.html.parts import _status_colour, _badge, _distinct, _e, _num, _png, _pyplot, _table, _td
 from detaudit.render.html.shell import _page
 
 #: meta.json facts whose change between two consecutive runs is marked on the overview's plots.
@@ -141,7 +141,7 @@ def _runs_table(matrix: list[dict[str, Any]], changes: dict[str, _Change], numbe
             _td(f"#{number[row['run_id']]}" if row["run_id"] in number else "", number.get(row["run_id"]), cls="n"),
             _td(_short_date(row["started"]), row["started"], cls="nowrap"), _td(row["run_id"], cls="nowrap"),
             _td(row["config"]), _td(row["tensorflow"]), _td(row["device"]),
-            _td(_badge(status, _STATUS_COLOURS.get(status, "#555")), status, raw=True),
+            _td(_badge(status, _status_colour(status, "#555")), status, raw=True),
             _td(", ".join(f"{n:,} {v}" for v, n in counts.items())),
             _td((f"<b style='color:#8e24aa'>{change[0]}</b> " if change else "") + _e(what), raw=True)])
     return ["<h2 id='runs'>Matrix runs</h2>",

@@ -13,10 +13,16 @@ from typing import Any
 from detaudit.analysis.findings import percent
 from detaudit.analysis.verdicts import Verdict
 from detaudit.errors import UsageError, install_hint
+from detaudit.render import theme
 from detaudit.render.text import html_text
 
-_STATUS_COLOURS = {"PASS": "#2e7d32", "FAIL": "#c62828", "INCOMPLETE": "#b26a00", "REPRODUCIBLE": "#2e7d32",
-                   "OK": "#2e7d32", "REGRESSED": "#c62828"}
+
+
+def _status_colour(word: str, default: str) -> str:
+    """The theme's colour of a run's, audit's or comparison's one-word status; ``default`` for other words."""
+    known = theme.THEME.get(theme.name_of("status", word))
+    return known.colour if known else default
+
 #: The scaled-ULP colour scale of the drift matrix: log2 from 1 to 1024 (and above), pale yellow to dark red.
 _SCALE_TOP = 1024.0
 _SCALE_STOPS = ((0.0, (255, 243, 196)), (0.35, (255, 183, 77)), (0.7, (229, 57, 53)), (1.0, (127, 0, 0)))
@@ -93,11 +99,11 @@ def _badge(text: str, colour: str, title: str = "") -> str:
 
 
 def _verdict_badge(verdict: Verdict) -> str:
-    return _badge(verdict.value, verdict.colour, verdict.description)
+    return _badge(verdict.value, theme.colour("verdict", verdict), verdict.description)
 
 
 def _status_block(text: str, word: str) -> str:
-    colour = _STATUS_COLOURS.get(word, "#c62828")
+    colour = _status_colour(word, theme.colour("status.fail"))
     return f'<p class="status" id="status" style="background:{colour}">{_e(text)}</p>'
 
 

@@ -16,7 +16,8 @@ from detaudit.analysis.summary import CellView, KnownMatch, RunSummary
 from detaudit.analysis.verdicts import Verdict
 from detaudit.core.comparisons import ComparisonKind, Role
 from detaudit.render.html.matrix import _cells_section, _drift_section, _heat_section
-from detaudit.render.html.parts import (_STATUS_COLOURS, _distinct, _e, _facts, _link, _png, _pyplot, _status_block,
+from detaudit.render import theme
+from detaudit.render.html.parts import (_status_colour, _distinct, _e, _facts, _link, _png, _pyplot, _status_block,
                                         _table, _td, _verdict_badge)
 from detaudit.render.html.shell import _page
 
@@ -63,7 +64,7 @@ def _comparison_section(comparison: RunComparison | None) -> list[str]:
         return [f"<p class='muted' id='comparison'>Against run {_e(comparison.base_id)}: {_e(verdict)}; "
                 "no environment difference.</p>"]
     parts = [f"<h2 id='comparison'>Drift against {_e(comparison.base_id)}</h2>",
-             f"<p><b style='color:{_STATUS_COLOURS.get(head, '#222')}'>{_e(verdict)}</b></p>"]
+             f"<p><b style='color:{_status_colour(head, '#222')}'>{_e(verdict)}</b></p>"]
     if comparison.ignored_axes:
         matched = ", ".join(f"{axis} ({a} in {comparison.base_id}, {b} here)"
                             for axis, (a, b) in comparison.ignored_axes.items())
@@ -128,14 +129,13 @@ def _histograms(table: pd.DataFrame) -> list[str]:
     bins = np.concatenate([[0.0, 0.1, 0.25, 0.5, 0.75], np.logspace(0, math.log10(top) * 1.0001 + 1e-9,
                                                                 max(1, math.ceil(4 * math.log10(top))) + 1)])
     fig, axes = plt.subplots(1, len(tensors), figsize=(3.3 * len(tensors), 2.6), squeeze=False, sharey=True)
-    palette = {"repeat": "#c62828", "process": "#6a1b9a", "baseline": "#1565c0"}
     for ax, tensor in zip(axes[0], tensors):
         mine = rows[rows["tensor"] == tensor]
         for kind in comparisons:
             picked = mine[mine["comparison"] == kind.value]["max_ulp_scaled"].astype("float64").to_numpy()
             picked = np.where(picked > 0, np.maximum(picked, 0.1), 0.0)  # a tiny gap is not identical bits
             if len(picked):
-                ax.hist(picked, bins=bins, alpha=0.6, color=palette.get(kind.value, "#555"), label=kind.spec.label)
+                ax.hist(picked, bins=bins, alpha=0.6, color=theme.colour("comparison", kind), label=kind.spec.label)
         ax.set_xscale("symlog", linthresh=1)
         ax.set_xlim(0, bins[-1])
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:,.0f}" if v >= 1 else "=" if v == 0 else f"{v:g}"))
