@@ -14,6 +14,7 @@ from typing import Any
 
 from detaudit._version import __version__
 from detaudit.core.axes import AXES, parse_axis_value
+from detaudit.core.planning import shard_type
 from detaudit.core.vocabulary import ExitCode, exit_codes_help
 
 __all__ = ["build_parser", "version_text"]
@@ -127,7 +128,7 @@ def _add_run(sub: Any) -> None:
     p.add_argument("--workers", type=_int_range(1, 256), default=None,
                    help="environment groups run in parallel (default: the number of CPU cores)")
     p.add_argument("--run-id", default=None, help="name of the run directory (default: UTC timestamp-config name)")
-    p.add_argument("--shard", default=None, metavar="I/N",
+    p.add_argument("--shard", default=None, metavar="I/N", type=shard_type,
                    help="run only shard I of N of the matrix (stable by cell id); join the shards with merge")
     p.add_argument("--resume", default=None, metavar="RUN_DIR",
                    help="finish an interrupted run: cells already recorded are not run again")

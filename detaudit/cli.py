@@ -69,11 +69,11 @@ def _cmd_run(args: Any) -> int:
     from detaudit.analysis.compare import compare_runs
     from detaudit.analysis.runs import load_run, resolve_run
     from detaudit.core.config import bundled_config_path, load_config
-    from detaudit.engine.runner import RunInterrupted, parse_shard, run
+    from detaudit.engine.runner import RunInterrupted, run
     from detaudit.render.junit import summary_cases, write_junit
     from detaudit.render.progress import RunProgress
 
-    shard = parse_shard(args.shard) if args.shard is not None else None
+    shard = args.shard
     if args.run_id is not None and not args.run_id:
         raise UsageError("Invalid value for argument `--run-id`. Expected a non-empty name. Received ''.")
     if args.resume and (args.config or shard or args.run_id or args.out != "runs"):

@@ -29,7 +29,7 @@ import pandas as pd
 
 from detaudit.core.config import Cell, Config, Settings, load_config, parse_config
 from detaudit.core.kinds import module_exists
-from detaudit.core.planning import expected_cells, parse_shard, plan_jobs, shard_cells
+from detaudit.core.planning import expected_cells, plan_jobs, shard_cells
 from detaudit.engine.cell_record import FAILED_STATUSES
 from detaudit.engine.backends import require_backends
 from detaudit.engine.fingerprint import host_fingerprint
@@ -46,7 +46,7 @@ from detaudit.engine.table import latest_records
 from detaudit.errors import ConfigError, RunDirError, UsageError, WorkerError
 from detaudit.errors import a_or_an as _a
 
-__all__ = ["Event", "EventKind", "RunInterrupted", "check_user_modules", "parse_shard", "require_tensorflow", "run",
+__all__ = ["Event", "EventKind", "RunInterrupted", "check_user_modules", "require_tensorflow", "run",
            "run_cells", "run_probe", "spawn_env_probe"]
 
 
