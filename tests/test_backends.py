@@ -145,6 +145,15 @@ def test_settings_and_kinds_that_do_not_apply_on_jax_are_unsupported_cells(two_b
     raw = _rows(table, backend="jax", xla="on", layer="conv1d_transpose", comparison="repeat")
     assert set(raw["status"]) == {"unsupported"} and raw["message"].str.contains("tensorflow backend only").all()
     assert set(_rows(table, backend="tensorflow", comparison="repeat")["status"]) == {"ok"}
+    # Cells that cannot exist on their backend are shown with their reason and fail no expectation.
+    from detaudit.analysis.runs import load_run
+    from detaudit.analysis.summary import build_summary
+
+    summary = build_summary(load_run(table.attrs["run_dir"]))
+    folded = dict(summary.not_applicable)
+    assert sum(folded.values()) == len({*off["cell_id"], *raw["cell_id"]}) > 0
+    assert any("JAX compiles every pass" in reason for reason in folded)
+    assert not any("UNSUPPORTED" in failure for failure in summary.failures), summary.failures
 
 
 @pytest.mark.tf

@@ -38,10 +38,10 @@ from detaudit.analysis.verdicts import (
     settings_of,
     threshold_breaches,
 )
-from detaudit.core.axes import compute_dtype
+from detaudit.core.axes import compute_dtype, unsupported_reason
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.vocabulary import OneDnnState, RunStatus
-from detaudit.core.kinds import kind_of
+from detaudit.core.kinds import backend_refusal, kind_of
 from detaudit.core.knowledge import KnownBug, judge_known_bugs
 
 __all__ = ["CellView", "Gap", "KnownMatch", "RunStatus", "RunSummary", "build_summary", "cell_facts"]
@@ -117,6 +117,8 @@ class RunSummary:
     nothing_measured: bool = False
     #: What comparisons and measurements say beyond the cell table (batch invariance, time per pass), in order.
     sections: tuple[Section, ...] = ()
+    #: Cells whose settings do not apply on their backend (``xla: off`` on JAX): (reason, number of cells), folded.
+    not_applicable: tuple[tuple[str, int], ...] = ()
 
     @property
     def status_line(self) -> str:
@@ -161,6 +163,7 @@ class RunSummary:
                        "adjoint_eps": _num(c.adjoint_eps), "failures": list(c.failures),
                        "ms_per_pass": _num(c.ms_per_pass), "time_ratio": _num(c.time_ratio)} for c in self.cells],
             "skipped": [{"reason": r, "cells": n} for r, n in self.skipped],
+            "not_applicable": [{"reason": r, "cells": n} for r, n in self.not_applicable],
             "findings": [{"layer": f.layer, "comparison": f.comparison, "between": f.between, "sentence": f.sentence(),
                           "tensors": [{k: _num(v) for k, v in dataclasses.asdict(g).items()} for g in f.gaps]}
                          for f in self.findings],
@@ -268,7 +271,8 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
     """The failed expectations of each cell (cells with none are absent).
 
     Without ``expect`` every cell must be run-to-run deterministic. Crashes,
-    time-outs and errors always fail; skipped cells never do. The adjoint test
+    time-outs and errors always fail; skipped cells never do, nor do cells whose
+    settings do not apply on their backend (``unsupported`` with that reason). The adjoint test
     fails above its limit unless a known upstream bug explains it (and not --strict).
     """
     config, table = stored.config, stored.table
@@ -279,7 +283,10 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
         if verdict.failed_to_run:
             failures.setdefault(row["cell_id"], []).append(f"{verdict.value}: {row['message']}")
         elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
-                config.expect.must_be_deterministic(settings_of(row)):
+                config.expect.must_be_deterministic(settings_of(row)) and \
+                not (verdict is Verdict.UNSUPPORTED and _not_applicable(row)):
+            # A setting that does not apply on its backend (xla: off on JAX) is a cell that cannot exist, shown
+            # with its reason; only a framework refusing to be deterministic fails the expectation.
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
     for row in threshold_breaches(table, config).to_dict("records"):
         failures.setdefault(row["cell_id"], []).append(row["breach"])
@@ -330,12 +337,14 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == ComparisonKind.ADJOINT.value].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
     timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
-    cells, skipped = [], Counter()
+    cells, skipped, not_applicable = [], Counter(), Counter()
     for row in verdicts.to_dict("records"):
         verdict = Verdict(row["verdict"])
+        settings = settings_of(row)
         if verdict is Verdict.SKIPPED:
             skipped[row["message"]] += 1
-        settings = settings_of(row)
+        elif verdict is Verdict.UNSUPPORTED and _not_applicable(row):
+            not_applicable[row["message"]] += 1
         eps = adjoint.get(row["cell_id"])
         cells.append(CellView(
             row["cell_id"], layer_label(row), str(row["layer"]), settings, settings.label(), int(row["seed"]), verdict,
@@ -365,7 +374,15 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         tuple(skipped.items()), {v.value: n for v in Verdict if (n := sum(c.verdict is v for c in cells))},
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
         {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured,
-        tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None))
+        tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None),
+        tuple(not_applicable.items()))
+
+
+def _not_applicable(row: dict[str, Any]) -> bool:
+    """Whether a cell cannot exist on its backend: a setting (``xla: off`` on JAX) or its kind (raw tf.nn) does not
+    apply there. Decided from the declarations, as the worker decided it."""
+    settings = settings_of(row)
+    return bool(unsupported_reason(settings.as_dict()) or backend_refusal(str(row["layer"]), settings.backend))
 
 
 def _views() -> list[Any]:

@@ -193,3 +193,12 @@ def module_exists(module: str, cwd: str | None = None) -> bool:
 def canonical_params(params: dict[str, Any]) -> str:
     """Canonical JSON of the parameters, so a spec is hashable and equal specs have equal ids."""
     return json.dumps({k: list(v) if isinstance(v, tuple) else v for k, v in params.items()}, sort_keys=True)
+
+
+def backend_refusal(kind: str, backend: str) -> str | None:
+    """Why a layer kind cannot run on a Keras backend (raw tf.nn kinds are TensorFlow's), or None."""
+    declaration = kind_of(kind)
+    if declaration.tensorflow_only and backend != "tensorflow":
+        return (f"{kind} is built from tf.nn ops: it runs on the tensorflow backend only, not on {backend}; "
+                f"use Conv{declaration.rank}DTranspose there")
+    return None

@@ -22,7 +22,7 @@ class Status(str, enum.Enum):
 
     OK = "ok"
     SKIPPED = "skipped"  # the device is not visible on this machine
-    UNSUPPORTED = "unsupported"  # TensorFlow refused: no deterministic implementation of an op
+    UNSUPPORTED = "unsupported"  # the framework refused to be deterministic, or a setting does not apply on the backend
     ERROR = "error"  # the layer or TensorFlow raised
     CRASH = "crash"  # the worker died while running the cell
     TIMEOUT = "timeout"  # the worker exceeded timeout_s
@@ -83,7 +83,8 @@ _VERDICT_DESCRIPTIONS = {
     Verdict.TIMEOUT: "the worker exceeded timeout_s while running the cell",
     Verdict.ERROR: "the layer or TensorFlow raised an error",
     Verdict.NONDETERMINISTIC: "a repeat or a fresh-process replay gave different bits",
-    Verdict.UNSUPPORTED: "TensorFlow refused: no deterministic implementation of an op",
+    Verdict.UNSUPPORTED: "the framework has no deterministic implementation of an op, or a setting does not apply on "
+                         "the cell's backend (the message says which)",
     Verdict.SKIPPED: "the device is not visible on this machine",
     Verdict.DETERMINISTIC: "every repeat and replay gave identical bits",
 }

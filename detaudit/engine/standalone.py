@@ -160,11 +160,8 @@ def _layer_classes() -> dict[str, type]:
     import keras
 
     class RawConvTranspose(keras.layers.Layer):
-        """``tf.nn.convNd_transpose`` with an explicit ``output_shape``, plus an optional ``tf.nn.bias_add``.
-
-        A Keras layer only so that it follows the dtype policy (mixed precision
-        autocasts the kernel) like every other layer under test.
-        """
+        """``tf.nn.convNd_transpose`` with an explicit ``output_shape``, plus an optional ``tf.nn.bias_add``: a Keras
+        layer only so that it follows the dtype policy (mixed precision autocasts the kernel) like every other."""
 
         def __init__(self, rank: int, filters: int, kernel_size: list[int], strides: list[int], padding: str,
                      dilation_rate: list[int], data_format: str, use_bias: bool, output_shape: list[int] | None,
@@ -198,7 +195,8 @@ def _layer_classes() -> dict[str, type]:
                          strides=self.strides, padding=self.padding.upper(), data_format=data_format,
                          dilations=self.dilation_rate)
             if self.bias is not None:
-                outputs = tf.nn.bias_add(outputs, self.bias, data_format="N..C" if data_format.endswith("C") else "NC..")
+                bias_format = "N..C" if data_format.endswith("C") else "NC.."
+                outputs = tf.nn.bias_add(outputs, self.bias, data_format=bias_format)
             return outputs
 
     class ResizeConv2D(keras.layers.Layer):

@@ -31,6 +31,7 @@ from typing import Any
 
 from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
+from detaudit.core.kinds import backend_refusal
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
 from detaudit.core.vocabulary import Status
@@ -75,14 +76,6 @@ def reported_settings() -> dict[str, Any]:
     return backends.load(keras.backend.backend()).reported_settings()
 
 
-def _unsupported_kind(cell: Cell) -> str | None:
-    """Why the cell's layer kind cannot run on its backend (raw tf.nn kinds are TensorFlow's), or None."""
-    if cell.layer.declaration.tensorflow_only and cell.settings.backend != "tensorflow":
-        return (f"{cell.layer.kind} is built from tf.nn ops: it runs on the tensorflow backend only, not on "
-                f"{cell.settings.backend}; use Conv{cell.layer.rank}DTranspose there")
-    return None
-
-
 def _tensor_records(outcome: Any) -> list[dict[str, Any]]:
     """Each tensor's first value summarized, with how its later repeats differed."""
     return [{**(t.comparison.to_dict() if t.comparison else {}), "tensor": t.name, "dtype": t.first.dtype.name,
@@ -116,7 +109,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": Status.OK, "message": "", "tensors": []}
     try:
         applied = standalone.apply_cell(settings_spec(cell.settings.as_dict()))
-        unsupported = applied.unavailable if applied.unsupported else _unsupported_kind(cell)
+        unsupported = applied.unavailable if applied.unsupported else backend_refusal(cell.layer.kind, cell.settings.backend)
         if unsupported or applied.device is None:
             record.update(status=Status.UNSUPPORTED if unsupported else Status.SKIPPED, message=unsupported or
                           applied.unavailable, seconds=0.0)

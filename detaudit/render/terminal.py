@@ -117,14 +117,31 @@ def _bullets(mark: str, lines: list[tuple[str, str]]) -> Table:
     return grid
 
 
+def _legend(summary: RunSummary, shown: list[CellView], nonzero: list[str], quiet: list[str]) -> list[Text]:
+    """What the cell tables' columns mean, and the cells folded out of them (skipped, not applicable)."""
+    notes = []
+    if quiet and shown:
+        notes.append(f"identical run to run in every cell: {', '.join(quiet)}")
+    if nonzero:
+        notes.append("tensor columns: worst run-to-run difference in raw ULP")
+    if any(c.baseline is not None or c.is_baseline for c in shown):
+        notes.append("vs baseline: largest gap in scaled ULP (units of the spacing at the tensor's largest value)")
+    if any(c.reference is not None for c in shown):
+        notes.append("vs float64: largest error as a percentage of the float64 truth's largest value")
+    if summary.ulp_units:
+        notes.append("1 ULP at 1.0: " + ", ".join(f"{d} {u}" for d, u in summary.ulp_units.items()))
+    notes.extend(f"{count} cell(s) SKIPPED: {reason}" for reason, count in summary.skipped)
+    notes.extend(f"{count} cell(s) UNSUPPORTED, the setting does not apply: {reason}"
+                 for reason, count in summary.not_applicable)
+    return [Text(note, style=theme.style("muted")) for note in notes]
+
+
 def render_run(summary: RunSummary) -> RenderableType:
     """The whole terminal summary of a run: header, cells by layer, findings, known bugs and the status line."""
     parts: list[RenderableType] = [_header(summary)]
     shown = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
     nonzero = [t for t in summary.tensors if any((c.worst_ulp.get(t) or 0) > 0 for c in shown)]
     quiet = [t for t in summary.tensors if t not in nonzero]
-    show_baseline = any(c.baseline is not None or c.is_baseline for c in shown)
-    show_reference = any(c.reference is not None for c in shown)
     layers: dict[str, list[CellView]] = {}
     for cell in shown:
         layers.setdefault(cell.layer, []).append(cell)
@@ -134,20 +151,7 @@ def render_run(summary: RunSummary) -> RenderableType:
         parts.append(_cell_table(cells, [t for t in nonzero if any((c.worst_ulp.get(t) or 0) > 0 for c in cells)],
                                  any(c.baseline is not None for c in cells),
                                  any(c.reference is not None for c in cells)))
-    notes = []
-    if quiet and shown:
-        notes.append(f"identical run to run in every cell: {', '.join(quiet)}")
-    if nonzero:
-        notes.append("tensor columns: worst run-to-run difference in raw ULP")
-    if show_baseline:
-        notes.append("vs baseline: largest gap in scaled ULP (units of the spacing at the tensor's largest value)")
-    if show_reference:
-        notes.append("vs float64: largest error as a percentage of the float64 truth's largest value")
-    if summary.ulp_units:
-        notes.append("1 ULP at 1.0: " + ", ".join(f"{d} {u}" for d, u in summary.ulp_units.items()))
-    parts.extend(Text(note, style=theme.style("muted")) for note in notes)
-    for reason, count in summary.skipped:
-        parts.append(Text(f"{count} cell(s) SKIPPED: {reason}", style=theme.style("muted")))
+    parts.extend(_legend(summary, shown, nonzero, quiet))
     parts.append(_counts_line(summary))
     if summary.findings:
         parts.append(Text("Findings:", style="bold"))

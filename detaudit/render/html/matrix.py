@@ -204,4 +204,7 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
     for reason, count in summary.skipped:
         parts.append(f"<p class='small'>{_badge('SKIPPED', theme.colour('verdict', Verdict.SKIPPED))} "
                      f"<b>{count} cell(s)</b>: {_e(reason)}</p>")
+    for reason, count in summary.not_applicable:
+        parts.append(f"<p class='small'>{_badge('UNSUPPORTED', theme.colour('verdict', Verdict.UNSUPPORTED))} "
+                     f"<b>{count} cell(s)</b>, the setting does not apply: {_e(reason)}</p>")
     return parts
