@@ -15,6 +15,7 @@ import yaml
 
 from tests.helpers import runs as fab
 from tests.helpers.cli import detaudit_main, one_clean_line
+from tests.helpers.values import returning as _calls
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
@@ -421,11 +422,6 @@ def test_a_run_piped_to_a_reader_that_left_or_to_ascii_keeps_its_exit_code(tmp_p
 
 
 # ---- assert_deterministic and the plugin: bounded, and one bit-for-bit rule ---------------------------------------
-
-def _calls(*values):
-    it = iter(values)
-    return lambda: next(it)
-
 
 def test_repeats_are_capped_as_in_a_config():
     from detaudit.errors import UsageError
