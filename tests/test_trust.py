@@ -124,16 +124,6 @@ def test_compare_to_a_run_that_does_not_exist_is_refused_before_running(tmp_path
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
 
 
-@pytest.mark.tf
-def test_the_first_run_with_compare_to_latest_runs_and_says_there_is_nothing_to_compare_with(tmp_path):
-    """The README's nightly line on a fresh machine: night one must run (and be the base of night two)."""
-    config = _config(tmp_path / "c.yaml")
-    first = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--compare-to", "latest")
-    assert first.returncode == 0, first.stdout + first.stderr
-    assert "Not compared: nothing to compare with yet" in first.stderr and "config 'c'" in first.stderr
-    assert len(list((tmp_path / "runs").iterdir())) == 1
-
-
 def test_hostile_meta_and_records_are_refused_or_skipped(tmp_path):
     run_dir = _copy_fixture(tmp_path)
     meta = json.loads((run_dir / "meta.json").read_text())
@@ -425,14 +415,18 @@ def test_a_worker_stopped_from_outside_costs_no_crash_record(tmp_path):
 
 
 @pytest.mark.tf
-def test_a_comparison_refused_after_the_run_keeps_the_run_and_its_exit_code(tmp_path):
-    """The config changed under its name: the run is shown and kept, and says it was not compared."""
+def test_compare_to_latest_runs_on_the_first_night_and_a_refused_comparison_keeps_the_run(tmp_path):
+    """The README's nightly line on a fresh machine: night one must run (and be the base of night two). When the
+    config changed under its name, the run is shown and kept, and says it was not compared."""
     out = tmp_path / "runs"
-    first = detaudit("run", str(_config(tmp_path / "c.yaml", seeds=[1])), "--out", str(out), "--run-id", "one")
-    assert first.returncode == 0, first.stderr
-    second = detaudit("run", str(_config(tmp_path / "c.yaml", seeds=[2])), "--out", str(out), "--compare-to", "latest",
-                      "--json")
+    first = detaudit("run", str(_config(tmp_path / "c.yaml", seeds=[1])), "--out", str(out), "--compare-to", "latest")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Not compared: nothing to compare with yet" in first.stderr and "config 'c'" in first.stderr
+    assert len(list(out.iterdir())) == 1
+    second = detaudit_main("run", str(_config(tmp_path / "c.yaml", seeds=[2])), "--out", str(out), "--compare-to",
+                           "latest", "--json")
     assert second.returncode == 0, second.stderr
     assert "Not compared:" in second.stderr and "share no cell" in second.stderr
     data = json.loads(second.stdout)
     assert data["comparison"] is None and "share no cell" in data["not_compared"]
+    assert len(list(out.iterdir())) == 2
