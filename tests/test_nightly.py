@@ -137,6 +137,7 @@ def test_shapes_formulas_and_rejections_match_tensorflow():
         result = detaudit(*args, "--kernel", str(kernel), "--stride", str(stride), "--padding", padding, *extra)
         assert result.returncode == 0, result.stderr
         data = json.loads(result.stdout)
+        assert len(data["shapes"]) == 8 and data["checkerboard"], data
         for row in data["shapes"]:
             measured = row["measured"]
             assert (measured["error"] is not None) == (row["rejected"] is not None), row
@@ -163,6 +164,7 @@ def test_adjoint_passes_on_a_config_and_reports_the_reconstruction(tmp_path):
     assert result.returncode == 0, result.stdout + result.stderr
     data = json.loads(result.stdout)
     buggy = {"float64"} | ({"float32"} if data["onednn"].startswith("off") else set())
+    assert len(data["specs"]) == 3, data["specs"]
     for spec in data["specs"]:
         for dtype, outcome in spec["results"].items():
             if spec["rank"] == 3 and dtype in buggy:
