@@ -20,10 +20,9 @@ import pytest
 import yaml
 
 from tests.helpers.cli import detaudit, detaudit_main, one_clean_line
+from tests.helpers.layers import TINY_1D as TINY_LAYER
 from tests.helpers.workers import alive, worker_pids
 
-TINY_LAYER = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
-              "input_shape": [1, 4, 2]}
 
 
 def _write(path: Path, data: dict) -> Path:

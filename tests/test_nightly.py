@@ -15,6 +15,7 @@ import pytest
 import yaml
 
 from tests.helpers.cli import detaudit, detaudit_main, one_clean_line
+from tests.helpers.runs import digest_table as _cells
 
 pytestmark = [pytest.mark.tf, pytest.mark.slow]
 
@@ -29,12 +30,6 @@ def _config(path: Path, **changes) -> Path:
     data = {**CONFIG, **changes}
     path.write_text(yaml.safe_dump(data))
     return path
-
-
-def _cells(run_dir: Path) -> pd.DataFrame:
-    table = pd.read_parquet(run_dir / "results.parquet")
-    keep = ["cell_id", "tensor", "comparison", "digest", "bitwise_equal", "max_ulp", "status"]
-    return table[keep].sort_values(["cell_id", "comparison", "tensor"]).reset_index(drop=True)
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +75,7 @@ def test_merged_shards_equal_the_whole_run(runs):
     result = detaudit("merge", str(done["s1"]), str(done["s2"]), "--out", str(root / "merged"), "--json")
     assert result.returncode == 0, result.stderr
     merged = Path(json.loads(result.stdout)["run_dir"])
+    assert (merged / "results.parquet").is_file()
     pd.testing.assert_frame_equal(_cells(merged), _cells(done["whole"]))
 
 

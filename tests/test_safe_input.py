@@ -15,11 +15,10 @@ import yaml
 
 from tests.helpers import runs as fab
 from tests.helpers.cli import detaudit_main, one_clean_line
+from tests.helpers.layers import TINY_1D as TINY
 from tests.helpers.values import returning as _calls
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
-        "input_shape": [1, 4, 2]}
 #: The parent as the console script starts it: the working directory is not on its path (unlike `python -m`).
 _CONSOLE_SCRIPT = "import sys; del sys.path[0]; from detaudit.cli import main; sys.exit(main())"
 

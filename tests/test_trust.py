@@ -26,13 +26,13 @@ import yaml
 from detaudit.engine.store import RunStore
 from tests.helpers.cli import detaudit, detaudit_main
 from tests.helpers.cli import one_clean_line as _bad
+from tests.helpers.layers import TINY_1D as TINY
 from tests.helpers.runs import cell as _cell
+from tests.helpers.runs import digest_table as _digests
 from tests.helpers.runs import make_run as _make_run
 from tests.helpers.runs import tensors as _tensors
 from tests.helpers.workers import alive, children, worker_pids
 
-TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
-        "input_shape": [1, 4, 2]}
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -228,14 +228,6 @@ def test_merge_never_writes_outside_its_output_nor_follows_links(tmp_path):
 
 
 # ---- faults: nothing finished is lost, resume gives the uninterrupted table -----------------------------------
-
-def _digests(run_dir: Path) -> pd.DataFrame:
-    from detaudit.analysis.runs import load_run
-
-    table = load_run(run_dir).table
-    keep = ["cell_id", "tensor", "comparison", "digest", "bitwise_equal", "max_ulp", "status"]
-    return table[keep].sort_values(["cell_id", "comparison", "tensor"]).reset_index(drop=True)
-
 
 @pytest.fixture(scope="module")
 def whole(tmp_path_factory):
