@@ -77,34 +77,40 @@ def test_a_stateful_random_op_in_train_step_breaks_resume_and_the_advice_fixes_i
     assert fixed["resume"]["equal"] and fixed["resume"]["random_ops"] == []
 
 
-def test_the_command_gives_three_answers_and_compares_audits(tmp_path):
-    first = detaudit("audit", "tests.training_models:vae_decoder", "--steps", "2", "--repeats", "2", "--out",
-                     str(tmp_path), "--json", "--report", str(tmp_path / "audit.md"))
-    assert first.returncode == 0, first.stderr
-    data = json.loads(first.stdout)
+@pytest.fixture(scope="module")
+def vae_audit(tmp_path_factory):
+    """`detaudit audit` of the vae_decoder training in float32, with its Markdown report: read by two tests."""
+    out = tmp_path_factory.mktemp("vae")
+    result = detaudit("audit", "tests.training_models:vae_decoder", "--steps", "2", "--repeats", "2", "--out",
+                      str(out), "--json", "--report", str(out / "audit.md"))
+    assert result.returncode == 0, result.stderr
+    return out, json.loads(result.stdout)
+
+
+def test_the_command_gives_three_answers_and_compares_audits(vae_audit):
+    out, data = vae_audit
     assert data["verdict"] == "REPRODUCIBLE"
     assert [(a["question"], a["holds"]) for a in data["answers"]] == [("rerun", True), ("repeats", True),
                                                                       ("resume", True)]
-    assert "**Verdict: REPRODUCIBLE**" in (tmp_path / "audit.md").read_text()
-    shown = detaudit("show", data["run_dir"])
+    assert "**Verdict: REPRODUCIBLE**" in (out / "audit.md").read_text()
+    shown = detaudit_main("show", data["run_dir"])
     assert shown.returncode == 0 and re.search(r"rerun reproduces +yes", shown.stdout)
     again = detaudit("audit", "tests.training_models:vae_decoder", "--steps", "2", "--repeats", "2", "--out",
-                     str(tmp_path), "--compare-to", data["run_dir"])
+                     str(out), "--compare-to", data["run_dir"])
     assert again.returncode == 0, again.stderr
     assert "REPRODUCED" in again.stdout and "Final weights: bit-identical" in again.stdout
 
 
-def test_mixed_bfloat16_computes_in_bfloat16_and_ends_elsewhere(tmp_path):
-    runs = {}
-    for precision in ("float32", "mixed_bfloat16"):
-        out = detaudit("audit", "tests.training_models:vae_decoder", "--steps", "2", "--repeats", "2",
-                       "--precision", precision, "--out", str(tmp_path), "--json")
-        assert out.returncode == 0, out.stderr
-        runs[precision] = json.loads(out.stdout)
+def test_mixed_bfloat16_computes_in_bfloat16_and_ends_elsewhere(vae_audit, tmp_path):
+    runs = {"float32": vae_audit[1]}
+    out = detaudit("audit", "tests.training_models:vae_decoder", "--steps", "2", "--repeats", "2",
+                   "--precision", "mixed_bfloat16", "--out", str(tmp_path), "--json")
+    assert out.returncode == 0, out.stderr
+    runs["mixed_bfloat16"] = json.loads(out.stdout)
     assert runs["mixed_bfloat16"]["training"]["dtype_policies"] == ["mixed_bfloat16"]
     assert runs["mixed_bfloat16"]["applied"]["dtype_policy"] == "mixed_bfloat16"
     assert runs["float32"]["final_digests"] != runs["mixed_bfloat16"]["final_digests"]
-    compared = detaudit("compare", runs["float32"]["run_dir"], runs["mixed_bfloat16"]["run_dir"])
+    compared = detaudit_main("compare", runs["float32"]["run_dir"], runs["mixed_bfloat16"]["run_dir"])
     assert compared.returncode == 1 and "DIFFERENT WEIGHTS" in compared.stdout and "max ULP" in compared.stdout
 
 

@@ -1,6 +1,7 @@
-"""Golden files: the text of `compare`, `history`, `shapes --no-tf` and `adjoint`, as the command prints it.
+"""Golden files: the text of `compare`, `history`, `shapes --no-tf`, `adjoint` and an audit (`show`, and its
+Markdown report), as the command prints it.
 
-Each command runs in-process (cli.main) at a fixed width on fabricated runs or fabricated measurements, so no
+Each command runs in-process (cli.main) at a fixed width on fabricated runs, audits or measurements, so no
 TensorFlow starts. `pytest --update-golden` rewrites tests/golden/ from the current output; review the diff.
 The run summary's golden files are in test_summary.py.
 """
@@ -9,6 +10,7 @@ from __future__ import annotations
 
 import pytest
 
+from tests.helpers import audits
 from tests.helpers import runs as fab
 from tests.helpers.cli import detaudit_main
 
@@ -91,3 +93,20 @@ def test_adjoint(tmp_path, monkeypatch, golden, with_failure):
     result = detaudit_main("adjoint", str(config), "--all")
     assert result.returncode == (1 if with_failure else 0), result.stdout + result.stderr
     golden(f"adjoint-{'failure' if with_failure else 'known'}.txt", _text(result, tmp_path))
+
+
+@pytest.mark.parametrize("name, all_rows", [("gradients", False), ("gradients", True), ("data", False)],
+                         ids=["gradients", "gradients-all", "data"])
+def test_audit(tmp_path, golden, name, all_rows):
+    """A stored audit as `detaudit show` prints it: the answers, the culprit, what differs, the checks that apply."""
+    result = audits.audit_result() if name == "gradients" else audits.data_audit_result()
+    store = audits.make_audit_run(tmp_path, "audit-1", result)
+    shown = detaudit_main("show", str(store.path), *(["--all"] if all_rows else []))
+    assert shown.returncode == 1, shown.stdout + shown.stderr  # NONDETERMINISTIC
+    golden(f"audit-{name}{'-all' if all_rows else ''}.txt", _text(shown, tmp_path))
+
+
+def test_audit_markdown(golden):
+    from detaudit.render.tools import audit_markdown
+
+    golden("audit-gradients.md", audit_markdown(audits.audit_result()))

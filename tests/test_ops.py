@@ -88,6 +88,27 @@ def test_the_short_reproducer_of_the_conv3d_stride3_bug_exits_1_and_a_right_case
     assert "BUG" in result.stdout and "relative error" not in result.stderr
     assert result.stderr.strip() == "", result.stderr  # TensorFlow's log silenced
     right = Cell(_layer("Conv2DTranspose", 3, 2, [2, 3, 3, 2]), Settings(), 0, 2)
-    for tensor in ("output", "grad_input", "grad_kernel", "grad_bias"):  # the NumPy expectations themselves
-        result = _run(render_short_repro(right, TriageMode.ACCURACY, tensor, 1e-5), tmp_path, "0")
-        assert result.returncode == 0, tensor + result.stdout + result.stderr
+    # The NumPy expectations themselves, one reproducer per tensor, run in one process (one TensorFlow start).
+    scripts = []
+    for tensor in ("output", "grad_input", "grad_kernel", "grad_bias"):
+        scripts.append(tmp_path / f"right_{tensor}.py")
+        scripts[-1].write_text(render_short_repro(right, TriageMode.ACCURACY, tensor, 1e-5))
+    result = subprocess.run([sys.executable, "-c", _RUN_EACH, *map(str, scripts)], capture_output=True, text=True,
+                            timeout=300, env={**os.environ, "TF_ENABLE_ONEDNN_OPTS": "0"}, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    exits = [line.split() for line in result.stdout.splitlines() if line.startswith("EXIT ")]
+    assert exits == [["EXIT", f"right_{t}.py", "0"] for t in ("output", "grad_input", "grad_kernel", "grad_bias")], \
+        result.stdout
+
+
+# Runs each script as __main__ in this one process and prints the status it exits with.
+_RUN_EACH = """
+import pathlib, runpy, sys
+for path in sys.argv[1:]:
+    try:
+        runpy.run_path(path, run_name="__main__")
+        code = 0
+    except SystemExit as exc:
+        code = exc.code
+    print("EXIT", pathlib.Path(path).name, code, flush=True)
+"""

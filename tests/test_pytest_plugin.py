@@ -10,6 +10,7 @@ import pytest
 
 from detaudit.errors import UsageError
 from detaudit.testing import assert_deterministic
+from tests.helpers.values import returning as _calls
 
 pytest_plugins = ["pytester"]
 
@@ -186,12 +187,6 @@ def test_a_marked_keras_conv2d_transpose_passes_on_cpu(pytester):
 
 
 # ------------------------------------------------------------------------------- assert_deterministic itself
-
-
-def _calls(*values):
-    """A function returning ``values[i]`` on call i (then the last one again)."""
-    it = itertools.chain(values, itertools.repeat(values[-1]))
-    return lambda: next(it)
 
 
 def _ulps_up(x, n):

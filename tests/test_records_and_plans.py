@@ -93,7 +93,7 @@ def test_a_malformed_record_from_a_worker_becomes_an_error_row(monkeypatch, tmp_
                        "log": "g00.log"})
 
     monkeypatch.setattr(run_loop, "run_worker_job", fake_job)
-    monkeypatch.setattr("detaudit.engine.runner.require_tensorflow", lambda: None)
+    monkeypatch.setattr("detaudit.engine.runner.require_backends", lambda backends: None)
     table = run(parse_config({"name": "bad", "layers": [TINY]}), out=tmp_path, workers=1)
     assert set(table["status"]) == {"error"}
     assert table["message"].str.contains("the worker sent a malformed record: a tensor row without its", regex=False).all()

@@ -15,8 +15,19 @@ from detaudit.core.reference import (
 )
 
 pytestmark = pytest.mark.tf
-tf = pytest.importorskip("tensorflow")
-keras = pytest.importorskip("keras")
+
+
+@pytest.fixture(scope="module")
+def tf():
+    # Imported when a test runs, not when pytest collects this module: `pytest -m onednn` and `-m "not tf"`
+    # select none of these tests and should not pay for TensorFlow's import.
+    return pytest.importorskip("tensorflow")
+
+
+@pytest.fixture(scope="module")
+def keras(tf):
+    return pytest.importorskip("keras")
+
 
 LAYERS = {1: "Conv1DTranspose", 2: "Conv2DTranspose", 3: "Conv3DTranspose"}
 
@@ -31,7 +42,7 @@ def _tf_bug(rank: int, k: int, s: int, padding: str) -> bool:
 @settings(max_examples=80, deadline=None)
 @given(rank=st.integers(1, 3), k=st.integers(1, 4), s=st.integers(1, 3), padding=st.sampled_from(["same", "valid"]),
        op=st.one_of(st.none(), st.integers(0, 2)), n=st.integers(2, 4), seed=st.integers(0, 2**31))
-def test_reference_agrees_with_tensorflow_in_float64(rank, k, s, padding, op, n, seed):
+def test_reference_agrees_with_tensorflow_in_float64(tf, keras, rank, k, s, padding, op, n, seed):
     if op is not None and op >= s:
         op = None
     layer = getattr(keras.layers, LAYERS[rank])(3, k, strides=s, padding=padding, output_padding=op, dtype="float64")
@@ -63,7 +74,7 @@ def test_reference_agrees_with_tensorflow_in_float64(rank, k, s, padding, op, n,
         assert np.abs(value - ref[name]).max() <= 8 * np.finfo(np.float64).eps * scale, name  # a few ULP
 
 
-def test_the_known_tensorflow_conv3d_discrepancy_is_real_or_fixed():
+def test_the_known_tensorflow_conv3d_discrepancy_is_real_or_fixed(tf):
     """Documents the finding; when TensorFlow fixes it this test reports that, it does not fail."""
     rng = np.random.default_rng(0)
     g = rng.standard_normal((1, 9, 9, 9, 1))

@@ -53,7 +53,9 @@ def test_a_reproducer_built_from_a_run_reproduces_its_digests(tmp_path):
                            "matrix": {"precision": ["mixed_bfloat16"], "xla": ["on"], "determinism": ["on"]}})
     table = run(config, out=tmp_path, workers=2)
     rows = table[(table["comparison"] == "repeat") & (table["precision"] == "mixed_bfloat16")]
-    for cell in (c for c in config.cells() if c.settings.precision == "mixed_bfloat16"):
+    cells = [c for c in config.cells() if c.settings.precision == "mixed_bfloat16"]
+    assert len(cells) == len(LAYERS)
+    for cell in cells:
         script = tmp_path / f"{cell.cell_id}.py"
         script.write_text(render_repro(cell))
         result = subprocess.run([sys.executable, str(script), "--digests"], capture_output=True, text=True,
@@ -61,7 +63,7 @@ def test_a_reproducer_built_from_a_run_reproduces_its_digests(tmp_path):
         assert result.returncode == 0, result.stderr
         digests = json.loads(result.stdout)
         expected = dict(rows[rows["cell_id"] == cell.cell_id][["tensor", "digest"]].itertuples(index=False))
-        assert digests == expected, cell.layer.kind
+        assert expected and digests == expected, cell.layer.kind
 
 
 @pytest.mark.tf
@@ -81,6 +83,7 @@ def test_a_pass_gives_read_only_views_that_later_passes_leave_alone(xla):
     for _ in range(5):
         later = case.step()
     via_function = [t.numpy() for t in case.compiled(case.x, case.upstream)]
+    assert len(first) == len(later) == len(via_function) == 4
     for a, b, c, d in zip(first, kept, later, via_function):
         assert a.tobytes() == b.tobytes() == c.tobytes() == d.tobytes()
 

@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 import yaml
 
+from tests.helpers import runs as fab
+from tests.helpers.cli import detaudit_main, one_clean_line
+from tests.helpers.layers import TINY_1D as TINY
+from tests.helpers.values import returning as _calls
+
 REPO = Path(__file__).resolve().parent.parent
-TINY = {"kind": "Conv1DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "same",
-        "input_shape": [1, 4, 2]}
 #: The parent as the console script starts it: the working directory is not on its path (unlike `python -m`).
 _CONSOLE_SCRIPT = "import sys; del sys.path[0]; from detaudit.cli import main; sys.exit(main())"
 
@@ -102,11 +105,12 @@ ENV = {**os.environ, "COLUMNS": "400"}
 
 
 @pytest.mark.parametrize("command", ["show", "history", "compare"])
-def test_stored_text_reaches_the_terminal_as_text(tmp_path, command):
+def test_stored_text_reaches_the_terminal_as_text(tmp_path, monkeypatch, command):
+    monkeypatch.setenv("COLUMNS", "400")
     run_dir = _hostile_run(tmp_path / "runs")
     args = {"show": [str(run_dir)], "history": [str(run_dir.parent)],
             "compare": [str(_hostile_run(tmp_path / "runs", "base\x1b]0;t\x07")), str(run_dir)]}[command]
-    result = detaudit_in(tmp_path, command, *args, env=ENV)
+    result = detaudit_main(command, *args, cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     _shown_as_text(result.stdout + result.stderr)
 
@@ -140,19 +144,20 @@ def test_a_console_forced_to_colour_still_obeys_no_stored_escape():
     assert "\x1b[2J" not in text and "\x1b]" not in text and "\x07" not in text and "[bold]x[/bold]" in text
 
 
-def test_html_report_and_junit_escape_stored_text(tmp_path):
+def test_html_report_and_junit_escape_stored_text(tmp_path, monkeypatch):
     import xml.etree.ElementTree as ET
 
+    monkeypatch.setenv("COLUMNS", "400")
     run_dir = _hostile_run(tmp_path / "runs")
     page = tmp_path / "r.html"
-    assert detaudit_in(tmp_path, "report", str(run_dir), "--html", str(page), env=ENV).returncode == 0
+    assert detaudit_main("report", str(run_dir), "--html", str(page), cwd=tmp_path).returncode == 0
     overview = tmp_path / "o.html"
-    assert detaudit_in(tmp_path, "report", str(run_dir.parent), "--html", str(overview), env=ENV).returncode == 0
+    assert detaudit_main("report", str(run_dir.parent), "--html", str(overview), cwd=tmp_path).returncode == 0
     for html in (page.read_text(), overview.read_text()):
         assert not any(raw in html for raw in _RAW) and "\\x1b[2J" in html
     base = _hostile_run(tmp_path / "runs", "base")
     junit = tmp_path / "j.xml"
-    result = detaudit_in(tmp_path, "compare", str(base), str(run_dir), "--junit", str(junit), env=ENV)
+    result = detaudit_main("compare", str(base), str(run_dir), "--junit", str(junit), cwd=tmp_path)
     assert "Traceback" not in result.stderr, result.stderr
     text = junit.read_text()
     ET.fromstring(text.encode())  # well-formed XML 1.0
@@ -207,21 +212,11 @@ def test_hostile_yaml_is_refused_at_once_in_a_short_line(tmp_path, text, fragmen
 
 # ---- output places ----------------------------------------------------------------------------------------------
 
-def _one_line(result: subprocess.CompletedProcess[str], *fragments: str) -> str:
-    assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)
-    assert "Traceback" not in result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], (fragment, lines[0])
-    return lines[0]
-
-
 def test_an_existing_run_id_is_refused_naming_the_directory_and_resume(tmp_path):
     (tmp_path / "runs" / "myci").mkdir(parents=True)
     (tmp_path / "runs" / "myci" / "keep").write_text("previous")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
-    _one_line(detaudit_in(tmp_path, "run", "c.yaml", "--out", "runs", "--run-id", "myci"),
+    one_clean_line(detaudit_main("run", "c.yaml", "--out", "runs", "--run-id", "myci", cwd=tmp_path),
               "`--run-id`", str(Path("runs") / "myci"), "already exists", "--resume")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["myci"]  # no myci-2
 
@@ -238,7 +233,7 @@ def test_no_output_path_points_into_a_run_directory(tmp_path, inside, command):
     args = {"report": ["report", str(run_dir), "--html", target],
             "compare": ["compare", str(run_dir), str(run_dir), "--junit", target],
             "show-junit": ["run", "--junit", target]}[command]
-    _one_line(detaudit_in(tmp_path, *args), "inside the run directory", str(run_dir))
+    one_clean_line(detaudit_main(*args, cwd=tmp_path), "inside the run directory", str(run_dir))
     assert {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file()} == before
 
 
@@ -247,7 +242,8 @@ def test_merge_out_inside_a_shard_is_refused(tmp_path):
 
     shutil.copytree(FIXTURE, tmp_path / "a")
     shutil.copytree(FIXTURE, tmp_path / "b")
-    _one_line(detaudit_in(tmp_path, "merge", "a", "b", "--out", "a/merged"), "`--out`", "inside the run directory")
+    one_clean_line(detaudit_main("merge", "a", "b", "--out", "a/merged", cwd=tmp_path), "`--out`",
+                   "inside the run directory")
     assert not (tmp_path / "a" / "merged").exists()
 
 
@@ -256,21 +252,18 @@ def test_merge_out_inside_a_shard_is_refused(tmp_path):
                                   ["report", str(FIXTURE), "--html", "/dev/full"],
                                   ["run", "--junit", "/dev/full"]], ids=["compare", "report", "run"])
 def test_an_output_that_cannot_be_written_is_refused_before_any_work(tmp_path, args):
-    _one_line(detaudit_in(tmp_path, *args), "/dev/full")
+    one_clean_line(detaudit_main(*args, cwd=tmp_path), "/dev/full")
 
 
 # ---- the table agrees with the records ----------------------------------------------------------------------------
 
 def _finished_run(tmp_path: Path, name: str = "r") -> Path:
     """A finished run of the current format with its results.parquet (built from two fake cells)."""
-    from tests.helpers.runs import cell as _cell
-    from tests.helpers.runs import make_run as _make_run
-    from tests.helpers.runs import tensors as _tensors
-
-    stored = _make_run(tmp_path / "runs", name, "2026-01-01T00:00:00+00:00", [(_cell(determinism="on"), _tensors(0), None, "ok"),
-                                                       (_cell(xla="on"), _tensors(0), None, "ok")])
     from detaudit.analysis.runs import load_run
 
+    stored = fab.make_run(tmp_path / "runs", name, "2026-01-01T00:00:00+00:00",
+                          [(fab.cell(determinism="on"), fab.tensors(0), None, "ok"),
+                           (fab.cell(xla="on"), fab.tensors(0), None, "ok")])
     load_run(stored.path).table.to_parquet(stored.results_path, index=False)  # as a finished run writes it
     run = load_run(stored.path)
     assert run.table_note is None and run.table_source == run.store.results_path, run.table_note
@@ -289,7 +282,7 @@ def test_a_stale_table_is_not_believed(tmp_path):
     run = load_run(run_dir)
     assert run.table["cell_id"].nunique() == 2 and run.table_source == run.store.cells_path
     assert run.table_note == "results.parquet holds 1 of the 2 recorded cells: the table was rebuilt from cells.jsonl."
-    shown = detaudit_in(tmp_path, "show", str(run_dir), "--json")
+    shown = detaudit_main("show", str(run_dir), "--json")
     assert "holds 1 of the 2 recorded cells" in shown.stderr and "Traceback" not in shown.stderr
 
 
@@ -310,7 +303,7 @@ def test_another_runs_table_is_not_believed_and_a_copied_run_has_its_own_id(tmp_
 def test_a_broken_table_is_rebuilt_and_not_pointed_at(tmp_path):
     run_dir = _finished_run(tmp_path)
     (run_dir / "results.parquet").write_bytes(b"PAR1 not really")
-    shown = detaudit_in(tmp_path, "show", str(run_dir))
+    shown = detaudit_main("show", str(run_dir))
     assert shown.returncode == 1 and "Traceback" not in shown.stderr  # 1: the fake run lacks cells of its matrix
     assert "results.parquet is unreadable" in shown.stderr
     assert f"Results: {run_dir / 'cells.jsonl'}" in shown.stdout
@@ -335,7 +328,7 @@ def test_load_runs_skips_an_unreadable_run_with_a_note(tmp_path):
 
 
 def test_history_of_an_empty_directory_says_no_runs(tmp_path):
-    result = detaudit_in(tmp_path, "history", str(tmp_path))
+    result = detaudit_main("history", str(tmp_path))
     assert result.returncode == 0 and f"No runs in {tmp_path}." in result.stdout
 
 
@@ -428,11 +421,6 @@ def test_a_run_piped_to_a_reader_that_left_or_to_ascii_keeps_its_exit_code(tmp_p
 
 
 # ---- assert_deterministic and the plugin: bounded, and one bit-for-bit rule ---------------------------------------
-
-def _calls(*values):
-    it = iter(values)
-    return lambda: next(it)
-
 
 def test_repeats_are_capped_as_in_a_config():
     from detaudit.errors import UsageError
@@ -545,8 +533,6 @@ def test_a_keras_archive_that_unpacks_too_large_is_refused_before_loading(tmp_pa
         check_keras_archive(weights, memory_bytes=4_000_000)
     check_keras_archive(weights, memory_bytes=8_000_000)
     # The audit refuses it before any worker starts: exit 2, one line.
-    from tests.helpers.cli import detaudit_main, one_clean_line
-
     one_clean_line(detaudit_main("audit", str(bomb), "--out", str(tmp_path / "runs")), "config.json unpacks to")
     assert not (tmp_path / "runs").exists()
     with pytest.raises(UsageError, match="not a readable .keras model archive"):
@@ -574,10 +560,7 @@ def test_a_run_shows_and_writes_hostile_worker_text_as_text(tmp_path):
 
 
 def test_a_new_run_or_audit_is_never_written_inside_a_run_directory(tmp_path):
-    from tests.helpers.cli import detaudit_main, one_clean_line
-    from tests.helpers.runs import make_pair
-
-    base, _ = make_pair(tmp_path)
+    base, _ = fab.make_pair(tmp_path)
     before = sorted(p.name for p in base.path.iterdir())
     for command in (["run"], ["audit", "tests.training_models:vae_decoder"]):
         one_clean_line(detaudit_main(*command, "--out", str(base.path)), "`--out`", "inside the run directory")

@@ -197,7 +197,9 @@ def test_one_cell_that_ran_is_enough_to_pass(tmp_path):
 
 def test_a_known_bug_that_shows_in_some_cells_is_not_called_fixed_for_the_others(store):
     """The bfloat16 BiasAddGrad error depends on the shape: cells under its symptom do not mean it was fixed."""
-    from detaudit.analysis.summary import _known
+    import dataclasses
+
+    import pandas as pd
 
     stored = load_run(store.path)
     stored.meta["tensorflow"]["tensorflow_version"] = "2.21.0"  # the bug's range starts at 2.0
@@ -206,9 +208,12 @@ def test_a_known_bug_that_shows_in_some_cells_is_not_called_fixed_for_the_others
     rows = bias.head(2).copy()
     rows["comparison"], rows["status"], rows["xla"] = "reference", "ok", "off"
     rows["precision"] = "mixed_bfloat16"
-    rows["ref_scale"], rows["max_abs"] = [1.0, 1.0], [0.09, 0.001]  # 9% off in one cell, 0.1% in the other
-    matches, _, _ = _known(stored, rows)
-    assert [(m.bug.id, m.fixed) for m in matches] == [("tf-cpu-biasaddgrad-bfloat16-accumulates-in-bfloat16", False)]
-    rows["max_abs"] = [0.001, 0.001]  # no cell shows it any more: that is worth a question
-    matches, _, _ = _known(stored, rows)
-    assert [(m.bug.id, m.fixed) for m in matches] == [("tf-cpu-biasaddgrad-bfloat16-accumulates-in-bfloat16", True)]
+    bug = "tf-cpu-biasaddgrad-bfloat16-accumulates-in-bfloat16"
+
+    def known(max_abs: list[float]) -> list[tuple[str, bool]]:
+        rows["ref_scale"], rows["max_abs"] = [1.0, 1.0], max_abs
+        summary = build_summary(dataclasses.replace(stored, table=pd.concat([table, rows], ignore_index=True)))
+        return [(m.bug.id, m.fixed) for m in summary.known]
+
+    assert known([0.09, 0.001]) == [(bug, False)]  # 9% off in one cell, 0.1% in the other
+    assert known([0.001, 0.001]) == [(bug, True)]  # no cell shows it any more: that is worth a question

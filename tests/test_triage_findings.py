@@ -16,6 +16,7 @@ from detaudit.errors import UsageError
 from detaudit.workflows import shrink
 from detaudit.workflows.repro_short import MAX_LINES, render_short_repro
 from detaudit.workflows.targets import TriageMode, pick_targets, resolve_cell_id
+from tests.helpers import runs as fab
 from tests.helpers.runs import record as _record, tensors as _tensors
 
 CONFIG = parse_config({
@@ -29,7 +30,7 @@ BIAS_OP = {"op": "BiasAddGrad", "name": "gradient_tape/BiasAdd/BiasAddGrad", "de
 
 
 def _cell(**settings) -> Cell:
-    return next(c for c in CONFIG.cells() if c.settings == Settings(**settings))
+    return fab.cell(CONFIG, **settings)
 
 
 def _reference(error: float) -> list[dict]:

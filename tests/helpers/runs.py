@@ -75,6 +75,15 @@ def make_run(root: Path, run_id: str, started: str, cells: Iterable[tuple], meta
     return store
 
 
+def digest_table(run_dir: Path):
+    """What two runs of one config must share, row for row: each cell's tensors, digests and verdict inputs."""
+    from detaudit.analysis.runs import load_run
+
+    table = load_run(run_dir).table
+    keep = ["cell_id", "tensor", "comparison", "digest", "bitwise_equal", "max_ulp", "status"]
+    return table[keep].sort_values(["cell_id", "comparison", "tensor"]).reset_index(drop=True)
+
+
 def make_pair(root: Path) -> tuple[RunStore, RunStore]:
     """Two runs of CONFIG a day apart, TensorFlow 2.20 then 2.21: one cell unchanged, one newly nondeterministic,
     one fixed with different bits, one newly crashed."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-# The runner starts each worker as `python -m detaudit.engine.worker FD` (engine/runner.py).
-WORKER_ARGV = (b"-m", b"detaudit.engine.worker")
+# The runner starts each worker as `python -P -m detaudit.engine.worker FD`, or on Python 3.10 (no -P) as
+# `python -c "...runpy.run_module('detaudit.engine.worker'...)" FD` (engine/runner.py, worker_command).
+WORKER_MODULE = b"detaudit.engine.worker"
 
 
 def _argv(pid: int) -> list[bytes]:
@@ -23,8 +24,12 @@ def _parent(pid: int) -> int | None:
 
 
 def is_worker(pid: int) -> bool:
+    """Whether ``pid`` runs a detaudit worker (either form of its command line)."""
     argv = _argv(pid)
-    return any(tuple(argv[i:i + 2]) == WORKER_ARGV for i in range(len(argv) - 1))
+    for flag, value in zip(argv, argv[1:]):
+        if (flag == b"-m" and value == WORKER_MODULE) or (flag == b"-c" and b"'" + WORKER_MODULE + b"'" in value):
+            return True
+    return False
 
 
 def children(pid: int) -> list[int]:
