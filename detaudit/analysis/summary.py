@@ -38,10 +38,10 @@ from detaudit.analysis.verdicts import (
     settings_of,
     threshold_breaches,
 )
-from detaudit.core.axes import compute_dtype, unsupported_reason
+from detaudit.core.axes import compute_dtype
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.vocabulary import OneDnnState, RunStatus
-from detaudit.core.kinds import backend_refusal, kind_of
+from detaudit.core.kinds import kind_of, not_applicable
 from detaudit.core.knowledge import KnownBug, judge_known_bugs
 
 __all__ = ["CellView", "Gap", "KnownMatch", "RunStatus", "RunSummary", "build_summary", "cell_facts"]
@@ -283,8 +283,8 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
         if verdict.failed_to_run:
             failures.setdefault(row["cell_id"], []).append(f"{verdict.value}: {row['message']}")
         elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
-                config.expect.must_be_deterministic(settings_of(row)) and \
-                not (verdict is Verdict.UNSUPPORTED and _not_applicable(row)):
+                config.expect.must_be_deterministic(settings := settings_of(row)) and \
+                not (verdict is Verdict.UNSUPPORTED and not_applicable(settings.as_dict(), str(row["layer"]))):
             # A setting that does not apply on its backend (xla: off on JAX) is a cell that cannot exist, shown
             # with its reason; only a framework refusing to be deterministic fails the expectation.
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
@@ -337,14 +337,14 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == ComparisonKind.ADJOINT.value].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
     timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
-    cells, skipped, not_applicable = [], Counter(), Counter()
+    cells, skipped, cannot_exist = [], Counter(), Counter()
     for row in verdicts.to_dict("records"):
         verdict = Verdict(row["verdict"])
         settings = settings_of(row)
         if verdict is Verdict.SKIPPED:
             skipped[row["message"]] += 1
-        elif verdict is Verdict.UNSUPPORTED and _not_applicable(row):
-            not_applicable[row["message"]] += 1
+        elif verdict is Verdict.UNSUPPORTED and not_applicable(settings.as_dict(), str(row["layer"])):
+            cannot_exist[row["message"]] += 1
         eps = adjoint.get(row["cell_id"])
         cells.append(CellView(
             row["cell_id"], layer_label(row), str(row["layer"]), settings, settings.label(), int(row["seed"]), verdict,
@@ -375,14 +375,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
         {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured,
         tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None),
-        tuple(not_applicable.items()))
-
-
-def _not_applicable(row: dict[str, Any]) -> bool:
-    """Whether a cell cannot exist on its backend: a setting (``xla: off`` on JAX) or its kind (raw tf.nn) does not
-    apply there. Decided from the declarations, as the worker decided it."""
-    settings = settings_of(row)
-    return bool(unsupported_reason(settings.as_dict()) or backend_refusal(str(row["layer"]), settings.backend))
+        tuple(cannot_exist.items()))
 
 
 def _views() -> list[Any]:

@@ -18,9 +18,10 @@ import importlib.util
 import json
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
+from detaudit.core.axes import unsupported_reason
 from detaudit.core.validation import Context, boolean, choice, int_tuple, integer
 
 __all__ = ["KINDS", "USER_LAYER", "LayerKind", "Param", "kind_of", "module_exists"]
@@ -202,3 +203,10 @@ def backend_refusal(kind: str, backend: str) -> str | None:
         return (f"{kind} is built from tf.nn ops: it runs on the tensorflow backend only, not on {backend}; "
                 f"use Conv{declaration.rank}DTranspose there")
     return None
+
+
+def not_applicable(values: Mapping[str, Any], kind: str) -> str | None:
+    """Why a cell cannot exist on its backend (a setting, e.g. ``xla: off`` on JAX, or its kind does not apply
+    there), or None. The worker records such a cell as ``unsupported`` with this reason; the summary, deciding
+    from the same declarations, lets it fail no expectation."""
+    return unsupported_reason(values) or backend_refusal(kind, str(values.get("backend", "tensorflow")))

@@ -31,7 +31,7 @@ from typing import Any
 
 from detaudit.core.axes import settings_spec
 from detaudit.core.config import Cell, Settings
-from detaudit.core.kinds import backend_refusal
+from detaudit.core.kinds import not_applicable
 from detaudit.core.numerics import compare, digest
 from detaudit.core.repeat import repeat_and_compare, repeat_on_device
 from detaudit.core.vocabulary import Status
@@ -109,7 +109,7 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
     record: dict[str, Any] = {"event": "cell", "cell_id": cell.cell_id, "status": Status.OK, "message": "", "tensors": []}
     try:
         applied = standalone.apply_cell(settings_spec(cell.settings.as_dict()))
-        unsupported = applied.unavailable if applied.unsupported else backend_refusal(cell.layer.kind, cell.settings.backend)
+        unsupported = not_applicable(cell.settings.as_dict(), cell.layer.kind)
         if unsupported or applied.device is None:
             record.update(status=Status.UNSUPPORTED if unsupported else Status.SKIPPED, message=unsupported or
                           applied.unavailable, seconds=0.0)
