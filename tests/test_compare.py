@@ -113,6 +113,16 @@ def test_merge_refuses_different_configs_and_joins_shards(tmp_path, pair):
     assert len(gaps) == 1 and gaps["max_ulp"].iloc[0] == 2  # a baseline gap across shards, computed at merge
 
 
+def test_merge_refuses_a_cell_measured_in_two_runs_and_writes_nothing(tmp_path):
+    t = fab.tensors(0)
+    one = fab.make_run(tmp_path / "a", "a", "1", [(fab.cell(xla="on"), t, None, "ok")])
+    nudged = {**t, "output": fab.nudge(t["output"], 2)}  # the same cell, other bits: which copy is right?
+    two = fab.make_run(tmp_path / "b", "b", "1", [(fab.cell(xla="on"), nudged, None, "ok")])
+    with pytest.raises(RunDirError, match=f"cell {fab.cell(xla='on').cell_id} was also measured in .*disjoint"):
+        merge_runs([one.path, two.path], tmp_path / "merged")
+    assert not (tmp_path / "merged").exists()
+
+
 def test_junit_parses_with_the_standard_library(tmp_path):
     path = tmp_path / "out" / "junit.xml"
     write_junit(path, "suite", [JUnitCase("Conv2DTranspose", "defaults, seed=0", 0.5),

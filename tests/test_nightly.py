@@ -64,8 +64,10 @@ def test_a_real_setting_change_is_a_digest_change_and_exit_1(runs):
     assert result.returncode == 1, result.stderr
     comparison = json.loads(result.stdout)["comparison"]  # one JSON object: the run and its comparison
     assert comparison["ignored_axes"] == {"precision": ["float32", "float64"]}
-    marks = {c["mark"] for c in comparison["changes"]}
-    assert marks == {"~"} and comparison["regressed"]
+    # Float64 is genuinely slower per pass, so a `t` mark may join; it is reported, never failing, and the
+    # exit 1 must come from the digest change alone.
+    failing = {c["mark"] for c in comparison["changes"] if c["mark"] != "t"}
+    assert failing == {"~"} and comparison["regressed"]
 
 
 def test_merged_shards_equal_the_whole_run(runs):

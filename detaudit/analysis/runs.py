@@ -291,19 +291,15 @@ def merge_runs(paths: Sequence[str | Path], out: str | Path, run_id: str | None 
         if config != configs[0]:
             raise RunDirError(f"{store.path}: its config differs from {runs[0].path}'s; only shards of one config merge.")
     config = _config_of(runs[0])
+    records = _disjoint_records(runs)
     merged = RunStore.create(out, configs[0], config.name, run_id)
     metas = [r.read_meta() for r in runs]
     with merged.lock():
-        seen: set[tuple[str, bool]] = set()
-        for store in runs:
-            own, replays = latest_records(store.iter_records())  # a retried crash: its later record counts
-            for record in [*own.values(), *replays.values()]:
-                key = (record["cell_id"], bool(record.get("replay")))
-                if key in seen:
-                    continue
-                seen.add(key)
+        for store, own in zip(runs, records):
+            for record in own:
+                cell_id, replay = record["cell_id"], bool(record.get("replay"))
                 merged.append_record(record)
-                _copy_regular(store.tensor_path(record["cell_id"], key[1]), merged.tensor_path(record["cell_id"], key[1]))
+                _copy_regular(store.tensor_path(cell_id, replay), merged.tensor_path(cell_id, replay))
             for log in store.logs_dir.glob("*.log"):
                 _copy_regular(log, merged.logs_dir / f"{store.run_id}-{log.name}")
         meta = {**metas[0], "run_id": merged.run_id, "kind": RunKind.MATRIX.value, "shard": None,
@@ -318,6 +314,28 @@ def merge_runs(paths: Sequence[str | Path], out: str | Path, run_id: str | None 
         table = build_table(merged, config)
         table.to_parquet(merged.results_path, index=False)
     return load_run(merged.path)
+
+
+def _disjoint_records(runs: Sequence[RunStore]) -> list[list[dict[str, Any]]]:
+    """Per run, its latest record of each cell (a retried crash: its later record counts).
+
+    Raises:
+        RunDirError: a cell was measured in two of the runs. Keeping either copy silently would hide a
+            difference between them (another host, another process); merge joins disjoint shards.
+    """
+    where: dict[tuple[str, bool], Path] = {}
+    out = []
+    for store in runs:
+        own, replays = latest_records(store.iter_records())
+        records = [*own.values(), *replays.values()]
+        for record in records:
+            key = (record["cell_id"], bool(record.get("replay")))
+            if key in where:
+                raise RunDirError(f"{store.path}: cell {record['cell_id']} was also measured in {where[key]}; merge "
+                                  "joins disjoint shards (--shard K/N of one config), so give each cell's run once.")
+            where[key] = store.path
+        out.append(records)
+    return out
 
 
 def _copy_regular(source: Path, target: Path) -> None:
