@@ -101,7 +101,8 @@ def test_ctrl_c_or_sigterm_keeps_what_finished_and_stops_the_workers(tmp_path, s
     """SIGTERM is what a cancelled CI job or a stopped Slurm/Kubernetes task sends: handled as Ctrl-C is."""
     layers = [TINY_LAYER, {"kind": "tests.support_layers:Hangs", "input_shape": [1, 2]}]
     config = _write(tmp_path / "long.yaml", {"name": "long", "seeds": [0], "repeats": 2, "timeout_s": 300,
-                                             "layers": layers, "matrix": {"determinism": "on"}})
+                                             "layers": layers, "matrix": {"determinism": "on"},
+                                             "baseline": {"determinism": "on"}})  # one worker
     out = tmp_path / "runs"
     proc = subprocess.Popen([sys.executable, "-m", "detaudit", "run", str(config), "--out", str(out)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

@@ -117,6 +117,10 @@ def test_the_run_directory_holds_everything(kinds_run):
     assert {g["op_determinism"] for g in meta["groups"].values()} == {False, True}
     records = list(store.iter_records())
     assert len(records) == 2 * len(config.cells())  # every cell, and its replay
+    # A replay's bits alone are compared: it measures no float64 reference and no adjoint test again.
+    measured = [r for r in records if r["status"] == "ok"]
+    assert any("reference" in r for r in measured if not r.get("replay"))
+    assert not any("reference" in r or "adjoint" in r for r in measured if r.get("replay"))
     assert pd.read_parquet(store.results_path).shape == table.shape
     assert any(store.logs_dir.iterdir())
     assert sum(e.kind == "cell_finished" for e in events) == len(records)

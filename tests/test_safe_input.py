@@ -15,7 +15,7 @@ import yaml
 
 from tests.helpers import runs as fab
 from tests.helpers.cli import detaudit_main, one_clean_line
-from tests.helpers.layers import TINY_1D as TINY
+from tests.helpers.layers import ONE_GROUP, TINY_1D as TINY
 from tests.helpers.values import returning as _calls
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +47,7 @@ def _markers(directory: Path) -> list[str]:
                                              "--input", "4"], ["run", "c.yaml", "--out", "runs"]])
 def test_workers_never_import_from_the_working_directory(tmp_path, args):
     _plant(tmp_path)
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY], **ONE_GROUP}))
     result = detaudit_in(tmp_path, *args)
     assert result.returncode == 0, result.stdout + result.stderr
     assert _markers(tmp_path) == []
@@ -59,7 +59,8 @@ def test_a_layer_named_in_the_working_directory_is_imported_after_detaudits_own_
     (tmp_path / "mylayers.py").write_text(
         "import keras\n\nclass Doubles(keras.layers.Layer):\n    def call(self, x):\n        return x * 2.0\n")
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(
-        {"name": "c", "seeds": [0], "repeats": 2, "layers": [{"kind": "mylayers:Doubles", "input_shape": [1, 3]}]}))
+        {"name": "c", "seeds": [0], "repeats": 2, "layers": [{"kind": "mylayers:Doubles", "input_shape": [1, 3]}],
+         **ONE_GROUP}))
     result = detaudit_in(tmp_path, "run", "c.yaml", "--out", "runs", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     assert _markers(tmp_path) == []
@@ -215,7 +216,7 @@ def test_hostile_yaml_is_refused_at_once_in_a_short_line(tmp_path, text, fragmen
 def test_an_existing_run_id_is_refused_naming_the_directory_and_resume(tmp_path):
     (tmp_path / "runs" / "myci").mkdir(parents=True)
     (tmp_path / "runs" / "myci" / "keep").write_text("previous")
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY], **ONE_GROUP}))
     one_clean_line(detaudit_main("run", "c.yaml", "--out", "runs", "--run-id", "myci", cwd=tmp_path),
               "`--run-id`", str(Path("runs") / "myci"), "already exists", "--resume")
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["myci"]  # no myci-2
@@ -413,7 +414,7 @@ def test_a_closed_pipe_keeps_the_commands_exit_code(tmp_path):
 
 @pytest.mark.tf
 def test_a_run_piped_to_a_reader_that_left_or_to_ascii_keeps_its_exit_code(tmp_path):
-    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY]}))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"name": "c", "seeds": [0], "repeats": 2, "layers": [TINY], **ONE_GROUP}))
     assert _closed_stdout(tmp_path, "run", "c.yaml", "--out", "runs") == 0
     result = subprocess.run([sys.executable, "-c", _CONSOLE_SCRIPT, "run", "c.yaml", "--out", "runs"],
                             capture_output=True, timeout=300, cwd=tmp_path,

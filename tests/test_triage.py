@@ -52,14 +52,14 @@ def test_triage_finds_the_setting_shrinks_and_writes_a_reproducer_that_fails(tmp
     assert "grad_bias: bits differ run to run" in repro.stdout and "DIFFER" in repro.stdout
 
 
-@pytest.mark.tf
 def test_a_deterministic_run_has_nothing_to_triage(tmp_path):
-    config = tmp_path / "ok.yaml"
-    layer = {**RANDOM_ORDER, "kind": "Conv2DTranspose", "input_shape": [1, 4, 4, 2]}
-    config.write_text(yaml.safe_dump({"name": "ok", "repeats": 2, "layers": [layer]}))
-    result = detaudit("triage", str(config), "--out", str(tmp_path / "runs"))
+    from tests.helpers.runs import CONFIG, make_run, tensors
+
+    same = tensors(0)  # every cell gives the same bits, run to run and against the baseline: no finding
+    store = make_run(tmp_path, "ok", "1", [(cell, same, None, "ok") for cell in CONFIG.cells()])
+    result = detaudit_main("triage", str(store.path))
     assert result.returncode == 0, result.stderr
-    assert "Nothing to triage" in result.stdout
+    assert "Nothing to triage: the run has no finding" in result.stdout
 
 
 @pytest.mark.slow

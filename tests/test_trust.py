@@ -26,7 +26,7 @@ import yaml
 from detaudit.engine.store import RunStore
 from tests.helpers.cli import detaudit, detaudit_main
 from tests.helpers.cli import one_clean_line as _bad
-from tests.helpers.layers import TINY_1D as TINY
+from tests.helpers.layers import ONE_GROUP, TINY_1D as TINY
 from tests.helpers.runs import cell as _cell
 from tests.helpers.runs import digest_table as _digests
 from tests.helpers.runs import make_run as _make_run
@@ -37,7 +37,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def _config(path: Path, **changes) -> Path:
-    data = {"name": path.stem, "seeds": [0], "repeats": 2, "layers": [TINY], **changes}
+    data = {"name": path.stem, "seeds": [0], "repeats": 2, "layers": [TINY], **ONE_GROUP, **changes}
     path.write_text(yaml.safe_dump(data))
     return path
 
@@ -337,8 +337,7 @@ def test_a_stored_run_naming_code_is_refused_on_resume(tmp_path):
 def test_a_flaky_crash_costs_one_cell_and_retry_failed_runs_it_again(tmp_path):
     marker = tmp_path / "crashed-once"
     config = _config(tmp_path / "flaky.yaml", layers=[
-        {"kind": "tests.support_layers:CrashesOnce", "marker": str(marker), "input_shape": [1, 3]}, TINY],
-        matrix={"determinism": "on"})
+        {"kind": "tests.support_layers:CrashesOnce", "marker": str(marker), "input_shape": [1, 3]}, TINY])
     first = detaudit("run", str(config), "--out", str(tmp_path / "runs"), "--run-id", "flaky", "--json")
     assert first.returncode == 1, first.stderr
     verdicts = {c["kind"]: c["verdict"] for c in json.loads(first.stdout)["cells"]}

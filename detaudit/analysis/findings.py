@@ -14,13 +14,12 @@ import dataclasses
 import math
 from typing import Any
 
-import ml_dtypes
-import numpy as np
 import pandas as pd
 
 from detaudit.analysis.verdicts import layer_label, settings_of
 from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind, Role
+from detaudit.core.numerics import float_info
 
 __all__ = ["Finding", "TensorGap", "findings", "layer_label", "percent", "relative_error", "ulp_unit"]
 
@@ -30,7 +29,7 @@ _GAP_KINDS = [kind.value for kind in ComparisonKind if kind.spec.role in (Role.D
 
 def ulp_unit(dtype: str) -> str:
     """What one ULP is at 1.0 in ``dtype``: ``2^-23 (1.2e-07)`` for float32."""
-    info = ml_dtypes.finfo(np.dtype(ml_dtypes.bfloat16) if dtype == "bfloat16" else np.dtype(dtype))
+    info = float_info(dtype)
     return f"2^-{int(info.nmant)} ({float(info.eps):.2g})"
 
 

@@ -150,7 +150,7 @@ class RunLoop:
             log_stem=self.store.logs_dir / f"{job.group}{suffix}", tensor_dir=tensor_dir,
             cache_dir=self.store.cache_dir, on_record=lambda r: put(("record", (job, r))),
             on_hello=lambda h: put(("hello", (job.group + suffix, h))),
-            processes=self._processes, user_kinds=self._user_kinds, tmp_dir=self._tmp_dir,
+            processes=self._processes, user_kinds=self._user_kinds, tmp_dir=self._tmp_dir, passes_only=job.replay,
         )
 
     def _pump(self, pending: set[concurrent.futures.Future[None]]) -> None:

@@ -288,8 +288,12 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
                    tensor_dir: Path | None, on_record: Callable[[dict[str, Any]], None],
                    on_hello: Callable[[dict[str, Any]], None] | None = None,
                    processes: Processes | None = None, cache_dir: Path | None = None,
-                   user_kinds: Sequence[str] = (), tmp_dir: Path | None = None) -> None:
+                   user_kinds: Sequence[str] = (), tmp_dir: Path | None = None, passes_only: bool = False) -> None:
     """Run ``cells`` (one environment group) in worker processes until each has a record.
+
+    ``passes_only`` (a replay in a fresh process) runs the repeated passes alone: only their bits are
+    compared with the first process's, so the float64 reference, the adjoint test and the batch passes
+    would be measured for nothing.
 
     ``on_record`` receives each record's JSON form. A worker that crashes or
     times out in a cell turns that cell into a ``crash``/``timeout`` record; a
@@ -310,7 +314,7 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
         job = {"settings": settings.as_dict(), "cells": [c.to_dict() for c in remaining],
                "tensor_dir": str(tensor_dir) if tensor_dir else None,
                "cache_dir": str(cache_dir) if cache_dir else None, "user_kinds": list(user_kinds),
-               "user_path": user_path_for(user_kinds)}
+               "user_path": user_path_for(user_kinds), "passes_only": passes_only}
 
         def forward(message: dict[str, Any], log_name: str = log_path.name) -> None:
             if message["event"] == "cell":

@@ -26,6 +26,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,8 +96,12 @@ def _against_reference(truth: dict[str, Any], names: list[str], first: list[Any]
     return rows
 
 
-def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None) -> dict[str, Any]:
+def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None,
+             passes_only: bool = False) -> dict[str, Any]:
     """Run one cell: ``repeats`` forward+backward passes, each compared with the first (streaming).
+
+    Then, unless ``passes_only`` (a replay, whose bits alone are compared), the float64 reference, the
+    adjoint test and the batch passes.
 
     The pass comes from the worker's backend (:mod:`detaudit.engine.backends`); everything after it is the
     same for every backend. A refusal or error becomes the record's status; only a dying process (or a full
@@ -128,6 +133,8 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             producers = backend.producers(case, applied.device, cell.settings.xla == "on")
             if producers is not None:
                 record["ops"] = producers
+            if passes_only:
+                return _with_tensors(record, tensor_path, case.names, first, started)
             truth = reference_of(cell.layer, case, cell.seed, cache_dir)
             if truth is not None:
                 record["reference"] = _against_reference(truth, case.names, first)
@@ -140,14 +147,22 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             if cell.batch_sizes:
                 bound = batch_invariance.Backend(lambda spec: backend.build(spec, cell.seed, applied), backend.step_on)
                 record["batch"] = batch_invariance.measure(cell, case, first, truth, bound)
-        if tensor_path is not None:
-            from detaudit.engine.store import save_tensors
-
-            save_tensors(tensor_path, dict(zip(case.names, first)))
+        return _with_tensors(record, tensor_path, case.names, first, started)
     except DiskFullError:
         raise
     except Exception as exc:  # noqa: BLE001 - any failure of the cell is data, not a crash
         record.update(status=backend.status_of(exc), message=one_line(exc))
+    record["seconds"] = round(time.perf_counter() - started, 6)
+    return record
+
+
+def _with_tensors(record: dict[str, Any], tensor_path: Path | None, names: Sequence[str], first: list[Any],
+                  started: float) -> dict[str, Any]:
+    """The finished record, its first pass's tensors saved (when kept) before it is sent."""
+    if tensor_path is not None:
+        from detaudit.engine.store import save_tensors
+
+        save_tensors(tensor_path, dict(zip(names, first)))
     record["seconds"] = round(time.perf_counter() - started, 6)
     return record
 
@@ -207,7 +222,7 @@ def main(argv: list[str]) -> int:
         channel.emit({"event": "start", "cell_id": cell.cell_id})
         path = tensor_dir / f"{cell.cell_id}.npz" if tensor_dir else None
         try:
-            record = run_cell(cell, path, cache_dir)
+            record = run_cell(cell, path, cache_dir, passes_only=bool(job.get("passes_only")))
         except DiskFullError as exc:
             channel.emit({"event": "disk_full", "cell_id": cell.cell_id, "message": str(exc)})
             return 0
