@@ -154,6 +154,18 @@ def test_settings_and_kinds_that_do_not_apply_on_jax_are_unsupported_cells(two_b
     assert sum(folded.values()) == len({*off["cell_id"], *raw["cell_id"]}) > 0
     assert any("JAX compiles every pass" in reason for reason in folded)
     assert not any("UNSUPPORTED" in failure for failure in summary.failures), summary.failures
+    # Folded: counted under the table, never a row of it (a torch run would list dozens).
+    import io
+
+    from rich.console import Console
+
+    from detaudit.render.terminal import render_run
+
+    assert {c.cell_id for c in summary.cells if c.folded} == {*off["cell_id"], *raw["cell_id"]}
+    console = Console(file=io.StringIO(), width=300, color_system=None, force_terminal=False)
+    console.print(render_run(summary))
+    shown = console.file.getvalue()
+    assert shown.count("UNSUPPORTED") == len(folded) + 1  # a legend line per reason, and the counts line
 
 
 @pytest.mark.tf

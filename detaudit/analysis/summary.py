@@ -90,6 +90,12 @@ class CellView:
     label: str  # "Conv2DTranspose [4, 16, 16, 8] [xla=on, seed=0]"
     ms_per_pass: float | None = None  # median warm forward+backward pass
     time_ratio: float | None = None  # ms_per_pass over the baseline cell's (same layer and seed)
+    cannot_exist: bool = False  # UNSUPPORTED because a setting does not apply on its backend (not a finding)
+
+    @property
+    def folded(self) -> bool:
+        """Left out of the cell tables and counted under them: skipped, or a setting that cannot apply."""
+        return self.verdict is Verdict.SKIPPED or self.cannot_exist
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +349,8 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         settings = settings_of(row)
         if verdict is Verdict.SKIPPED:
             skipped[row["message"]] += 1
-        elif verdict is Verdict.UNSUPPORTED and not_applicable(settings.as_dict(), str(row["layer"])):
+        folded = verdict is Verdict.UNSUPPORTED and bool(not_applicable(settings.as_dict(), str(row["layer"])))
+        if folded:
             cannot_exist[row["message"]] += 1
         eps = adjoint.get(row["cell_id"])
         cells.append(CellView(
@@ -351,7 +358,8 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             row["message"], row["worst_ulp"], baseline_gaps.get(row["cell_id"]), reference_gaps.get(row["cell_id"]),
             None if eps is None or pd.isna(eps) else float(eps), settings == config.baseline,
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
-            tuple(per_cell.get(row["cell_id"], ())), cell_label(row), _present(timed.get(row["cell_id"]))))
+            tuple(per_cell.get(row["cell_id"], ())), cell_label(row), _present(timed.get(row["cell_id"])),
+            cannot_exist=folded))
     ratios = time_ratios(cells)
     cells = [dataclasses.replace(c, time_ratio=ratios.get(c.cell_id)) for c in cells]
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)

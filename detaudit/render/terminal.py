@@ -139,7 +139,7 @@ def _legend(summary: RunSummary, shown: list[CellView], nonzero: list[str], quie
 def render_run(summary: RunSummary) -> RenderableType:
     """The whole terminal summary of a run: header, cells by layer, findings, known bugs and the status line."""
     parts: list[RenderableType] = [_header(summary)]
-    shown = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
+    shown = [c for c in summary.cells if not c.folded]
     nonzero = [t for t in summary.tensors if any((c.worst_ulp.get(t) or 0) > 0 for c in shown)]
     quiet = [t for t in summary.tensors if t not in nonzero]
     layers: dict[str, list[CellView]] = {}

@@ -91,7 +91,7 @@ def _drift_cell(gap: Gap | None, present: bool, between: tuple[str, str]) -> str
 
 def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
     """Verdict per layer (rows) and settings (columns, in matrix order, the axes that vary as stacked headers)."""
-    shown = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
+    shown = [c for c in summary.cells if not c.folded]
     if not shown:
         return []
     every = list(dict.fromkeys(c.settings for c in summary.cells))  # matrix order, as the cells come
@@ -139,7 +139,7 @@ def _heat_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
              f"<div class='wrap'><table class='heat'><thead>{''.join(header_rows)}</thead>"
              f"<tbody>{''.join(body)}</tbody></table></div>"]
     if hidden:
-        parts.append(f"<p class='small muted'>{len(hidden)} setting(s) not shown: every cell SKIPPED "
+        parts.append(f"<p class='small muted'>{len(hidden)} setting(s) not shown: every cell skipped or not applicable "
                      f"({_e('; '.join(s.label() for s in hidden[:6]))}{', ...' if len(hidden) > 6 else ''}).</p>")
     return parts
 
@@ -158,7 +158,7 @@ def _gap_cell(gap: Gap | None, is_baseline: bool) -> str:
 
 
 def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
-    cells = [c for c in summary.cells if c.verdict is not Verdict.SKIPPED]
+    cells = [c for c in summary.cells if not c.folded]
     parts = ["<h2 id='cells'>Cells</h2>"]
     if cells:
         tensors = [t for t in summary.tensors if any((c.worst_ulp.get(t) or 0) > 0 for c in cells)]
