@@ -190,6 +190,28 @@ def test_compare_marks_a_newly_batch_dependent_cell_and_a_slowdown(tmp_path):
     assert not same.changes  # 1.95x is within the measured noise
 
 
+def test_a_batch_threshold_failure_names_the_batch_sizes_it_compares(tmp_path):
+    config = parse_config({**fab.CONFIG.to_dict(), "batch_sizes": [2, 3], "replay_process": False,
+                           "expect": {"max_ulp": {"batch": 0}}})
+
+    def extend(record: dict, first: dict) -> dict:
+        own, bias = first["output"], first["grad_bias"]  # the fabricated cell's batch is 1
+        rows = [batch.row("output", size, batch.compare_samples(fab.nudge(np.concatenate([own] * size), 5),
+                                                                batch.pass_plan(1, size).ravel(), own))
+                for size in (2, 3)]
+        summed = batch.compare_summed([fab.nudge(2 * bias, 3)], [bias], batch.pass_plan(1, 2))
+        return {**record, "batch": {"rows": [*rows, batch.row("grad_bias", 2, summed)]}}
+
+    cells = [(fab.cell(config, determinism=d, xla=x), fab.tensors(0), None, "ok")
+             for d in ("off", "on") for x in ("off", "on")]
+    stored = load_run(fab.make_run(tmp_path, "r", "2026-01-01T00:00:00", cells, config=config, extend=extend).path)
+    failures = build_summary(stored).failures
+    for sentence in ("output batch 1 vs 2: max_ulp 5 > 0", "output batch 1 vs 3: max_ulp 5 > 0",
+                     "grad_bias batch 2 vs the per-sample sum: max_ulp 3 > 0"):
+        assert sum(f.endswith(sentence) for f in failures) == 4, (sentence, failures)
+    assert len(failures) == 12
+
+
 # ---------------------------------------------------------------------------
 # real runs (TensorFlow workers)
 # ---------------------------------------------------------------------------

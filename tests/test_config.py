@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 import re
 
 import pytest
@@ -206,3 +207,123 @@ def test_a_bundled_config_is_found_by_its_name_from_anywhere(tmp_path, monkeypat
     (tmp_path / "nightly").write_text("name: mine\nlayers: [{kind: Conv1DTranspose, filters: 2, kernel_size: 3, "
                                       "input_shape: [1, 4, 2]}]\n")
     assert load_config("nightly").name == "mine"  # a file of that name wins
+
+
+# ---------------------------------------------------------------------------
+# selectors, the baseline, memory and backends: refused up front, every error at once
+# ---------------------------------------------------------------------------
+
+_SELECTOR = "Expected all, none, or a mapping of axis -> values."
+
+
+@pytest.mark.parametrize("name", ["deterministic", "batch_invariant"])
+@pytest.mark.parametrize("value", [1, 1.0, 0, 0.0, [], None, {}, "sometimes"])
+def test_a_selector_is_all_none_or_a_mapping_never_a_number(name, value):
+    # 1 == True and 0 == False in Python: a number once passed as all or none.
+    message = _error(_with(batch_sizes=[1], expect={name: value}))
+    assert f"`expect.{name}`" in message and _SELECTOR in message
+
+
+@pytest.mark.parametrize("name", ["deterministic", "batch_invariant"])
+def test_a_selector_takes_yaml_booleans_and_the_words(name):
+    for value, selected in ((True, True), ("all", True), (False, False), ("none", False)):
+        config = parse_config(_with(batch_sizes=[1], expect={name: value}))
+        assert config.expect.selects(name, config.baseline) is selected
+    assert "Did you mean `all`?" in _error(_with(batch_sizes=[1], expect={name: "al"}))
+
+
+def test_a_selector_that_no_cell_matches_is_refused_with_what_the_cells_have():
+    message = _error(_with(batch_sizes=[1], matrix={"xla": "off"}, expect={"batch_invariant": {"xla": "on"}}))
+    assert "`expect.batch_invariant.xla`" in message and "no cell has xla=on" in message
+    assert "xla: [off]" in message
+    # A list names alternatives: refused only when no cell has any of them.
+    parse_config(_with(matrix={"determinism": "off"}, expect={"deterministic": {"determinism": ["on", "env"]}}))
+    # The baseline is a cell too (determinism on, added beside the matrix).
+    parse_config(_with(matrix={"determinism": "off"}, expect={"deterministic": {"determinism": "on"}}))
+
+
+def test_a_threshold_for_a_precision_no_cell_runs_in_is_refused():
+    message = _error(_with(expect={"max_ulp": {"baseline": {"float16": 4, "*": 8}}}))
+    assert "`expect.max_ulp.baseline.float16`" in message and "no cell has precision=float16" in message
+    parse_config(_with(matrix={"precision": ["float32", "float16"]},
+                       expect={"max_ulp": {"baseline": {"float16": 4, "*": 8}}}))
+
+
+def test_every_expectation_error_is_reported_at_once():
+    with pytest.raises(ConfigError) as info:
+        parse_config(_with(expect={"deterministic": 1, "max_ulp": {"baseline": {"float32": -1}, "reference": "x"},
+                                   "max_ulp_scaled": {"baseline": {"float32": math.inf}}},
+                           matrix=[], baseline=0), source="cfg.yaml")
+    lines = str(info.value).splitlines()
+    for where in ("`expect.deterministic`", "`expect.max_ulp.baseline.float32`", "`expect.max_ulp.reference`",
+                  "`expect.max_ulp_scaled.baseline.float32`", "`matrix`", "`baseline`"):
+        assert sum(where in line for line in lines) == 1, (where, lines)
+    assert len(lines) == 6
+
+
+_JAX_ONLY = {"matrix": {"backend": ["jax"], "xla": ["on"], "determinism": ["on"]},
+             "baseline": {"backend": "jax", "xla": "off", "determinism": "on"}}
+
+
+def test_a_baseline_that_cannot_run_on_its_backend_is_refused_with_the_workers_reason():
+    from detaudit.core.kinds import not_applicable
+
+    message = _error(_with(**_JAX_ONLY))
+    why = not_applicable({"backend": "jax", "xla": "off"}, "Conv2DTranspose")
+    assert "`baseline`" in message and why and why in message and "xla: off" in message
+    runs = copy.deepcopy(_JAX_ONLY)
+    runs["baseline"]["xla"] = "on"
+    assert parse_config(_with(**runs)).baseline.backend == "jax"
+    # A kind the backend cannot build: the same function's other reason.
+    assert "conv2d_transpose is built from tf.nn ops" in _error(
+        _with(**runs, layers=[{**MINIMAL["layers"][0], "kind": "conv2d_transpose"}]))
+
+
+def test_the_cli_refuses_such_a_baseline_in_one_line(tmp_path):
+    import yaml
+
+    from tests.helpers.cli import detaudit_main, one_clean_line
+
+    path = tmp_path / "jax.yaml"
+    path.write_text(yaml.safe_dump(_with(**_JAX_ONLY)))
+    one_clean_line(detaudit_main("run", str(path), "--out", str(tmp_path / "runs")), "`baseline`",
+                   "xla: off does not exist on the jax backend")
+    assert not (tmp_path / "runs").exists()
+
+
+def test_the_memory_check_counts_the_largest_batch_size(monkeypatch):
+    import dataclasses
+
+    from detaudit.core import layer_spec
+
+    small = _with()
+    small["layers"][0]["input_shape"] = [1, 32, 32, 8]
+    spec = parse_config(small).layers[0]
+    at_64 = layer_spec.cell_memory_bytes(dataclasses.replace(spec, input_shape=(64, 32, 32, 8)))
+    monkeypatch.setattr(layer_spec, "machine_memory_bytes", lambda: at_64)
+    parse_config(_with(layers=small["layers"], batch_sizes=[1, 64]))  # fits, just
+    message = _error(_with(layers=small["layers"], batch_sizes=[1, 1024]))
+    assert "`layers[0].input_shape`" in message and "at batch 1,024 (the largest of batch_sizes)" in message
+    big = copy.deepcopy(small["layers"])
+    big[0]["input_shape"] = [128, 32, 32, 8]  # its own batch is the largest: no batch size to name
+    assert "at batch" not in _error(_with(layers=big, batch_sizes=[1]))
+
+
+def test_every_missing_backend_is_named_in_one_line(monkeypatch, tmp_path):
+    import importlib.util
+
+    import yaml
+
+    from detaudit.engine.backends import EXTRAS
+    from detaudit.errors import install_hint
+    from tests.helpers.cli import detaudit_main, one_clean_line
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *args: None if name in ("jax", "torch") else real(name, *args))
+    path = tmp_path / "both.yaml"
+    path.write_text(yaml.safe_dump(_with(matrix={"backend": ["jax", "torch"]})))
+    line = one_clean_line(detaudit_main("run", str(path), "--out", str(tmp_path / "runs")),
+                          "jax backend need JAX", "torch backend need PyTorch")
+    assert install_hint(EXTRAS["jax"]) in line and install_hint(EXTRAS["torch"]) in line
+    assert not (tmp_path / "runs").exists()

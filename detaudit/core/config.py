@@ -9,14 +9,15 @@ and, for a typo, the nearest valid choice; a file's errors are reported all at o
 
 The parts of a config are declared beside it and re-exported here as the config model: a point of the matrix
 (:class:`~detaudit.core.cells.Settings`) and a measurement (:class:`~detaudit.core.cells.Cell`) in
-:mod:`detaudit.core.cells`, a layer under test in :mod:`detaudit.core.layer_spec`. Expanding a config into
+:mod:`detaudit.core.cells`, a layer under test in :mod:`detaudit.core.layer_spec`, what must hold
+(:class:`~detaudit.core.expectations.Expectations`) in :mod:`detaudit.core.expectations`. Expanding a config into
 cells, groups and shards is :mod:`detaudit.core.planning`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,8 @@ from detaudit.core.cells import (
     parse_settings,
 )
 from detaudit.core.comparisons import ComparisonKind
-from detaudit.core.kinds import USER_LAYER
+from detaudit.core.expectations import Expectations, check_coverage, parse_expectations
+from detaudit.core.kinds import USER_LAYER, not_applicable
 from detaudit.core.layer_spec import LayerSpec, check_memory, parse_layer
 from detaudit.core.planning import expand_matrix
 from detaudit.core.validation import INVALID, Context, as_list, boolean, integer, mapping, short_repr
@@ -81,39 +83,6 @@ _DESCRIPTIONS = {
 # ---------------------------------------------------------------------------
 # Frozen config objects
 # ---------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Expectations:
-    """What must hold for exit code 0.
-
-    ``deterministic`` selects the cells whose run-to-run comparisons must be
-    bitwise equal: None means every cell, an empty tuple none, otherwise the
-    cells whose settings match every listed axis. ``max_ulp`` /
-    ``max_ulp_scaled`` map a comparison (``baseline``, ...) to a threshold per
-    precision (key ``"*"`` for any precision).
-    """
-
-    deterministic: tuple[tuple[str, tuple[Any, ...]], ...] | None = None
-    max_ulp: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
-    max_ulp_scaled: tuple[tuple[str, tuple[tuple[str, float], ...]], ...] = ()
-    batch_invariant: tuple[tuple[str, tuple[Any, ...]], ...] | None = ()  # default: none
-
-    def selects(self, name: str, settings: Any) -> bool:
-        """Whether the selector expectation ``name`` (``deterministic``, ``batch_invariant``) covers ``settings``."""
-        selector = getattr(self, name)
-        if selector is None:
-            return True
-        if not selector:
-            return False
-        return all(getattr(settings, axis) in values for axis, values in selector)
-
-    def must_be_deterministic(self, settings: Any) -> bool:
-        return self.selects("deterministic", settings)
-
-    def threshold(self, kind: str, comparison: str, precision: str) -> float | None:
-        table = dict(dict(getattr(self, kind)).get(comparison, ()))
-        return table.get(precision, table.get("*"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -175,53 +144,6 @@ class Config:
 
 
 # ---------------------------------------------------------------------------
-# Expectations
-# ---------------------------------------------------------------------------
-
-
-def _selector(value: Any, dctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...] | None:
-    """``all`` (None), ``none`` (empty), or the cells matching every listed axis."""
-    if value in ("all", True):
-        return None
-    if value in ("none", False):
-        return ()
-    known = len(dctx.errors)
-    selector = mapping(value, dctx, tuple(AXES))
-    parsed = tuple((axis, tuple(axis_value(axis, v, dctx.at(axis).at(i)) for i, v in enumerate(as_list(vals))))
-                   for axis, vals in selector.items())
-    if not parsed and len(dctx.errors) == known:  # an unknown key was reported already
-        raise dctx.fail("all, none, or a mapping of axis to values", value)
-    return parsed
-
-
-def _expectations(raw: Any, ctx: Context) -> Expectations:
-    selectors = ComparisonKind.selector_expectations()
-    data = mapping(raw, ctx, (*selectors, "max_ulp", "max_ulp_scaled"))
-    chosen = {name: _selector(data[name], ctx.at(name)) for name in selectors if name in data}
-    thresholds = {}
-    precisions = tuple(AXES["precision"].choices or ()) + ("*",)
-    for kind in ("max_ulp", "max_ulp_scaled"):
-        kctx = ctx.at(kind)
-        table = mapping(data.get(kind, {}), kctx, ComparisonKind.with_thresholds())
-        parsed = []
-        for comparison, per_precision in table.items():
-            cctx = kctx.at(comparison)
-            if not isinstance(per_precision, dict):
-                if isinstance(per_precision, bool) or not isinstance(per_precision, (int, float)) \
-                        or not 0 <= per_precision < math.inf:
-                    raise cctx.fail("a finite number >= 0, or a mapping of precision (or \"*\") to such a number",
-                                    per_precision)
-                per_precision = {"*": per_precision}
-            per = mapping(per_precision, cctx, precisions)
-            for precision, limit in per.items():
-                if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not 0 <= limit < math.inf:
-                    raise cctx.at(precision).fail("a finite number >= 0", limit)
-            parsed.append((comparison, tuple(sorted(per.items()))))
-        thresholds[kind] = tuple(parsed)
-    return Expectations(max_ulp=thresholds["max_ulp"], max_ulp_scaled=thresholds["max_ulp_scaled"], **chosen)
-
-
-# ---------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------
 
@@ -251,16 +173,12 @@ def _layers(data: dict[str, Any], ctx: Context) -> tuple[LayerSpec, ...]:
     raw = data.get("layers")
     if not isinstance(raw, list) or not raw:
         raise ctx.at("layers").fail("a non-empty list of layer specs", raw)
-    specs = [ctx.attempt(parse_layer, item, ctx.at("layers").at(i)) for i, item in enumerate(raw)]
-    for i, spec in enumerate(specs):
-        if spec is not INVALID:
-            ctx.attempt(check_memory, spec, ctx.at("layers").at(i))
-    return tuple(specs)
+    return tuple(ctx.attempt(parse_layer, item, ctx.at("layers").at(i)) for i, item in enumerate(raw))
 
 
 def _matrix(data: dict[str, Any], ctx: Context) -> tuple[tuple[str, tuple[Any, ...]], ...]:
     mctx = ctx.at("matrix")
-    raw = mapping(data.get("matrix") or {}, mctx, tuple(AXES))
+    raw = mapping({} if data.get("matrix") is None else data["matrix"], mctx, tuple(AXES))
     matrix = []
     for name, axis in AXES.items():
         values = as_list(raw.get(name, axis.default))
@@ -269,6 +187,63 @@ def _matrix(data: dict[str, Any], ctx: Context) -> tuple[tuple[str, tuple[Any, .
         parsed = [ctx.attempt(axis_value, name, v, mctx.at(name).at(i)) for i, v in enumerate(values)]
         matrix.append((name, tuple(dict.fromkeys(parsed))))
     return tuple(matrix)
+
+
+def _baseline(data: dict[str, Any], ctx: Context) -> Any:
+    raw = data.get("baseline")
+    if raw is not None and not isinstance(raw, dict):  # parse_settings reads any empty value as the defaults
+        raise ctx.at("baseline").fail("a mapping of axis -> one value", raw)
+    return parse_settings(raw, ctx.at("baseline"), {n: a.baseline_default for n, a in AXES.items()})
+
+
+def _valid(value: Any) -> bool:
+    """A field that validated, all of it (a matrix keeps its good values beside INVALID ones)."""
+    if isinstance(value, tuple):
+        return all(_valid(v) for v in value)
+    return value is not INVALID
+
+
+def _check_baseline(baseline: Any, layers: tuple[LayerSpec, ...], raw: Any, ctx: Context) -> None:
+    """A baseline cell that cannot exist on its backend would be ``unsupported``: no cell would be compared with it.
+    The reason is the one the worker would record (:func:`detaudit.core.kinds.not_applicable`), once per reason."""
+    reasons = dict.fromkeys(why for spec in layers if (why := not_applicable(baseline.as_dict(), spec.kind)))
+    for why in reasons:
+        ctx.errors.append(ctx.at("baseline").fail(
+            f"a baseline that runs on its backend (backend={baseline.backend}); {why}",
+            baseline.as_dict() if raw is None else raw))
+
+
+def _check_expect(expect: Expectations, fields: Mapping[str, Any], data: dict[str, Any], ctx: Context) -> None:
+    """What `expect` asks of the rest of the config: kept tensors, batch sizes, cells it can select."""
+    ectx = ctx.at("expect")
+    if fields["keep_tensors"] is False:  # parent-measured gaps need the kept tensors, or go unmeasured
+        for kind in ("max_ulp", "max_ulp_scaled"):
+            for comparison, limits in getattr(expect, kind):
+                if ComparisonKind(comparison).spec.measured_in == "parent":
+                    ctx.errors.append(ectx.at(kind).at(comparison).fail(
+                        "no threshold on a comparison measured from kept tensors while keep_tensors is false "
+                        "(set keep_tensors: true)", dict(limits)))
+    if expect.batch_invariant != () and not fields["batch_sizes"]:
+        ctx.errors.append(ectx.at("batch_invariant").fail(
+            "no batch_invariant expectation without batch_sizes (add e.g. `batch_sizes: [1]`)",
+            data["expect"].get("batch_invariant")))
+    if _valid(fields["matrix"]) and _valid(fields["baseline"]):
+        present = {axis: tuple(dict.fromkeys((*values, getattr(fields["baseline"], axis))))
+                   for axis, values in fields["matrix"]}
+        check_coverage(expect, present, ectx)
+
+
+def _check_across(fields: Mapping[str, Any], data: dict[str, Any], ctx: Context) -> None:
+    """The rules that join keys: each runs when the keys it reads validated, so every error is still reported."""
+    layers, batch_sizes = fields["layers"], fields["batch_sizes"]
+    if _valid(fields["expect"]) and _valid(batch_sizes):
+        _check_expect(fields["expect"], fields, data, ctx)
+    if _valid(layers) and _valid(fields["baseline"]):
+        _check_baseline(fields["baseline"], layers, data.get("baseline"), ctx)
+    if layers is not INVALID:  # the batch comparison runs each cell at its largest batch size too
+        for i, spec in enumerate(layers):
+            if spec is not INVALID:
+                ctx.attempt(check_memory, spec, ctx.at("layers").at(i), () if batch_sizes is INVALID else batch_sizes)
 
 
 def parse_config(data: Any, source: str = "<dict>") -> Config:
@@ -290,25 +265,13 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "timeout_s": ctx.attempt(_timeout, data, ctx),
         "layers": ctx.attempt(_layers, data, ctx),
         "matrix": ctx.attempt(_matrix, data, ctx),
-        "baseline": ctx.attempt(parse_settings, data.get("baseline"), ctx.at("baseline"),
-                                {n: a.baseline_default for n, a in AXES.items()}),
+        "baseline": ctx.attempt(_baseline, data, ctx),
         "replay_process": ctx.attempt(boolean, data.get("replay_process", False), ctx.at("replay_process")),
         "keep_tensors": ctx.attempt(boolean, data.get("keep_tensors", True), ctx.at("keep_tensors")),
-        "expect": ctx.attempt(_expectations, data.get("expect") or {}, ctx.at("expect")),
+        "expect": ctx.attempt(parse_expectations, data.get("expect"), ctx.at("expect")),
         "batch_sizes": ctx.attempt(parse_batch_sizes, data, ctx),
     }
-    expect, keep = fields["expect"], fields["keep_tensors"]
-    if expect is not INVALID and keep is False:  # parent-measured gaps need the kept tensors, or go unmeasured
-        for kind in ("max_ulp", "max_ulp_scaled"):
-            for comparison, _ in getattr(expect, kind):
-                if ComparisonKind(comparison).spec.measured_in == "parent":
-                    ctx.errors.append(ctx.at("expect").at(kind).at(comparison).fail(
-                        "no threshold on a comparison measured from kept tensors while keep_tensors is false "
-                        "(set keep_tensors: true)", dict(dict(getattr(expect, kind))[comparison])))
-    if expect is not INVALID and expect.batch_invariant != () and not fields["batch_sizes"]:
-        ctx.errors.append(ctx.at("expect").at("batch_invariant").fail(
-            "no batch_invariant expectation without batch_sizes (add e.g. `batch_sizes: [1]`)",
-            (raw_expect if isinstance(raw_expect := data.get("expect"), dict) else {}).get("batch_invariant")))
+    _check_across(fields, data, ctx)
     ctx.raise_errors()
     return Config(source=source, **fields)
 

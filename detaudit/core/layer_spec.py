@@ -150,11 +150,17 @@ def machine_memory_bytes() -> int | None:
         return None
 
 
-def check_memory(spec: LayerSpec, ctx: Context) -> None:
-    need, have = cell_memory_bytes(spec), machine_memory_bytes()
+def check_memory(spec: LayerSpec, ctx: Context, batch_sizes: tuple[int, ...] = ()) -> None:
+    """Refuse a layer whose cell would not fit this machine, at the largest batch the cell runs: its own, or
+    the largest of ``batch_sizes`` (the ``batch`` comparison runs every pass at exactly the size asked for,
+    repeating the cell's samples to fill a batch larger than its own: :func:`detaudit.core.batch.pass_plan`)."""
+    largest = max((spec.input_shape[0], *batch_sizes))
+    at = dataclasses.replace(spec, input_shape=(largest, *spec.input_shape[1:]))
+    need, have = cell_memory_bytes(at), machine_memory_bytes()
     if have is not None and need > have:
+        where = f" at batch {largest:,} (the largest of batch_sizes)" if largest > spec.input_shape[0] else ""
         raise ctx.at("input_shape").fail(
-            f"a layer whose cell fits this machine's memory ({_gib(have)}); this one needs about {_gib(need)}",
+            f"a layer whose cell fits this machine's memory ({_gib(have)}); this one needs about {_gib(need)}{where}",
             list(spec.input_shape))
 
 

@@ -69,19 +69,27 @@ def missing_backends(backends: Iterable[str]) -> list[str]:
 
 
 def require_backends(backends: Sequence[str]) -> None:
-    """Refuse, with the extra to install, a backend that workers could not import (checked without importing it).
+    """Refuse, with the extra to install, every backend that workers could not import (checked without importing).
 
     Raises:
-        UsageError: one line naming the first missing backend and how to install it.
+        UsageError: one line naming each missing backend and how to install it.
     """
-    from detaudit.errors import UsageError, install_hint
+    from detaudit.errors import UsageError
 
-    for backend in missing_backends(backends):
-        if backend == "tensorflow":
-            raise UsageError(f"TensorFlow is not installed for {sys.executable}. Install it with: "
-                             f"{install_hint('cpu')} (or gpu, or your own TensorFlow >= 2.16)")
-        framework = "JAX" if backend == "jax" else "PyTorch"
-        first = " after installing PyTorch itself (its CPU or CUDA build, from pytorch.org)" if backend == "torch" \
-            else ""
-        raise UsageError(f"cells on the {backend} backend need {framework} and Keras, not installed for "
-                         f"{sys.executable}. Install them with: {install_hint(EXTRAS[backend])}{first}")
+    missing = missing_backends(backends)
+    if missing:
+        raise UsageError(" ".join(_missing_sentence(backend, first=i == 0) for i, backend in enumerate(missing)))
+
+
+def _missing_sentence(backend: str, first: bool) -> str:
+    """What a missing backend needs and the command that installs it (the first one names this Python)."""
+    from detaudit.errors import install_hint
+
+    where = f" for {sys.executable}" if first else " either"
+    if backend == "tensorflow":
+        return (f"TensorFlow is not installed{where}. Install it with: {install_hint('cpu')} (or gpu, or your own "
+                "TensorFlow >= 2.16).")
+    framework = "JAX" if backend == "jax" else "PyTorch"
+    then = " after installing PyTorch itself (its CPU or CUDA build, from pytorch.org)" if backend == "torch" else ""
+    return (f"Cells on the {backend} backend need {framework} and Keras, not installed{where}. "
+            f"Install them with: {install_hint(EXTRAS[backend])}{then}.")
