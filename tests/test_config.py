@@ -279,6 +279,14 @@ def test_a_baseline_that_cannot_run_on_its_backend_is_refused_with_the_workers_r
         _with(**runs, layers=[{**MINIMAL["layers"][0], "kind": "conv2d_transpose"}]))
 
 
+def test_a_stored_config_opens_without_the_rules_that_plan_a_new_run():
+    """A run made by an older version, or on a bigger machine, must still show: its records are the truth."""
+    stored = parse_config(_with(**_JAX_ONLY), stored=True)
+    assert stored.baseline.backend == "jax" and stored.baseline.xla == "off"
+    with pytest.raises(ConfigError, match="`repeats`"):  # each key is still checked
+        parse_config(_with(**_JAX_ONLY, repeats=-1), stored=True)
+
+
 def test_the_cli_refuses_such_a_baseline_in_one_line(tmp_path):
     import yaml
 

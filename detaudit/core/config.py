@@ -246,10 +246,13 @@ def _check_across(fields: Mapping[str, Any], data: dict[str, Any], ctx: Context)
                 ctx.attempt(check_memory, spec, ctx.at("layers").at(i), () if batch_sizes is INVALID else batch_sizes)
 
 
-def parse_config(data: Any, source: str = "<dict>") -> Config:
+def parse_config(data: Any, source: str = "<dict>", *, stored: bool = False) -> Config:
     """Validate a config mapping (as read from YAML) and return a frozen :class:`Config`.
 
-    Every error of the document is reported, one line each.
+    Every error of the document is reported, one line each. ``stored``: the config of a run that already
+    ran (show, compare, merge, resume). Each key is still checked, but not the rules that plan a new run
+    on this machine (memory, a baseline that can run, selectors that name a cell): the run's records are
+    the truth, and a run made elsewhere or by an older version must still open.
 
     Raises:
         ConfigError: naming the key path, the value received and what is allowed.
@@ -271,7 +274,8 @@ def parse_config(data: Any, source: str = "<dict>") -> Config:
         "expect": ctx.attempt(parse_expectations, data.get("expect"), ctx.at("expect")),
         "batch_sizes": ctx.attempt(parse_batch_sizes, data, ctx),
     }
-    _check_across(fields, data, ctx)
+    if not stored:
+        _check_across(fields, data, ctx)
     ctx.raise_errors()
     return Config(source=source, **fields)
 

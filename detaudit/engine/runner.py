@@ -178,7 +178,7 @@ def _resume(store: RunStore, workers: int, on_event: Callable[[Event], None] | N
     """Finish a stored run: its expected jobs minus those it recorded (minus its failed ones, to retry them)."""
     if store.kind is not RunKind.MATRIX:
         raise UsageError(f"{store.path}: {_a(store.kind.value)} run cannot be resumed; only `detaudit run` runs can.")
-    config = parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+    config = parse_config(store.read_config(), source=str(store.path / "config.yaml"), stored=True)
     require_backends([c.settings.backend for c in config.cells()])
     check_user_modules(config)
     with store.lock():
