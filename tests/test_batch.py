@@ -212,6 +212,27 @@ def test_a_batch_threshold_failure_names_the_batch_sizes_it_compares(tmp_path):
     assert len(failures) == 12
 
 
+def test_compare_flags_a_breach_at_a_batch_size_that_held_before(tmp_path):
+    config = parse_config({**fab.CONFIG.to_dict(), "batch_sizes": [2, 3], "replay_process": False,
+                           "expect": {"max_ulp": {"batch": 0}}})
+
+    def breaking(sizes: tuple[int, ...]):
+        def extend(record: dict, first: dict) -> dict:
+            own = first["output"]
+            rows = [batch.row("output", size, batch.compare_samples(
+                fab.nudge(np.concatenate([own] * size), 5 if size in sizes else 0), batch.pass_plan(1, size).ravel(),
+                own)) for size in (2, 3)]
+            return {**record, "batch": {"rows": rows}}
+        return extend
+
+    cells = [(fab.cell(config, determinism="off", xla="off"), fab.tensors(0), None, "ok")]
+    runs = [load_run(fab.make_run(tmp_path / name, name, "2026-01-01T00:00:00", cells, config=config,
+                                  extend=breaking(sizes)).path) for name, sizes in (("a", (2,)), ("b", (2, 3)))]
+    result = compare_runs(*runs)
+    assert [c.category for c in result.changes] == [Category.ULP_REGRESSION]
+    assert "batch 1 vs 3" in result.changes[0].detail and "batch 1 vs 2" not in result.changes[0].detail
+
+
 # ---------------------------------------------------------------------------
 # real runs (TensorFlow workers)
 # ---------------------------------------------------------------------------

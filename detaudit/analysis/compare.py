@@ -207,17 +207,20 @@ def _batch_and_time(old_id: str, new_id: str, label: str, batch: dict[str, dict[
     return changes
 
 
-def _breaches(run: StoredRun) -> dict[str, dict[tuple[str, str], str]]:
-    """Per cell, the threshold breaches keyed by (tensor, comparison), so a changed value is not new."""
-    out: dict[str, dict[tuple[str, str], str]] = {}
+def _breaches(run: StoredRun) -> dict[str, dict[tuple[str, str, Any], str]]:
+    """Per cell, the threshold breaches keyed by (tensor, comparison, batch size), so a changed value is not new
+    and a breach at another batch size is."""
+    out: dict[str, dict[tuple[str, str, Any], str]] = {}
     for row in threshold_breaches(run.table, run.config).to_dict("records"):
-        out.setdefault(row["cell_id"], {})[(row["tensor"], row["comparison"])] = row["breach"]
+        size = row.get("batch_size")
+        key = (row["tensor"], row["comparison"], None if size is None or pd.isna(size) else int(size))
+        out.setdefault(row["cell_id"], {})[key] = row["breach"]
     return out
 
 
 def _cell_changes(old: dict[str, Any], new: dict[str, Any], label: str,
                   digests: dict[str, dict[str, dict[str, str]]],
-                  breaches: dict[str, dict[str, dict[tuple[str, str], str]]]) -> list[Change]:
+                  breaches: dict[str, dict[str, dict[tuple[str, str, Any], str]]]) -> list[Change]:
     was, now, cell_id = old["verdict"], new["verdict"], new["cell_id"]
     if now in _FAILED and now != was:
         return [Change(Category.NEW_FAILURE, cell_id, label, f"{was} -> {now}: {new['message']}"[:300])]
