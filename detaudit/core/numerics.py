@@ -68,6 +68,8 @@ class _FloatDtypes(Mapping[str, np.dtype]):
         return len(self._load())
 
 
+_NUMPY_FLOATS = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+
 #: Dtypes this module understands, by the names used in configs and tables.
 FLOAT_DTYPES: Mapping[str, np.dtype] = _FloatDtypes()
 
@@ -75,7 +77,7 @@ FLOAT_DTYPES: Mapping[str, np.dtype] = _FloatDtypes()
 def float_info(dtype: Any) -> Any:
     """``finfo`` of a supported float dtype (or its name): NumPy's for its own floats, ml_dtypes' for the rest."""
     d = float_dtype(dtype)
-    if d.kind == "f":
+    if d in _NUMPY_FLOATS:  # (ml_dtypes' float8 types say kind "f" too, but np.finfo refuses them)
         return np.finfo(d)
     import ml_dtypes
 
