@@ -5,9 +5,10 @@ from __future__ import annotations
 TINY = {"filters": 2, "kernel_size": 3, "strides": 2, "padding": "same"}
 #: The smallest layer a command-line test runs: one Conv1DTranspose on a [1, 4, 2] input.
 TINY_1D = {"kind": "Conv1DTranspose", **TINY, "input_shape": [1, 4, 2]}
-#: Config keys that make a run one environment group (the default matrix has two, determinism off and on):
-#: one TensorFlow worker start instead of two, for tests that only need a run to have happened.
-ONE_GROUP = {"matrix": {"determinism": "off"}}
+#: Config keys that make a run one environment group (the default matrix has two, determinism off and on;
+#: the default baseline is determinism on): one TensorFlow worker start instead of two, for tests that only
+#: need a run to have happened.
+ONE_GROUP = {"matrix": {"determinism": "on"}}
 ALL_KINDS = [
     {"kind": "Conv1DTranspose", **TINY, "input_shape": [2, 5, 3]},
     {"kind": "Conv2DTranspose", "filters": 2, "kernel_size": 3, "strides": 2, "padding": "valid",
