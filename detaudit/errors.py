@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from detaudit.core.vocabulary import ExitCode
 
 __all__ = ["ConfigError", "DetauditError", "DiskFullError", "RunDirError", "UsageError", "WorkerError", "a_or_an",
-           "did_you_mean", "install_hint", "one_line"]
+           "did_you_mean", "encodable", "install_hint", "one_line"]
 
 
 class DetauditError(Exception):
@@ -74,10 +74,32 @@ _NOISE = re.compile(
 )
 
 
+def encodable(text: str) -> str:
+    """``text`` encodable as UTF-8: a lone surrogate (``os.fsdecode`` of a file name that is not UTF-8) becomes
+    its visible escape, ``caf\\udce9.npy``, instead of failing every writer of the text later."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    return text
+
+
+def _message(exc: BaseException) -> str:
+    """What ``exc`` says. An OSError says its errno, text and file name; Keras re-raises one made from its first
+    argument alone (``FileNotFoundError: 2``), so the error it replaced (its context) says it instead."""
+    if isinstance(exc, OSError) and exc.strerror is None:
+        inner = exc.__cause__ or exc.__context__
+        if isinstance(inner, OSError) and inner.strerror is not None:
+            return str(inner)
+    if isinstance(exc, OSError):
+        return str(exc)
+    return str(getattr(exc, "message", None) or exc)
+
+
 def one_line(exc: BaseException, limit: int = 600) -> str:
-    """``Type: message`` on one line, without the wrappers Keras and TensorFlow add."""
-    text = _NOISE.sub(" ", str(getattr(exc, "message", None) or exc))
-    return f"{type(exc).__name__}: {' '.join(text.split())}"[:limit]
+    """``Type: message`` on one line, without the wrappers Keras and TensorFlow add, encodable as UTF-8."""
+    text = _NOISE.sub(" ", _message(exc))
+    return encodable(f"{type(exc).__name__}: {' '.join(text.split())}")[:limit]
 
 
 def a_or_an(word: str) -> str:

@@ -17,11 +17,12 @@ from typing import Any
 
 import pandas as pd
 
+from detaudit.core.axes import AXES
 from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config, parse_config
 from detaudit.core.planning import expected_cells, expected_jobs
 from detaudit.engine.store import FORMAT_VERSION, RunKind, RunStore
-from detaudit.engine.table import build_table, latest_records, typed
+from detaudit.engine.table import build_table, column_dtypes, latest_records, typed
 from detaudit.errors import ConfigError, RunDirError
 from detaudit.errors import a_or_an as _a
 
@@ -116,13 +117,30 @@ def _disagreement(table: pd.DataFrame, run_id: str, records: list[dict[str, Any]
     return None
 
 
+def _column_disagreement(raw: pd.DataFrame) -> str | None:
+    """How a stored table's columns differ from those this version writes (a missing column, or one of another
+    type), or None. An axis added since the table was written is no difference: its cells ran at its default."""
+    expected = column_dtypes()
+    missing = [column for column in expected if column not in raw and column not in AXES]
+    if missing:
+        return f"lacks the column(s) {', '.join(missing)}"
+    for column, dtype in expected.items():
+        found = raw[column].dtype if column in raw else None
+        textual = dtype in ("object", "string") and found is not None and (
+            pd.api.types.is_string_dtype(found) or pd.api.types.is_object_dtype(found))
+        if found is not None and not textual and str(found) != dtype:
+            return f"holds the column {column} as {found}, not {dtype}"
+    return None
+
+
 def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, Any],
            records: list[dict[str, Any]]) -> tuple[pd.DataFrame, str | None]:
     """The table and, when results.parquet was not used although the run finished, why (one line).
 
     results.parquet is a cache of cells.jsonl: it is used only when it is the
     final table of a finished run of this format and agrees with the records;
-    otherwise the table is rebuilt from cells.jsonl (the directory is not changed).
+    otherwise the table is rebuilt from cells.jsonl (the directory is not changed). A table without a column
+    this version writes, or with one of another type, disagrees too.
     """
     if not (store.format_version == FORMAT_VERSION and meta.get("finished") and not meta.get("interrupted")):
         return build_table(store, config, cells, records), None  # a killed, resumed or older run: rebuilt as always
@@ -130,12 +148,14 @@ def _table(store: RunStore, config: Config, cells: list[Cell], meta: dict[str, A
     if not store.results_path.is_file():
         return build_table(store, config, cells, records), f"results.parquet is missing: {rebuilt}."
     try:
-        table = typed(pd.read_parquet(store.results_path))
+        raw = pd.read_parquet(store.results_path)
+        why = _column_disagreement(raw)  # a column lost or retyped (a hand-made copy): as unreliable as stale
+        table = typed(raw) if why is None else raw
     except Exception as exc:  # noqa: BLE001 - an unreadable parquet is rebuilt like a missing one
         return build_table(store, config, cells, records), \
             f"results.parquet is unreadable ({exc.__class__.__name__}): {rebuilt}."
-    written_as = meta.get("run_id") or store.run_id
-    why = _disagreement(table, written_as, records)
+    if why is None:
+        why = _disagreement(table, meta.get("run_id") or store.run_id, records)
     if why is not None:
         return build_table(store, config, cells, records), f"results.parquet {why}: {rebuilt}."
     table["run_id"] = store.run_id  # the run's id is its directory's name (a copied run is a run of its own)

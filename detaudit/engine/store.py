@@ -44,7 +44,7 @@ import yaml
 
 from detaudit.core.cells import CELL_ID
 from detaudit.core.numerics import FLOAT_DTYPES
-from detaudit.engine.cell_record import CellRecord
+from detaudit.engine.cell_record import CellRecord, InvalidRecord
 from detaudit.errors import DiskFullError, RunDirError
 
 __all__ = ["FORMAT_VERSION", "RunKind", "RunStore", "load_tensors", "new_run_id", "save_tensors"]
@@ -325,8 +325,10 @@ class RunStore:
             raise disk_full(exc, self.cells_path) or exc from None
 
     def iter_records(self, on_bad_line: Callable[[int, str], None] | None = None) -> Iterator[dict[str, Any]]:
-        """The records of cells.jsonl. A line that is not a cell record (a write cut by a crash, a
-        hand edit) is reported through ``on_bad_line(number, text)`` and skipped."""
+        """The records of cells.jsonl, as :meth:`CellRecord.checked` gives them (every string encodable).
+
+        A line that is not a cell record (a write cut by a crash, a hand edit, a field of the wrong type) is
+        reported through ``on_bad_line(number, text)`` and skipped."""
         if not self.cells_path.is_file():
             return
         with self.cells_path.open(encoding="utf-8", errors="replace") as f:
@@ -334,10 +336,8 @@ class RunStore:
                 if not line.strip():
                     continue
                 try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    record = None
-                if not CellRecord.is_valid(record):
+                    record = CellRecord.checked(json.loads(line), line)
+                except (json.JSONDecodeError, RecursionError, InvalidRecord):  # RecursionError: nested too deep
                     if on_bad_line:
                         on_bad_line(number, line[:80].rstrip())
                     continue

@@ -24,11 +24,12 @@ from detaudit.core.comparisons import ComparisonKind
 from detaudit.core.config import Cell, Config
 from detaudit.core.numerics import compare, max_finite_abs, narrower_dtype
 from detaudit.core.vocabulary import Status
+from detaudit.engine.cell_record import BOOL_COLUMNS, FLOAT_COLUMNS, INT_COLUMNS, SMALL_INT_COLUMNS
 from detaudit.engine.ops import op_label
 from detaudit.engine.store import RunStore, load_tensors
 from detaudit.errors import ConfigError
 
-__all__ = ["COLUMNS", "build_table", "latest_records", "typed"]
+__all__ = ["COLUMNS", "build_table", "column_dtypes", "latest_records", "typed"]
 
 #: Column order of the results table; the first 29 are a contract with users' scripts.
 COLUMNS = [
@@ -38,10 +39,6 @@ COLUMNS = [
     "input_shape", "p50_ulp", "mean_ulp", "n_repeats_differ", "reference_cell", "adjoint_eps", "reconstruction",
     "ref_scale", "op", "ms_per_pass", "batch_size", "n_samples_differ", "sample", "closer_batch",
 ]
-_INT_COLUMNS = ["n_elements", "n_mismatch", "max_ulp", "p99_ulp", "p50_ulp", "n_nan_mismatch", "n_repeats_differ"]
-_FLOAT_COLUMNS = ["max_abs", "max_rel", "max_ulp_scaled", "mean_ulp", "seconds", "adjoint_eps", "reconstruction",
-                  "ref_scale", "ms_per_pass"]
-_SMALL_INT_COLUMNS = ["batch_size", "n_samples_differ", "sample", "closer_batch"]  # nullable Int64, not counts
 _STRING_COLUMNS = ["tensor", "dtype", "digest", "message", "reference_cell", "op"]
 _STAT_FIELDS = ["n_elements", "n_mismatch", "bitwise_equal", "max_ulp", "p50_ulp", "p99_ulp", "mean_ulp",
                 "max_abs", "max_rel", "max_ulp_scaled", "n_nan_mismatch"]
@@ -89,7 +86,7 @@ def _batch_rows(base: dict[str, Any], batch: dict[str, Any] | None, dtypes: dict
     if batch.get("error"):
         return [{**base, "tensor": None, "status": Status.ERROR.value, "message": batch["error"]}]
     return [{**base, "tensor": t["tensor"], "dtype": dtypes.get(t["tensor"]), "ref_scale": t.get("ref_scale"),
-             **{k: t.get(k) for k in (*_STAT_FIELDS, *_SMALL_INT_COLUMNS)}} for t in batch.get("rows", [])]
+             **{k: t.get(k) for k in (*_STAT_FIELDS, *SMALL_INT_COLUMNS)}} for t in batch.get("rows", [])]
 
 
 @functools.lru_cache(maxsize=64)
@@ -138,7 +135,7 @@ def _pair_rows(run_id: str, cell: Cell, record: dict[str, Any], other: dict[str,
             row.update(dtype=common.name, ref_scale=max_finite_abs(b),
                        **{k: getattr(result, k) for k in _STAT_FIELDS})
         elif t["dtype"] == ref["dtype"]:  # tensors not kept: bits only
-            row.update(dtype=t["dtype"], n_elements=t["n_elements"], bitwise_equal=t["digest"] == ref["digest"])
+            row.update(dtype=t["dtype"], n_elements=t.get("n_elements"), bitwise_equal=t["digest"] == ref["digest"])
         else:
             row.update(dtype=None, message="tensors not kept (keep_tensors: false) and dtypes differ")
         rows.append(row)
@@ -207,13 +204,11 @@ def typed(table: pd.DataFrame) -> pd.DataFrame:
     for column in COLUMNS:
         if column not in table:  # a table stored before an axis existed ran at its default (backend: tensorflow)
             table[column] = AXES[column].default if column in AXES else None
-    for column in _INT_COLUMNS:
-        table[column] = table[column].astype("UInt64")
-    for column in _FLOAT_COLUMNS:
-        table[column] = table[column].astype("float64")
-    for column in _SMALL_INT_COLUMNS:
-        table[column] = table[column].astype("Int64")
-    table["bitwise_equal"] = table["bitwise_equal"].astype("boolean")
+    # The measured columns' types are cell_record's: a record is refused for a value its column cannot hold.
+    for columns, dtype in ((INT_COLUMNS, "UInt64"), (FLOAT_COLUMNS, "float64"), (SMALL_INT_COLUMNS, "Int64"),
+                           (BOOL_COLUMNS, "boolean")):
+        for column in columns:
+            table[column] = table[column].astype(dtype)
     for name, axis in AXES.items():
         table[name] = table[name].astype(axis.column_dtype if axis.column_dtype != "string" else "object")
     table["seed"] = table["seed"].astype("int64")
@@ -221,3 +216,9 @@ def typed(table: pd.DataFrame) -> pd.DataFrame:
     for column in _STRING_COLUMNS:
         table[column] = table[column].astype("string")
     return table[COLUMNS]
+
+
+@functools.lru_cache(maxsize=1)
+def column_dtypes() -> dict[str, str]:
+    """Each column's dtype name as :func:`typed` gives it: what a results.parquet this version writes holds."""
+    return {column: str(dtype) for column, dtype in typed(pd.DataFrame(columns=COLUMNS)).dtypes.items()}
