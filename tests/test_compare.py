@@ -123,6 +123,21 @@ def test_merge_refuses_a_cell_measured_in_two_runs_and_writes_nothing(tmp_path):
     assert not (tmp_path / "merged").exists()
 
 
+def test_a_stored_run_whose_config_a_new_run_would_refuse_still_opens(tmp_path):
+    import yaml
+
+    base, _ = fab.make_pair(tmp_path)
+    config = yaml.safe_load((base.path / "config.yaml").read_text())
+    config["expect"] = {"deterministic": {"threads": [7]}}  # no cell has it: a new run is refused
+    (base.path / "config.yaml").write_text(yaml.safe_dump(config))
+    from detaudit.core.config import parse_config
+    from detaudit.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="no cell has threads=7"):
+        parse_config(config)
+    assert load_run(base.path).table is not None  # an older version's run, or one made elsewhere, opens
+
+
 def test_junit_parses_with_the_standard_library(tmp_path):
     path = tmp_path / "out" / "junit.xml"
     write_junit(path, "suite", [JUnitCase("Conv2DTranspose", "defaults, seed=0", 0.5),

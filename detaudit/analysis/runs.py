@@ -80,7 +80,7 @@ class StoredRun:
 
 def _config_of(store: RunStore) -> Config:
     try:
-        return parse_config(store.read_config(), source=str(store.path / "config.yaml"))
+        return parse_config(store.read_config(), source=str(store.path / "config.yaml"), stored=True)
     except ConfigError as exc:
         raise RunDirError(f"{store.path}: its config.yaml does not validate: {str(exc).splitlines()[0]}") from None
 
