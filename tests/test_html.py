@@ -50,7 +50,8 @@ def _with_reference(record: dict, first: dict[str, np.ndarray]) -> dict:
         truth = fab.nudge(a, 1, 1)
         stats = compare(a, truth, digest=False).to_dict()
         reference.append({**stats, "tensor": name, "ref_scale": float(np.abs(truth.astype(np.float64)).max())})
-    return {**record, "reference": reference}
+    xla = record["cell"]["settings"]["xla"] == "on"
+    return {**record, "reference": reference, "ms_per_pass": 1.5 if xla else 3.0}  # XLA at half the baseline's time
 
 
 def _make_run(root: Path, run_id: str, started: str, meta: dict | None = None, crash_message: str = "worker crashed"):
@@ -131,6 +132,12 @@ def test_tables_are_sortable_and_numbers_are_numbers(page):
     cells = page.split("id='cells'")[1]
     assert "run to run grad_bias (ULP)" in cells and 'data-v="3.0"' in cells  # the nondeterministic repeat
     assert "{" not in cells.split("</table>")[0]  # no raw JSON left
+
+
+def test_the_cell_table_shows_each_cells_time_and_its_ratio_to_the_baseline(page):
+    cells = page[page.index("<h2 id='cells'>"):]
+    assert ">ms per pass<" in cells and ">time vs baseline<" in cells
+    assert 'data-v="1.5"' in cells and ">0.50x</td>" in cells and ">1.00x</td>" in cells
 
 
 def test_no_comparison_header_when_nothing_changed(run):

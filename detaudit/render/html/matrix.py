@@ -166,12 +166,14 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
         show_baseline = any(c.baseline is not None or c.is_baseline for c in cells)
         show_reference = any(c.reference is not None for c in cells)
         show_adjoint = any(c.adjoint_eps is not None for c in cells)
+        show_time = any(c.ms_per_pass is not None for c in cells)
         show_message = any(c.message for c in cells)
         headers: list[Any] = ["layer", "settings", ("seed", "num"), ("verdict", "rank")]
         headers += [(f"run to run {t} (ULP)", "num") for t in tensors]
         headers += [("vs baseline (scaled ULP)", "num")] if show_baseline else []
         headers += [("vs float64", "num")] if show_reference else []
         headers += [("adjoint (eps)", "num")] if show_adjoint else []
+        headers += [("ms per pass", "num"), ("time vs baseline", "num")] if show_time else []
         headers += ["message"] if show_message else []
         rows = []
         for c in cells:
@@ -188,6 +190,9 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
                                style="color:#c62828" if error is not None and error >= 0.01 else ""))
             if show_adjoint:
                 row.append(_td("-" if c.adjoint_eps is None else f"{c.adjoint_eps:.3g}", c.adjoint_eps, cls="n"))
+            if show_time:
+                row.append(_td("-" if c.ms_per_pass is None else f"{c.ms_per_pass:.3g}", c.ms_per_pass, cls="n"))
+                row.append(_td("-" if c.time_ratio is None else f"{c.time_ratio:.2f}x", c.time_ratio, cls="n"))
             if show_message:
                 row.append(_td(c.message[:300]))
             rows.append(row)
@@ -197,7 +202,8 @@ def _cells_section(summary: RunSummary, names: dict[str, str]) -> list[str]:
         parts.append("<p class='small muted'>Click a column header to sort. Run to run: the largest ULP between a "
                      "repeat (or the fresh-process replay) and the first pass. vs baseline: the largest gap to the "
                      "baseline cell in scaled ULP. vs float64: the largest error against the float64 truth, as a "
-                     "percentage of its largest value.</p>")
+                     "percentage of its largest value. ms per pass: one warm forward and backward pass; time vs "
+                     "baseline: over the baseline cell's (same layer and seed).</p>")
         parts.append(table)
         if quiet:
             parts.append(f"<p class='small'>Identical run to run in every cell: {_e(', '.join(quiet))}.</p>")
