@@ -10,7 +10,7 @@ import pytest
 
 from detaudit.analysis.runs import load_run
 from detaudit.core.config import Cell, Settings, parse_config
-from detaudit.engine.ops import _hlo_outputs, op_label
+from detaudit.engine.ops import hlo_outputs, op_label
 from detaudit.engine.store import RunStore, save_tensors
 from detaudit.errors import UsageError
 from detaudit.workflows import shrink
@@ -123,7 +123,7 @@ ENTRY %main.1 (arg0.1: f32[1,3,3,2], arg1.1: f32[1,6,6,2]) -> (bf16[1,6,6,2], f3
 
 
 def test_under_xla_the_instruction_that_yields_each_output_is_read_from_the_optimized_hlo():
-    outputs = _hlo_outputs(HLO)
+    outputs = hlo_outputs(HLO)
     assert outputs == [{"instruction": "convolution.3", "opcode": "convolution", "kind": "",
                         "from": "Conv2DBackpropInput"},
                        {"instruction": "convert_convert_fusion", "opcode": "fusion", "kind": "kLoop",

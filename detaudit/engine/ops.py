@@ -15,7 +15,7 @@ import re
 import warnings
 from typing import Any
 
-__all__ = ["PASSTHROUGH", "op_label", "producers", "producers_or_error"]
+__all__ = ["PASSTHROUGH", "hlo_outputs", "op_label", "producers", "producers_or_error"]
 
 #: Ops that move, relabel or cast values without computing them: walked through to the op that did.
 PASSTHROUGH = frozenset({"Identity", "IdentityN", "Cast", "Reshape", "StopGradient", "Squeeze", "ExpandDims",
@@ -40,8 +40,11 @@ def _device(op: Any, default: str) -> str:
     return f"{match.group(1).upper()}:{match.group(2)}" if match else name
 
 
-def _hlo_outputs(hlo: str) -> list[dict[str, str]]:
-    """Per output of the entry computation's ROOT tuple: the XLA instruction, its opcode/kind and TF op."""
+def hlo_outputs(hlo: str) -> list[dict[str, str]]:
+    """Per output of the entry computation's ROOT tuple: the XLA instruction, its opcode/kind and TF op.
+
+    Pure text parsing of XLA's HLO dump (no TensorFlow), public so that it is tested on a stored dump.
+    """
     lines = hlo.splitlines()
     start = next((i for i, line in enumerate(lines) if line.startswith("ENTRY")), None)
     if start is None:
@@ -92,7 +95,7 @@ def producers(case: Any, names: list[str], device: str, xla: bool) -> dict[str, 
                 warnings.simplefilter("ignore")
                 hlo = case.compiled.experimental_get_compiler_ir(case.x, case.upstream)(stage="optimized_hlo",
                                                                                         device_name=device)
-            for name, info in zip(names, _hlo_outputs(hlo)):
+            for name, info in zip(names, hlo_outputs(hlo)):
                 out[name]["xla"] = info
         except Exception as exc:  # noqa: BLE001 - the HLO is a nicety; the graph op is still named
             for entry in out.values():
