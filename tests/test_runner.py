@@ -120,7 +120,8 @@ def test_the_run_directory_holds_everything(kinds_run):
     # A replay's bits alone are compared: it measures no float64 reference and no adjoint test again.
     measured = [r for r in records if r["status"] == "ok"]
     assert any("reference" in r for r in measured if not r.get("replay"))
-    assert not any("reference" in r or "adjoint" in r for r in measured if r.get("replay"))
+    assert not any("reference" in r or "adjoint" in r or "ops" in r for r in measured if r.get("replay"))
+    assert any("ops" in r for r in measured if not r.get("replay"))
     assert pd.read_parquet(store.results_path).shape == table.shape
     assert any(store.logs_dir.iterdir())
     assert sum(e.kind == "cell_finished" for e in events) == len(records)

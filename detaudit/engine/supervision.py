@@ -292,8 +292,8 @@ def run_worker_job(cells: Sequence[Cell], settings: Any, *, timeout_s: float, lo
     """Run ``cells`` (one environment group) in worker processes until each has a record.
 
     ``passes_only`` (a replay in a fresh process) runs the repeated passes alone: only their bits are
-    compared with the first process's, so the float64 reference, the adjoint test and the batch passes
-    would be measured for nothing.
+    compared with the first process's, so the float64 reference, the adjoint test, the batch passes and the
+    ops behind each tensor (an XLA cell's HLO lowered again) would be measured for nothing.
 
     ``on_record`` receives each record's JSON form. A worker that crashes or
     times out in a cell turns that cell into a ``crash``/``timeout`` record; a

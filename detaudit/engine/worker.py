@@ -130,11 +130,11 @@ def run_cell(cell: Cell, tensor_path: Path | None, cache_dir: Path | None = None
             record["ms_per_pass"] = outcome.ms_per_pass
             first = [t.first for t in outcome.tensors]
             record["tensors"] = _tensor_records(outcome)
+            if passes_only:  # (its ops too: an XLA cell's HLO is lowered again for them, 40% of its time)
+                return _with_tensors(record, tensor_path, case.names, first, started)
             producers = backend.producers(case, applied.device, cell.settings.xla == "on")
             if producers is not None:
                 record["ops"] = producers
-            if passes_only:
-                return _with_tensors(record, tensor_path, case.names, first, started)
             truth = reference_of(cell.layer, case, cell.seed, cache_dir)
             if truth is not None:
                 record["reference"] = _against_reference(truth, case.names, first)
