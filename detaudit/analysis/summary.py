@@ -273,7 +273,15 @@ def _dedupe(matches: list[KnownMatch]) -> list[KnownMatch]:
     return out
 
 
-def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], strict: bool) -> dict[str, list[str]]:
+def _cannot_exist(verdicts: pd.DataFrame) -> set[str]:
+    """The UNSUPPORTED cells whose settings do not apply on their backend (``xla: off`` on JAX): decided once, by
+    :func:`~detaudit.core.kinds.not_applicable` as the worker decided it; folded under the table, failing nothing."""
+    rows = verdicts[verdicts["verdict"] == Verdict.UNSUPPORTED.value].to_dict("records")
+    return {row["cell_id"] for row in rows if not_applicable(settings_of(row).as_dict(), str(row["layer"]))}
+
+
+def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], strict: bool,
+              cannot_exist: set[str]) -> dict[str, list[str]]:
     """The failed expectations of each cell (cells with none are absent).
 
     Without ``expect`` every cell must be run-to-run deterministic. Crashes,
@@ -288,9 +296,8 @@ def _failures(stored: StoredRun, verdicts: pd.DataFrame, excused: set[str], stri
         verdict = Verdict(row["verdict"])
         if verdict.failed_to_run:
             failures.setdefault(row["cell_id"], []).append(f"{verdict.value}: {row['message']}")
-        elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and \
-                config.expect.must_be_deterministic(settings := settings_of(row)) and \
-                not (verdict is Verdict.UNSUPPORTED and not_applicable(settings.as_dict(), str(row["layer"]))):
+        elif verdict in (Verdict.NONDETERMINISTIC, Verdict.UNSUPPORTED) and row["cell_id"] not in cannot_exist and \
+                config.expect.must_be_deterministic(settings_of(row)):
             # A setting that does not apply on its backend (xla: off on JAX) is a cell that cannot exist, shown
             # with its reason; only a framework refusing to be deterministic fails the expectation.
             failures.setdefault(row["cell_id"], []).append(f"expected deterministic, got {verdict.value}")
@@ -338,20 +345,20 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         raise TypeError(f"{stored.path}: a run of kind {stored.kind.value} has no cell summary")
     verdicts = cell_verdicts(table)
     matches, marks, excused = _known(stored, table)
-    per_cell = _failures(stored, verdicts, excused, strict)
+    folded = _cannot_exist(verdicts)
+    per_cell = _failures(stored, verdicts, excused, strict, folded)
     baseline_gaps, reference_gaps = _gaps(table, ComparisonKind.BASELINE.value), _gaps(table, ComparisonKind.REFERENCE.value)
     adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == ComparisonKind.ADJOINT.value].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
     timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
-    cells, skipped, cannot_exist = [], Counter(), Counter()
+    cells, skipped, not_applicable_reasons = [], Counter(), Counter()
     for row in verdicts.to_dict("records"):
         verdict = Verdict(row["verdict"])
         settings = settings_of(row)
         if verdict is Verdict.SKIPPED:
             skipped[row["message"]] += 1
-        folded = verdict is Verdict.UNSUPPORTED and bool(not_applicable(settings.as_dict(), str(row["layer"])))
-        if folded:
-            cannot_exist[row["message"]] += 1
+        if row["cell_id"] in folded:
+            not_applicable_reasons[row["message"]] += 1
         eps = adjoint.get(row["cell_id"])
         cells.append(CellView(
             row["cell_id"], layer_label(row), str(row["layer"]), settings, settings.label(), int(row["seed"]), verdict,
@@ -359,7 +366,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             None if eps is None or pd.isna(eps) else float(eps), settings == config.baseline,
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
             tuple(per_cell.get(row["cell_id"], ())), cell_label(row), _present(timed.get(row["cell_id"])),
-            cannot_exist=folded))
+            cannot_exist=row["cell_id"] in folded))
     ratios = time_ratios(cells)
     cells = [dataclasses.replace(c, time_ratio=ratios.get(c.cell_id)) for c in cells]
     failures = tuple(f"{c.label}: {f}" for c in cells for f in c.failures)
@@ -383,7 +390,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
         tuple(findings(table, config.baseline, marks)), failures, tuple(matches), completeness,
         {d: ulp_unit(d) for d in dtypes}, status, strict, stored.upgraded_from, nothing_measured,
         tuple(s for s in (*(view.section(table) for view in _views()), time_section(cells)) if s is not None),
-        tuple(cannot_exist.items()))
+        tuple(not_applicable_reasons.items()))
 
 
 def _views() -> list[Any]:
