@@ -115,8 +115,7 @@ class DeviceCheckedPass:
         _, self.state = self.checked(self.case.x, self.case.weights, self.case.upstream, self.state)
 
     def results(self) -> list[tuple[int, Any]]:
-        counts = [int(s[4]) for s in self.state]  # the one wait of the cell
-        return [(n, keras_case.host_copy(s[2]) if n else None) for n, s in zip(counts, self.state)]
+        return keras_case.device_results(self.state)
 
 
 def build(spec: Any, seed: int, applied: Any) -> JaxCase:

@@ -16,7 +16,7 @@ import numpy as np
 
 from detaudit.engine.standalone import BUILDERS, seeded_values, tensor_names
 
-__all__ = ["SeededLayer", "adjoint_gap", "host_copy", "to_tensor"]
+__all__ = ["SeededLayer", "adjoint_gap", "device_results", "host_copy", "to_tensor"]
 
 
 def to_tensor(values: np.ndarray, dtype: str) -> Any:
@@ -32,6 +32,14 @@ def host_copy(tensor: Any) -> np.ndarray:
         array = array.astype(dtype)
     array.flags.writeable = False
     return array
+
+
+def device_results(state: list[Any]) -> list[tuple[int, Any]]:
+    """Per tensor, (repeats that differed from the first, the worst of them on the host or None), from a device
+    pass's state: per tensor (first bits, first key, worst repeat, its gap, count). Reading the counts is the
+    cell's one wait for the device; a tensor is copied to the host only when a repeat differed."""
+    counts = [int(s[4]) for s in state]
+    return [(n, host_copy(s[2]) if n else None) for n, s in zip(counts, state)]
 
 
 class SeededLayer:

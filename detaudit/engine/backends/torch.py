@@ -88,8 +88,7 @@ class DeviceCheckedPass:
             state[4] = n_differ + differs.to(torch.int32)
 
     def results(self) -> list[tuple[int, Any]]:
-        counts = [int(s[4]) for s in self.state]  # the one wait of the cell
-        return [(n, keras_case.host_copy(s[2]) if n else None) for n, s in zip(counts, self.state)]
+        return keras_case.device_results(self.state)
 
 
 def build(spec: Any, seed: int, applied: Any) -> TorchCase:
