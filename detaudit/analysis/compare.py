@@ -17,6 +17,7 @@ import pandas as pd
 
 from detaudit.analysis.batch_view import batch_dependent
 from detaudit.analysis.runs import StoredRun
+from detaudit.analysis.timing import ms_per_cell
 from detaudit.analysis.verdicts import (
     Verdict,
     cell_label,
@@ -153,7 +154,7 @@ def compare_runs(base: StoredRun, new: StoredRun) -> RunComparison:
     assert base_cells is not None and new_cells is not None
     digests = {name: _digests(run.table) for name, run in (("base", base), ("new", new))}
     breaches = {name: _breaches(run) for name, run in (("base", base), ("new", new))}
-    timing = {name: _times(run.table) for name, run in (("base", base), ("new", new))}
+    timing = {name: ms_per_cell(run.table) for name, run in (("base", base), ("new", new))}
     batch = {name: batch_dependent(run.table) for name, run in (("base", base), ("new", new))}
     changes: list[Change] = []
     for key, row in new_cells.items():
@@ -185,13 +186,6 @@ def _digests(table: pd.DataFrame) -> dict[str, dict[str, str]]:
     for row in rows[["cell_id", "tensor", "digest"]].to_dict("records"):
         out.setdefault(row["cell_id"], {})[row["tensor"]] = row["digest"]
     return out
-
-
-def _times(table: pd.DataFrame) -> dict[str, float]:
-    """Each timed cell's ms_per_pass."""
-    if "ms_per_pass" not in table or not len(table):
-        return {}
-    return {k: float(v) for k, v in table.groupby("cell_id")["ms_per_pass"].max().dropna().items()}
 
 
 def _batch_and_time(old_id: str, new_id: str, label: str, batch: dict[str, dict[str, bool]],

@@ -26,7 +26,7 @@ from detaudit.analysis.findings import (
 )
 from detaudit.analysis.runs import Completeness, StoredRun
 from detaudit.analysis.sections import Section
-from detaudit.analysis.timing import time_ratios, time_section
+from detaudit.analysis.timing import ms_per_cell, time_ratios, time_section
 from detaudit.analysis.verdicts import (
     ADJOINT_LIMIT_EPS,
     Verdict,
@@ -350,7 +350,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
     baseline_gaps, reference_gaps = _gaps(table, ComparisonKind.BASELINE.value), _gaps(table, ComparisonKind.REFERENCE.value)
     adjoint = {r["cell_id"]: r["adjoint_eps"] for r in table[table["comparison"] == ComparisonKind.ADJOINT.value].to_dict("records")}
     seconds = table.groupby("cell_id")["seconds"].max().to_dict() if len(table) else {}
-    timed = table.groupby("cell_id")["ms_per_pass"].max().to_dict() if len(table) else {}
+    timed = ms_per_cell(table)
     cells, skipped, not_applicable_reasons = [], Counter(), Counter()
     for row in verdicts.to_dict("records"):
         verdict = Verdict(row["verdict"])
@@ -365,7 +365,7 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
             row["message"], row["worst_ulp"], baseline_gaps.get(row["cell_id"]), reference_gaps.get(row["cell_id"]),
             None if eps is None or pd.isna(eps) else float(eps), settings == config.baseline,
             None if pd.isna(seconds.get(row["cell_id"], math.nan)) else float(seconds[row["cell_id"]]),
-            tuple(per_cell.get(row["cell_id"], ())), cell_label(row), _present(timed.get(row["cell_id"])),
+            tuple(per_cell.get(row["cell_id"], ())), cell_label(row), timed.get(row["cell_id"]),
             cannot_exist=row["cell_id"] in folded))
     ratios = time_ratios(cells)
     cells = [dataclasses.replace(c, time_ratio=ratios.get(c.cell_id)) for c in cells]
@@ -396,7 +396,3 @@ def build_summary(stored: StoredRun, strict: bool = False) -> RunSummary:
 def _views() -> list[Any]:
     """The view module of each comparison that declares one (``ComparisonSpec.view``), in comparison order."""
     return [importlib.import_module(kind.spec.view) for kind in ComparisonKind if kind.spec.view]
-
-
-def _present(value: Any) -> float | None:
-    return None if value is None or pd.isna(value) else float(value)

@@ -15,7 +15,14 @@ from typing import Any
 
 from detaudit.analysis.sections import Section, SectionLine
 
-__all__ = ["time_ratios", "time_section"]
+__all__ = ["ms_per_cell", "time_ratios", "time_section"]
+
+
+def ms_per_cell(table: Any) -> dict[str, float]:
+    """Each timed cell's ``ms_per_pass`` from a results table (a cell's rows all carry the same; untimed: absent)."""
+    if "ms_per_pass" not in table or not len(table):
+        return {}
+    return {k: float(v) for k, v in table.groupby("cell_id")["ms_per_pass"].max().dropna().items()}
 
 
 def _baseline_ms(cells: Sequence[Any]) -> dict[tuple[str, int], float]:
